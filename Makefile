@@ -1,0 +1,56 @@
+# Developer entry points. `make help` lists them.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU build of torch lies on this machine's disk; an unpinned torch would pull a CUDA build.
+TORCH_PIN ?= torch==2.13.0
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test test-fast lint format typecheck train eval up down clean
+
+help: ## Show this help
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH_PIN)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(BIN)/.installed ## Create .venv and install the project with dev tools
+
+demo: install ## Run the main job end to end on the embedded broker
+	$(BIN)/python -m stream.demo
+
+test: install ## Run the whole test suite (slow tests included)
+	$(BIN)/python -m pytest -q
+
+test-fast: install ## Run the suite without slow tests
+	$(BIN)/python -m pytest -q -m 'not slow'
+
+lint: install ## ruff lint and format check
+	$(BIN)/ruff check hup state stream tests bench
+	$(BIN)/ruff format --check hup state stream tests bench
+
+format: install ## Format the code
+	$(BIN)/ruff format hup state stream tests bench
+	$(BIN)/ruff check --fix hup state stream tests bench
+
+typecheck: install ## mypy over the packages
+	$(BIN)/mypy
+
+train: install ## Train a small HUP on synthetic data into runs/synthetic
+	$(BIN)/hup train --data synthetic:users=2000,seed=1 --out runs/synthetic
+
+eval: install ## Evaluate runs/synthetic on held-out synthetic data
+	$(BIN)/hup evaluate --model runs/synthetic --data synthetic:users=2000,seed=1
+
+up: ## Start deploy/docker-compose.yml (needs a Docker engine)
+	docker compose -f deploy/docker-compose.yml up -d
+
+down: ## Stop the compose stack
+	docker compose -f deploy/docker-compose.yml down
+
+clean: ## Remove the venv and build artefacts
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,1 @@
+"""Per-user profile state: versioned byte encoding and key-value stores."""

@@ -1,0 +1,1 @@
+"""The faust-streaming worker that keeps profiles up to date from Kafka."""
