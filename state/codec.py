@@ -1,0 +1,253 @@
+"""Versioned, checksummed byte encoding of one user's state (named numpy arrays).
+
+The stream loads, steps and saves every user's state on every event, so the
+encoding is a flat struct layout that numpy can read with ``frombuffer``: no
+pickle (unsafe on bytes read back from disk), no per-element work.
+
+Layout, codec version 1. Integers are little-endian and unsigned; there is no
+padding, so array data is not aligned inside the bytes::
+
+    size          field
+    4             magic b"HUPS"
+    1             u8  codec version (= CODEC_VERSION)
+    1             u8  M = byte length of the model version
+    M             model version, UTF-8
+    2             u16 N = number of arrays
+    N times:
+      1           u8  L = byte length of the array name
+      L           array name, UTF-8
+      1           u8  dtype code (table below)
+      1           u8  ndim (0 for a scalar array)
+      4 * ndim    u32 dims, outermost first
+      size*item   raw little-endian data in C order (nothing for empty arrays)
+    4             u32 CRC-32 (zlib.crc32) of every byte before it
+
+dtype codes: 1 bool, 2 int8, 3 uint8, 4 int16, 5 int32, 6 int64, 7 float32,
+8 float64.
+
+Overhead is 12 + M bytes per state plus 3 + L + 4 * ndim bytes per array.
+Arrays come back in the order they were written.
+
+Decoding checks magic and codec version *before* the checksum, so that a
+future layout (which may move or change the checksum) is reported as
+``StateVersionError`` rather than as corruption. Any change to the layout
+bumps ``CODEC_VERSION``; old bytes are then refused and the stream resets those
+users instead of misreading them.
+"""
+
+import math
+import struct
+import zlib
+from collections.abc import Mapping
+
+import numpy as np
+
+from state.exceptions import StateDecodeError, StateVersionError
+
+__all__ = ["CODEC_VERSION", "MAGIC", "decode_state", "encode_state", "peek_model_version"]
+
+MAGIC = b"HUPS"
+CODEC_VERSION = 1
+
+_PREFIX = struct.Struct("<4sBB")  # magic, codec version, model-version length
+_COUNT = struct.Struct("<H")
+_CRC = struct.Struct("<I")
+
+_DTYPE_BY_CODE: dict[int, np.dtype] = {
+    1: np.dtype("|b1"),
+    2: np.dtype("|i1"),
+    3: np.dtype("|u1"),
+    4: np.dtype("<i2"),
+    5: np.dtype("<i4"),
+    6: np.dtype("<i8"),
+    7: np.dtype("<f4"),
+    8: np.dtype("<f8"),
+}
+# Keyed by dtype.str ("<f4", "|b1", ...) because that string pins the byte order.
+_CODE_BY_STR: dict[str, int] = {dtype.str: code for code, dtype in _DTYPE_BY_CODE.items()}
+
+
+def encode_state(arrays: Mapping[str, np.ndarray], model_version: str) -> bytes:
+    """Encode one user's named arrays into the version-1 layout.
+
+    Args:
+        arrays: Arrays by name, in the order they should be decoded. Any rank
+            (including 0-d) and any shape, with one of the eight supported
+            dtypes. Non-contiguous or big-endian arrays are converted.
+        model_version: Version of the model that produced the state; decoding
+            with another ``expected_model_version`` raises ``StateVersionError``.
+
+    Returns:
+        The encoded bytes, ending with a CRC-32 of everything before it.
+
+    Raises:
+        TypeError: An array has an unsupported dtype.
+        ValueError: A name, the model version, a rank, a dimension or the
+            number of arrays exceeds the layout's field widths.
+    """
+    version_bytes = model_version.encode()
+    try:
+        parts: list[bytes | memoryview] = [
+            _PREFIX.pack(MAGIC, CODEC_VERSION, len(version_bytes)),
+            version_bytes,
+            _COUNT.pack(len(arrays)),
+        ]
+    except struct.error as exc:
+        raise ValueError(
+            f"model version {model_version!r} ({len(version_bytes)} bytes, max 255) or "
+            f"array count {len(arrays)} (max 65535) does not fit the state layout"
+        ) from exc
+    for name, value in arrays.items():
+        # No copy when already C-contiguous little-endian (the usual case). Not
+        # ascontiguousarray: it turns 0-d arrays into shape (1,).
+        array = np.asarray(value, dtype=value.dtype.newbyteorder("<"), order="C")
+        code = _CODE_BY_STR.get(array.dtype.str)
+        if code is None:
+            supported = ", ".join(str(dtype) for dtype in _DTYPE_BY_CODE.values())
+            raise TypeError(f"array {name!r} has dtype {value.dtype}; supported: {supported}")
+        name_bytes = name.encode()
+        try:
+            parts.append(
+                struct.pack(
+                    f"<B{len(name_bytes)}sBB{array.ndim}I",
+                    len(name_bytes),
+                    name_bytes,
+                    code,
+                    array.ndim,
+                    *array.shape,
+                )
+            )
+        except struct.error as exc:
+            raise ValueError(
+                f"array {name!r} (name {len(name_bytes)} bytes, shape {array.shape}) does not "
+                "fit the state layout: names max 255 bytes, dims max 2**32 - 1"
+            ) from exc
+        parts.append(array.data)
+    body = b"".join(parts)
+    return body + _CRC.pack(zlib.crc32(body))
+
+
+def peek_model_version(data: bytes) -> str:
+    """Read the model version from the header without decoding or checksumming the arrays.
+
+    Args:
+        data: Bytes produced by ``encode_state``.
+
+    Returns:
+        The model version string stored in the header.
+
+    Raises:
+        StateVersionError: The codec version byte is unknown.
+        StateDecodeError: The header is truncated, has the wrong magic, or is not UTF-8.
+    """
+    return _read_header(data)[0]
+
+
+def decode_state(data: bytes, expected_model_version: str | None = None) -> dict[str, np.ndarray]:
+    """Decode bytes produced by ``encode_state`` after verifying their checksum.
+
+    The returned arrays are writable, aligned, C-contiguous copies that own
+    their memory: mutating them never touches ``data`` or the store it came
+    from. A state is tens of kilobytes, so the copy costs microseconds, and it
+    lets the model step in place without aliasing the stored bytes.
+
+    Args:
+        data: Bytes produced by ``encode_state``.
+        expected_model_version: If given, the model version the bytes must
+            have been written by; ``None`` accepts any model version.
+
+    Returns:
+        Arrays by name, in the order they were encoded.
+
+    Raises:
+        StateVersionError: The codec version is unknown or the model version
+            differs from ``expected_model_version``.
+        StateDecodeError: The bytes are corrupt or truncated (wrong magic, bad
+            checksum, bad lengths, unknown dtype code, trailing bytes, ...).
+    """
+    model_version, offset = _read_header(data)
+    end = len(data) - _CRC.size
+    if end < offset + _COUNT.size:
+        raise StateDecodeError(
+            f"truncated state: {len(data)} bytes, header and checksum need "
+            f"{offset + _COUNT.size + _CRC.size}"
+        )
+    (stored_crc,) = _CRC.unpack_from(data, end)
+    actual_crc = zlib.crc32(memoryview(data)[:end])
+    if stored_crc != actual_crc:
+        raise StateDecodeError(
+            f"state checksum mismatch (stored {stored_crc:#010x}, computed {actual_crc:#010x}): "
+            "bytes are corrupt or truncated"
+        )
+    if expected_model_version is not None and model_version != expected_model_version:
+        raise StateVersionError(
+            f"state written by model version {model_version!r}, expected {expected_model_version!r}"
+        )
+    return _read_arrays(data, offset, end)
+
+
+def _read_header(data: bytes) -> tuple[str, int]:
+    """Check magic and codec version; return the model version and the offset after it."""
+    if len(data) < _PREFIX.size:
+        raise StateDecodeError(
+            f"truncated state: {len(data)} bytes, the header alone needs {_PREFIX.size}"
+        )
+    magic, codec_version, version_len = _PREFIX.unpack_from(data)
+    if magic != MAGIC:
+        raise StateDecodeError(f"bad magic {magic!r}, expected {MAGIC!r}: not HUP state bytes")
+    if codec_version != CODEC_VERSION:
+        raise StateVersionError(
+            f"unknown state codec version {codec_version}, this build reads {CODEC_VERSION}"
+        )
+    end = _PREFIX.size + version_len
+    if end > len(data):
+        raise StateDecodeError(
+            f"truncated state: model version needs bytes up to {end}, got {len(data)}"
+        )
+    try:
+        return data[_PREFIX.size : end].decode(), end
+    except UnicodeDecodeError as exc:
+        raise StateDecodeError("state model version is not valid UTF-8") from exc
+
+
+def _read_arrays(data: bytes, offset: int, end: int) -> dict[str, np.ndarray]:
+    """Parse the array records between ``offset`` and ``end`` (the checksum's offset)."""
+    (count,) = _COUNT.unpack_from(data, offset)
+    offset += _COUNT.size
+    arrays: dict[str, np.ndarray] = {}
+    for index in range(count):
+        if offset >= end:
+            raise _truncated(f"array #{index} name length", offset + 1, end)
+        name_end = offset + 1 + data[offset]
+        dims_start = name_end + 2  # dtype code and ndim follow the name
+        if dims_start > end:
+            raise _truncated(f"array #{index} name, dtype and ndim", dims_start, end)
+        try:
+            name = data[offset + 1 : name_end].decode()
+        except UnicodeDecodeError as exc:
+            raise StateDecodeError(f"array #{index} name is not valid UTF-8") from exc
+        code, ndim = data[name_end], data[name_end + 1]
+        dtype = _DTYPE_BY_CODE.get(code)
+        if dtype is None:
+            raise StateDecodeError(f"array #{index} {name!r} has unknown dtype code {code}")
+        data_start = dims_start + 4 * ndim
+        if data_start > end:
+            raise _truncated(f"array #{index} {name!r} dims", data_start, end)
+        shape = struct.unpack_from(f"<{ndim}I", data, dims_start)
+        size = math.prod(shape)
+        offset = data_start + size * dtype.itemsize
+        if offset > end:
+            raise _truncated(f"array #{index} {name!r} data of shape {shape}", offset, end)
+        if name in arrays:
+            raise StateDecodeError(f"array #{index} repeats the name {name!r}")
+        arrays[name] = np.frombuffer(data, dtype, size, data_start).reshape(shape).copy()
+    if offset != end:
+        raise StateDecodeError(f"{end - offset} trailing bytes after the last of {count} arrays")
+    return arrays
+
+
+def _truncated(what: str, needed_end: int, end: int) -> StateDecodeError:
+    """Build the error for a record that runs past the checksum's offset."""
+    return StateDecodeError(
+        f"truncated state: {what} needs bytes up to {needed_end}, payload ends at {end}"
+    )
