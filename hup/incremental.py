@@ -1,0 +1,272 @@
+"""One event per user at a time: the per-user state and the batched step the stream calls.
+
+`step` applies, for a batch of different users, exactly the rule `HupModel.forward`
+applies over whole sequences: one micro step per micro event, the item and category
+layers committed on focus change and stepped provisionally while their entry is open,
+attention over the last W entries. It is pure: states in, new states and profiles out.
+
+State layout (`ProfileState.to_arrays`, encoded by `state.codec`), L layers, hidden H:
+
+* `hidden` float32 [4, L, H]: committed h, committed c, open h, open c per layer;
+* `open_signal` int64 [L]: attention signal id of each layer's open entry;
+* `window{l}` float32 [n, H] / `window_signal{l}` int64 [n]: the outputs and signals of
+  the layer's last n <= W-1 committed entries, oldest first;
+* `feature_f` float64 / `feature_i` int64 / `feature_s` utf-8: the featurizer's memory;
+* `last_ts` float64 0-d (read by expiry), `meta` int64 [3]: events applied, input
+  partition and offset of the last applied event (the stream's idempotency record).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from hup.exceptions import StateError
+from hup.features import EventFeatures, FeatureState
+from hup.model import HupModel, stack_features
+
+__all__ = ["ProfileState", "initial_state", "step"]
+
+_SEPARATOR = "\x1f"  # joins category ids in the string field; never part of an id
+
+
+@dataclass(frozen=True)
+class ProfileState:
+    """Everything the stream keeps for one user."""
+
+    features: FeatureState
+    hidden: np.ndarray  # [4, L, H] float32
+    open_signal: np.ndarray  # [L] int64
+    windows: tuple[np.ndarray, ...]  # per layer [n, H] float32, n <= W-1
+    window_signals: tuple[np.ndarray, ...]  # per layer [n] int64
+    applied: int = 0  # events applied so far (also the profile sequence number)
+    input_partition: int = -1  # where the last applied event came from (idempotency)
+    input_offset: int = -1
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Plain named arrays (the layout in the module docstring)."""
+        f = self.features
+        arrays = {
+            "hidden": self.hidden,
+            "open_signal": self.open_signal,
+            "feature_f": np.array(
+                [
+                    f.last_micro_ts,
+                    f.last_ts,
+                    f.run_start_ts,
+                    f.visit_start_ts,
+                    f.run_dwell_closed,
+                    f.run_dwell,
+                    *f.category_start_ts,
+                    *f.category_dwell_closed,
+                ],
+                dtype=np.float64,
+            ),
+            "feature_i": np.array(
+                [
+                    int(f.has_open),
+                    f.item_id,
+                    f.last_behavior,
+                    f.last_gap,
+                    f.item_gap,
+                    *f.category_ids,
+                    *f.category_gap,
+                ],
+                dtype=np.int64,
+            ),
+            "feature_s": np.frombuffer(
+                _SEPARATOR.join((f.item, *f.categories)).encode(), dtype=np.uint8
+            ),
+            "last_ts": np.array(f.last_ts, dtype=np.float64),
+            "meta": np.array(
+                [self.applied, self.input_partition, self.input_offset], dtype=np.int64
+            ),
+        }
+        for layer, (window, signals) in enumerate(
+            zip(self.windows, self.window_signals, strict=True)
+        ):
+            arrays[f"window{layer}"] = window
+            arrays[f"window_signal{layer}"] = signals
+        return arrays
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> ProfileState:
+        """Inverse of `to_arrays`; raises `StateError` when arrays are missing or inconsistent."""
+        try:
+            hidden = arrays["hidden"]
+            n_layers = hidden.shape[1]
+            ff = arrays["feature_f"].tolist()
+            fi = arrays["feature_i"].tolist()
+            strings = arrays["feature_s"].tobytes().decode().split(_SEPARATOR)
+            n_levels = len(fi) - 5
+            if n_levels % 2 or len(ff) != 6 + n_levels:
+                raise ValueError("feature arrays do not agree on the number of levels")
+            n_levels //= 2
+            features = FeatureState(
+                has_open=bool(fi[0]),
+                item=strings[0],
+                categories=tuple(strings[1:]),
+                item_id=fi[1],
+                category_ids=tuple(fi[5 : 5 + n_levels]),
+                last_micro_ts=ff[0],
+                last_ts=ff[1],
+                last_behavior=fi[2],
+                last_gap=fi[3],
+                run_start_ts=ff[2],
+                item_gap=fi[4],
+                visit_start_ts=ff[3],
+                run_dwell_closed=ff[4],
+                run_dwell=ff[5],
+                category_start_ts=tuple(ff[6 : 6 + n_levels]),
+                category_gap=tuple(fi[5 + n_levels :]),
+                category_dwell_closed=tuple(ff[6 + n_levels :]),
+            )
+            applied, partition, offset = arrays["meta"].tolist()
+            return cls(
+                features=features,
+                hidden=hidden,
+                open_signal=arrays["open_signal"],
+                windows=tuple(arrays[f"window{layer}"] for layer in range(n_layers)),
+                window_signals=tuple(arrays[f"window_signal{layer}"] for layer in range(n_layers)),
+                applied=applied,
+                input_partition=partition,
+                input_offset=offset,
+            )
+        except (KeyError, ValueError, IndexError, UnicodeDecodeError) as exc:
+            raise StateError(f"profile state arrays are inconsistent: {exc}") from exc
+
+    def nbytes(self) -> int:
+        """Bytes of array payload (what the codec stores, before its small header)."""
+        return sum(a.nbytes for a in self.to_arrays().values())
+
+
+def initial_state(model: HupModel, features: FeatureState) -> ProfileState:
+    """The state of a user never seen before."""
+    n_layers, hidden = len(model.layer_names), model.config.hidden
+    return ProfileState(
+        features=features,
+        hidden=np.zeros((4, n_layers, hidden), dtype=np.float32),
+        open_signal=np.zeros(n_layers, dtype=np.int64),
+        windows=tuple(np.zeros((0, hidden), dtype=np.float32) for _ in range(n_layers)),
+        window_signals=tuple(np.zeros(0, dtype=np.int64) for _ in range(n_layers)),
+    )
+
+
+@torch.no_grad()
+def step(
+    model: HupModel,
+    states: list[ProfileState],
+    features: list[EventFeatures],
+    feature_states: list[FeatureState],
+) -> tuple[list[ProfileState], dict[str, Tensor]]:
+    """Apply one event to each of a batch of *different* users.
+
+    Args:
+        model: the model, in eval mode.
+        states: each user's state before the event.
+        features: the event's features (from `Featurizer.apply` on `states[i].features`).
+        feature_states: the featurizer state after the event.
+
+    Returns:
+        The new states and the profiles after the event, per head [B, D].
+    """
+    if not states:
+        return [], {}
+    n_layers = len(model.layer_names)
+    if states[0].hidden.shape != (4, n_layers, model.config.hidden):
+        raise StateError(
+            f"state has hidden shape {states[0].hidden.shape}, the model needs "
+            f"{(4, n_layers, model.config.hidden)}"
+        )
+    back = model.config.window - 1
+    f = stack_features(features)
+    hidden = torch.from_numpy(np.stack([s.hidden for s in states]))  # [B, 4, L, H]
+    open_signal = torch.from_numpy(np.stack([s.open_signal for s in states]))  # [B, L]
+    # Every layer opens an entry at a user's first event, so "has an open entry" = "seen".
+    seen = torch.tensor([s.applied > 0 for s in states])
+    new_hidden = hidden.clone()
+    new_signal = open_signal.clone()
+    windows: list[list[np.ndarray]] = [list(s.windows) for s in states]
+    window_signals: list[list[np.ndarray]] = [list(s.window_signals) for s in states]
+    contexts: dict[str, Tensor] = {}
+    finer = None
+    for layer, name in enumerate(model.layer_names):
+        inputs = model.layer_input(name, f, finer)
+        h_committed, c_committed, h_open, c_open = hidden[:, :, layer].unbind(1)  # [B, H] each
+        commit = inputs.change & seen
+        h_committed = torch.where(commit.unsqueeze(-1), h_open, h_committed)
+        c_committed = torch.where(commit.unsqueeze(-1), c_open, c_committed)
+        for row in torch.nonzero(commit).flatten().tolist():
+            windows[row][layer] = _push(windows[row][layer], h_open[row].numpy()[None], back)
+            window_signals[row][layer] = _push(
+                window_signals[row][layer], open_signal[row, layer : layer + 1].numpy(), back
+            )
+        h_new, c_new = model.cells[name](inputs.x, inputs.dt, inputs.a, h_committed, c_committed)
+        recompute = inputs.recompute.unsqueeze(-1)
+        h_open = torch.where(recompute, h_new, h_open)
+        c_open = torch.where(recompute, c_new, c_open)
+        signal = torch.where(inputs.recompute, inputs.signal, open_signal[:, layer])
+        new_hidden[:, :, layer] = torch.stack([h_committed, c_committed, h_open, c_open], dim=1)
+        new_signal[:, layer] = signal
+        contexts[name] = _pool(
+            model,
+            name,
+            [w[layer] for w in windows],
+            [s[layer] for s in window_signals],
+            h_open,
+            signal,
+        )
+        finer = h_open
+    profiles = model.profiles(contexts)
+    hidden_np, signal_np = new_hidden.numpy(), new_signal.numpy()
+    new_states = [
+        replace(
+            state,
+            features=fs,
+            hidden=hidden_np[row].copy(),
+            open_signal=signal_np[row].copy(),
+            windows=tuple(windows[row]),
+            window_signals=tuple(window_signals[row]),
+            applied=state.applied + 1,
+        )
+        for row, (state, fs) in enumerate(zip(states, feature_states, strict=True))
+    ]
+    return new_states, profiles
+
+
+def _push(window: np.ndarray, entry: np.ndarray, capacity: int) -> np.ndarray:
+    """Append and keep the newest `capacity` entries (a new array: states are values)."""
+    if capacity <= 0:
+        return window[:0]
+    joined = np.concatenate([window, entry])
+    return joined[max(0, len(joined) - capacity) :]
+
+
+def _pool(
+    model: HupModel,
+    name: str,
+    windows: list[np.ndarray],
+    signals: list[np.ndarray],
+    current: Tensor,
+    current_signal: Tensor,
+) -> Tensor:
+    if not model.config.attention:
+        return current
+    width = model.config.window
+    batch = current.shape[0]
+    ys = torch.zeros(batch, width, current.shape[1])
+    ids = torch.zeros(batch, width, dtype=torch.long)
+    mask = torch.zeros(batch, width, dtype=torch.bool)
+    for row, (window, signal) in enumerate(zip(windows, signals, strict=True)):
+        n = len(window)
+        if n:
+            ys[row, width - 1 - n : width - 1] = torch.from_numpy(window)
+            ids[row, width - 1 - n : width - 1] = torch.from_numpy(signal)
+            mask[row, width - 1 - n : width - 1] = True
+    ys[:, -1] = current
+    ids[:, -1] = current_signal
+    mask[:, -1] = True
+    return model.pool(name, ys, ids, mask, current)
