@@ -17,7 +17,7 @@ __all__ = ["OOV", "Taxonomy", "Vocabularies", "Vocabulary", "build_vocabularies"
 OOV = 0
 """Id of every token unseen in training (or seen fewer than min_count times)."""
 
-_OOV_TOKEN = "<oov>"
+_OOV_TOKEN = "<oov>"  # noqa: S105 - a vocabulary token, not a secret
 
 
 @dataclass(frozen=True)
