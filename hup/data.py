@@ -1,0 +1,188 @@
+"""Sessions and datasets: the containers, the 70/10/20 split, dataset specs and JSONL export."""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import logging
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from hup.exceptions import DataFormatError, EventValidationError
+from hup.schema import Event, parse_event_json
+
+__all__ = [
+    "Dataset",
+    "Session",
+    "iter_events",
+    "load_dataset",
+    "read_jsonl",
+    "split_sessions",
+    "write_jsonl",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Session:
+    """One session of one user.
+
+    Attributes:
+        session_id: Unique within a dataset.
+        user_id: The user (the Kafka key); a user may own several sessions.
+        events: Micro and dwell events in arrival order, timestamps non-decreasing.
+    """
+
+    session_id: str
+    user_id: str
+    events: tuple[Event, ...]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Sessions from one source, in the order that stands in for time.
+
+    Attributes:
+        name: Where the sessions came from, e.g. the JD file stems.
+        sessions: In file (time) order; `split_sessions` relies on it.
+        taxonomy: Leaf category -> path coarse..leaf; None when the source gives leaves only.
+    """
+
+    name: str
+    sessions: list[Session]
+    taxonomy: dict[str, tuple[str, ...]] | None
+
+
+def split_sessions(
+    sessions: Sequence[Session],
+) -> tuple[list[Session], list[Session], list[Session]]:
+    """Split sessions 70/10/20 into train/validation/test, keeping their order (the protocol).
+
+    Integer arithmetic, so 1000 sessions give exactly 700/100/200.
+    """
+    n = len(sessions)
+    train_end, valid_end = n * 7 // 10, n * 8 // 10
+    return (
+        list(sessions[:train_end]),
+        list(sessions[train_end:valid_end]),
+        list(sessions[valid_end:]),
+    )
+
+
+def iter_events(sessions: Iterable[Session]) -> Iterator[Event]:
+    """Yield every event as one stream, for a producer.
+
+    Users are interleaved by timestamp, as a live site would send them, while each user's own
+    events (their sessions in list order) keep their order exactly: the merge only ever takes
+    the next event of a user, so ties and clock quirks never reorder a user.
+    """
+    per_user: dict[str, list[Session]] = {}
+    for session in sessions:
+        per_user.setdefault(session.user_id, []).append(session)
+    streams = ([e for s in user_sessions for e in s.events] for user_sessions in per_user.values())
+    return heapq.merge(*streams, key=lambda event: event.ts)
+
+
+def write_jsonl(events: Iterable[Event], path: Path) -> int:
+    """Write events one JSON object per line (behaviour as its JD code); return the count."""
+    count = 0
+    with path.open("wb") as out:
+        for event in events:
+            out.write(orjson.dumps(event.model_dump(mode="json", exclude_none=True)))
+            out.write(b"\n")
+            count += 1
+    logger.info("wrote %d events to %s", count, path)
+    return count
+
+
+def read_jsonl(path: Path) -> Iterator[Event]:
+    """Read events written by `write_jsonl` (or any producer following the schema), lazily.
+
+    Raises:
+        DataFormatError: A line is not a valid event; the message names file and line.
+    """
+    with path.open("rb") as lines:
+        for line_no, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield parse_event_json(line)
+            except EventValidationError as exc:
+                raise DataFormatError(f"{path}, line {line_no}: {exc}") from exc
+
+
+def _load_jd(paths: list[Path]) -> Dataset:
+    # Imported here because hup.jd builds `Session`s from this module.
+    from hup.jd import DEFAULT_BASE_TS, SESSION_SPACING_S, read_jd
+
+    stems = [p.stem for p in paths]
+    if len(set(stems)) != len(stems):
+        raise DataFormatError(f"JD files must have distinct names (ids use them): {stems}")
+    sessions: list[Session] = []
+    base_ts = DEFAULT_BASE_TS
+    for path in paths:
+        file_sessions = read_jd(path, base_ts)
+        sessions.extend(file_sessions)
+        # The next file starts on the day after this one ends, so files never overlap in time.
+        end = max((s.events[-1].ts for s in file_sessions), default=base_ts)
+        base_ts = DEFAULT_BASE_TS + SESSION_SPACING_S * (
+            math.floor((end - DEFAULT_BASE_TS) / SESSION_SPACING_S) + 1
+        )
+    return Dataset(name="+".join(stems), sessions=sessions, taxonomy=None)
+
+
+def _load_synthetic(options: str) -> Dataset:
+    from hup.synthetic import SyntheticConfig, generate  # see _load_jd
+
+    fields = {f.name: f for f in dataclasses.fields(SyntheticConfig)}
+    allowed = ", ".join(fields)
+    values: dict[str, int | float] = {}
+    for option in filter(None, (o.strip() for o in options.split(","))):
+        key, sep, raw = option.partition("=")
+        key = key.strip()
+        if not sep:
+            raise DataFormatError(f"synthetic option {option!r} is not key=value")
+        if key not in fields:
+            raise DataFormatError(f"unknown synthetic option {key!r}; allowed: {allowed}")
+        kind = float if fields[key].type in (float, "float") else int
+        try:
+            values[key] = kind(raw.strip())
+        except ValueError as exc:
+            raise DataFormatError(f"synthetic option {key}={raw!r}: not {kind.__name__}") from exc
+    try:
+        config = SyntheticConfig(**values)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise DataFormatError(f"synthetic options {options!r}: {exc}") from exc
+    return generate(config)
+
+
+def load_dataset(spec: str) -> Dataset:
+    """Load the dataset a spec names.
+
+    Specs:
+        ``jd:PATH[,PATH...]``: JD files as one dataset, sessions file after file, named after
+        the file stems joined by ``+``.
+        ``synthetic:users=N,seed=S[,levels=3,...]``: the generator, each ``key=value`` setting
+        the `SyntheticConfig` field of that name (omitted ones keep their defaults).
+
+    Raises:
+        DataFormatError: The spec is malformed (unknown scheme or option, bad value) or a
+            file is.
+    """
+    scheme, _, rest = spec.partition(":")
+    if scheme == "jd":
+        paths = [Path(p.strip()) for p in rest.split(",") if p.strip()]
+        if not paths:
+            raise DataFormatError(f"dataset spec {spec!r} names no file; expected jd:PATH[,PATH]")
+        return _load_jd(paths)
+    if scheme == "synthetic":
+        return _load_synthetic(rest)
+    raise DataFormatError(
+        f"unknown dataset scheme {scheme!r} in {spec!r}; expected jd:PATH[,PATH...] "
+        "or synthetic:key=value,..."
+    )
