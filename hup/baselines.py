@@ -1,0 +1,262 @@
+"""The uniform `Recommender` contract and the protocol's non-learned baselines (POP, S-POP, Item-KNN)."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from hup.data import Session
+from hup.points import PredictionPoint
+from hup.schema import MicroEvent
+
+__all__ = ["POP", "ItemKNN", "Rankings", "Recommender", "SPop", "TrainingPopularity"]
+
+
+@dataclass
+class Rankings:
+    """What a recommender returns for a batch of prediction points.
+
+    Attributes:
+        items: Per point, at most ``k_items`` sku ids, best first; training skus only and never
+            the point's last input sku.
+        categories: Per point, per category level (coarse..fine), at most ``k_categories``
+            training category ids, best first.
+    """
+
+    items: list[list[str]]
+    categories: list[list[list[str]]]
+
+
+@runtime_checkable
+class Recommender(Protocol):
+    """The contract every model in the evaluation table implements (baselines and HUP alike).
+
+    `fit` sees only train (to fit) and valid (to tune); `rank` is then called once on the test
+    sessions with their prediction points and must only read ``events[:n_input]`` of each.
+    """
+
+    name: str
+
+    def fit(self, train: Sequence[Session], valid: Sequence[Session]) -> None:
+        """Fit on ``train``; ``valid`` is for tuning only."""
+        ...
+
+    def rank(
+        self,
+        sessions: Sequence[Session],
+        points: Sequence[PredictionPoint],
+        k_items: int,
+        k_categories: int,
+    ) -> Rankings:
+        """Rank skus and categories for each point of ``sessions``."""
+        ...
+
+
+def _micro(events: Iterable[object]) -> Iterator[MicroEvent]:
+    return (e for e in events if isinstance(e, MicroEvent))
+
+
+def _runs(session: Session) -> Iterator[MicroEvent]:
+    """The first micro event of each run (consecutive micro events on one sku) of a session."""
+    previous: str | None = None
+    for event in _micro(session.events):
+        if event.item_id != previous:
+            yield event
+        previous = event.item_id
+
+
+def _fill(head: Iterable[str], order: Sequence[str], exclude: str | None, k: int) -> list[str]:
+    """Unique ids from ``head`` then ``order``, skipping ``exclude``, cut at ``k``."""
+    out: list[str] = []
+    seen = {exclude}
+    for source in (head, order):
+        for key in source:
+            if len(out) >= k:
+                return out
+            if key not in seen:
+                seen.add(key)
+                out.append(key)
+    return out
+
+
+@dataclass(frozen=True)
+class TrainingPopularity:
+    """Sku and category popularity of the training sessions, which also fixes the vocabularies.
+
+    Popularity counts runs (page visits), not micro events: a target is a run start, and a long
+    visit full of scrolling says no more about what is visited next than a short one. Ties go
+    to the id seen first in file order, which keeps the ranking deterministic.
+    """
+
+    item_order: tuple[str, ...]  # skus, most visited first
+    category_orders: tuple[tuple[str, ...], ...]  # per level coarse..fine, most visited first
+
+    @classmethod
+    def from_sessions(cls, sessions: Sequence[Session]) -> TrainingPopularity:
+        """Count runs of ``sessions`` per sku and per category of each level."""
+        items: Counter[str] = Counter()
+        levels: list[Counter[str]] = []
+        for session in sessions:
+            for event in _runs(session):
+                items[event.item_id] += 1
+                while len(levels) < len(event.categories):
+                    levels.append(Counter())
+                for level, category in enumerate(event.categories):
+                    levels[level][category] += 1
+        # Counter keeps first-insertion order and sorted() is stable: ties stay in file order.
+        return cls(
+            item_order=tuple(sorted(items, key=lambda key: -items[key])),
+            category_orders=tuple(tuple(sorted(c, key=lambda key: -c[key])) for c in levels),
+        )
+
+    @property
+    def n_levels(self) -> int:
+        """Number of category levels seen in training."""
+        return len(self.category_orders)
+
+
+class _Baseline:
+    """Fits `TrainingPopularity`; subclasses choose the item and category heads of a ranking."""
+
+    name = "baseline"
+
+    def __init__(self) -> None:
+        self._pop: TrainingPopularity | None = None
+        self._items: frozenset[str] = frozenset()
+        self._categories: tuple[frozenset[str], ...] = ()
+
+    def fit(self, train: Sequence[Session], valid: Sequence[Session]) -> None:
+        """Count training popularity; ``valid`` is unused (nothing to tune)."""
+        del valid
+        self._pop = TrainingPopularity.from_sessions(train)
+        self._items = frozenset(self._pop.item_order)
+        self._categories = tuple(frozenset(order) for order in self._pop.category_orders)
+
+    @property
+    def popularity(self) -> TrainingPopularity:
+        """The fitted popularity; raises if `fit` was not called."""
+        if self._pop is None:
+            raise RuntimeError(f"{self.name}: rank() called before fit()")
+        return self._pop
+
+    def _item_head(self, inputs: Sequence[MicroEvent]) -> Iterable[str]:
+        return ()
+
+    def _category_head(self, inputs: Sequence[MicroEvent], level: int) -> Iterable[str]:
+        return ()
+
+    def _recent_categories(self, inputs: Sequence[MicroEvent], level: int) -> Iterator[str]:
+        # "Last category": the input's categories of this level, most recent first.
+        for event in reversed(inputs):
+            if level < len(event.categories) and event.categories[level] in self._categories[level]:
+                yield event.categories[level]
+
+    def rank(
+        self,
+        sessions: Sequence[Session],
+        points: Sequence[PredictionPoint],
+        k_items: int,
+        k_categories: int,
+    ) -> Rankings:
+        """Rank each point: the subclass head, then training popularity, last input sku removed."""
+        pop = self.popularity
+        items: list[list[str]] = []
+        categories: list[list[list[str]]] = []
+        for point in points:
+            inputs = list(_micro(sessions[point.session_index].events[: point.n_input]))
+            head = self._item_head(inputs)
+            items.append(_fill(head, pop.item_order, point.last_input_item, k_items))
+            categories.append(
+                [
+                    _fill(self._category_head(inputs, level), order, None, k_categories)
+                    for level, order in enumerate(pop.category_orders)
+                ]
+            )
+        return Rankings(items=items, categories=categories)
+
+
+class POP(_Baseline):
+    """The most visited training skus and categories, the same list for every point."""
+
+    name = "POP"
+
+
+class SPop(_Baseline):
+    """Session popularity as the protocol defines it: the input's skus, most recent first, then POP.
+
+    Categories use "last category" (the input's categories, most recent first, then POP).
+    Input skus never seen in training are dropped: rankings only hold training skus.
+    """
+
+    name = "S-POP"
+
+    def _item_head(self, inputs: Sequence[MicroEvent]) -> Iterable[str]:
+        return (e.item_id for e in reversed(inputs) if e.item_id in self._items)
+
+    def _category_head(self, inputs: Sequence[MicroEvent], level: int) -> Iterable[str]:
+        return self._recent_categories(inputs, level)
+
+
+class ItemKNN(_Baseline):
+    """Session-based Item-KNN (Hidasi et al., GRU4Rec paper): neighbours of the last input sku.
+
+    ``sim(i, j) = n_ij / sqrt(n_i * n_j)`` with ``n_i`` the training sessions containing i and
+    ``n_ij`` those containing both. Items are ranked by their similarity to the last input sku
+    (the standard choice; summing over all input skus would mostly re-rank S-POP); when that
+    sku never occurs in training, the most recent input sku that does is used instead. Ties and
+    the tail are filled by POP. Categories use "last category", like S-POP.
+    """
+
+    name = "Item-KNN"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._sessions_with: Counter[str] = Counter()
+        self._cooccur: dict[str, Counter[str]] = {}
+        self._neighbours: dict[str, tuple[str, ...]] = {}
+        self._pop_rank: dict[str, int] = {}
+
+    def fit(self, train: Sequence[Session], valid: Sequence[Session]) -> None:
+        """Count popularity and session co-occurrence of training skus."""
+        super().fit(train, valid)
+        sessions_with: Counter[str] = Counter()
+        cooccur: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        for session in train:
+            unique = list(dict.fromkeys(e.item_id for e in _micro(session.events)))
+            sessions_with.update(unique)
+            for i in unique:
+                cooccur[i].update(j for j in unique if j != i)
+        self._sessions_with = sessions_with
+        self._cooccur = dict(cooccur)
+        self._neighbours = {}
+        self._pop_rank = {key: r for r, key in enumerate(self.popularity.item_order)}
+
+    def neighbours(self, item: str) -> tuple[str, ...]:
+        """Skus co-occurring with ``item`` in training, most similar first (ties: POP order)."""
+        cached = self._neighbours.get(item)
+        if cached is None:
+            n_i = self._sessions_with[item]
+            scores = {
+                j: n_ij / math.sqrt(n_i * self._sessions_with[j])
+                for j, n_ij in self._cooccur.get(item, Counter()).items()
+            }
+            cached = tuple(sorted(scores, key=lambda j: (-scores[j], self._pop_rank[j])))
+            self._neighbours[item] = cached
+        return cached
+
+    def similarity(self, i: str, j: str) -> float:
+        """Cosine of the session sets of two training skus (0 when either is unknown)."""
+        n_i, n_j = self._sessions_with[i], self._sessions_with[j]
+        if not n_i or not n_j:
+            return 0.0
+        return self._cooccur.get(i, Counter())[j] / math.sqrt(n_i * n_j)
+
+    def _item_head(self, inputs: Sequence[MicroEvent]) -> Iterable[str]:
+        anchor = next((e.item_id for e in reversed(inputs) if e.item_id in self._items), None)
+        return self.neighbours(anchor) if anchor is not None else ()
+
+    def _category_head(self, inputs: Sequence[MicroEvent], level: int) -> Iterable[str]:
+        return self._recent_categories(inputs, level)
