@@ -35,6 +35,9 @@ class HupConfig:
     lambda_micro: float = 0.0  # loss weights of Eq. 7 (the paper's best: 0, 0.5, 0.5)
     lambda_item: float = 0.5
     lambda_category: float = 0.5
+    softmax_weight: float = 0.0  # auxiliary softmax over cosine scores (off = the paper's loss)
+    softmax_temperature: float = 0.1
+    softmax_negatives: int = 0  # sampled negatives per batch; 0 = the full vocabulary
 
     @property
     def n_levels(self) -> int:

@@ -39,12 +39,38 @@ class BehaviorLSTMCell(nn.Module):
         Returns:
             The new (h, c), each [N, H].
         """
-        i, f, g, o = self.gates(torch.cat([x, h], dim=-1)).chunk(4, dim=-1)
-        update = torch.sigmoid(i) * torch.tanh(g)
+        x_gates, scale = self.input_part(x, dt, a)
+        return self.recur(x_gates, scale, h, c)
+
+    def input_part(self, x: Tensor, dt: Tensor, a: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Everything that depends on the inputs only, for any leading shape.
+
+        A sequence pass computes this for all steps at once and loops only over `recur`;
+        that is the same arithmetic as `forward`, step by step.
+
+        Returns:
+            The input half of the I, F, C~, O pre-activations [*, 4H] (bias included) and
+            the product of the time and behaviour gates [*, H] (None for a plain LSTM).
+        """
+        x_dim = x.shape[-1]
+        x_gates = nn.functional.linear(x, self.gates.weight[:, :x_dim], self.gates.bias)
+        scale = None
         if self.time_gate is not None:
-            update = update * torch.sigmoid(self.time_gate(torch.cat([x, dt], dim=-1)))
+            scale = torch.sigmoid(self.time_gate(torch.cat([x, dt], dim=-1)))
         if self.behavior_gate is not None:
-            update = update * torch.sigmoid(self.behavior_gate(torch.cat([x, a], dim=-1)))
+            behavior = torch.sigmoid(self.behavior_gate(torch.cat([x, a], dim=-1)))
+            scale = behavior if scale is None else scale * behavior
+        return x_gates, scale
+
+    def recur(
+        self, x_gates: Tensor, scale: Tensor | None, h: Tensor, c: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """The recurrent half of a step, from `input_part`'s outputs and the previous state."""
+        h_weight = self.gates.weight[:, self.gates.weight.shape[1] - self.hidden :]
+        i, f, g, o = (x_gates + nn.functional.linear(h, h_weight)).chunk(4, dim=-1)
+        update = torch.sigmoid(i) * torch.tanh(g)
+        if scale is not None:
+            update = update * scale
         c_new = torch.sigmoid(f) * c + update
         h_new = torch.sigmoid(o) * torch.tanh(c_new)
         return h_new, c_new

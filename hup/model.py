@@ -219,14 +219,17 @@ class HupModel(nn.Module):
         h_committed, c_committed, h_open, c_open = zeros, zeros, zeros, zeros
         outputs = []
         cell = self.cells[name]
+        x_gates, scale = cell.input_part(inputs.x, inputs.dt, inputs.a)  # [B, T, 4H], [B, T, H]
+        commits = (inputs.change & valid).unsqueeze(-1)
+        steps_mask = (inputs.recompute & valid).unsqueeze(-1)
         for t in range(steps):
-            commit = (inputs.change[:, t] & valid[:, t]).unsqueeze(-1)
+            commit = commits[:, t]
             h_committed = torch.where(commit, h_open, h_committed)
             c_committed = torch.where(commit, c_open, c_committed)
-            h_new, c_new = cell(
-                inputs.x[:, t], inputs.dt[:, t], inputs.a[:, t], h_committed, c_committed
+            h_new, c_new = cell.recur(
+                x_gates[:, t], None if scale is None else scale[:, t], h_committed, c_committed
             )
-            step = (inputs.recompute[:, t] & valid[:, t]).unsqueeze(-1)
+            step = steps_mask[:, t]
             h_open = torch.where(step, h_new, h_open)
             c_open = torch.where(step, c_new, c_open)
             outputs.append(h_open)
@@ -272,14 +275,39 @@ class HupModel(nn.Module):
         """
         cfg = self.config
         profiles = self(batch, positions)
-        item_target = self.item_embedding(targets["item"])
-        total = cfg.lambda_item * _cosine_loss(profiles["item"], item_target)
+        levels = [("item", self.item_embedding, targets["item"], cfg.lambda_item)]
         if "micro" in profiles and cfg.lambda_micro:
-            total = total + cfg.lambda_micro * _cosine_loss(profiles["micro"], item_target)
+            levels.append(("micro", self.item_embedding, targets["item"], cfg.lambda_micro))
         for k, emb in enumerate(self.category_embeddings):
-            target = emb(targets["categories"][:, k])
-            total = total + cfg.lambda_category * _cosine_loss(profiles[f"category{k}"], target)
+            levels.append((f"category{k}", emb, targets["categories"][:, k], cfg.lambda_category))
+        total = profiles["item"].new_zeros(())
+        for head, table, target, weight in levels:
+            loss = _cosine_loss(profiles[head], table(target))
+            if cfg.softmax_weight:
+                loss = loss + cfg.softmax_weight * self._softmax_loss(
+                    profiles[head], table.weight, target
+                )
+            total = total + weight * loss
         return total
+
+    def _softmax_loss(self, profile: Tensor, table: Tensor, target: Tensor) -> Tensor:
+        """Cross-entropy over cosine scores: keeps trained target embeddings apart.
+
+        Cosine proximity alone is minimised by collapsing every embedding onto one
+        direction when the targets are trainable; the negatives of this term prevent it.
+        """
+        cfg = self.config
+        if cfg.softmax_negatives and cfg.softmax_negatives < table.shape[0]:
+            negatives = torch.randint(
+                1, table.shape[0], (cfg.softmax_negatives,), device=table.device
+            )
+            candidates = torch.cat([target, negatives])
+            labels = torch.arange(target.shape[0], device=table.device)
+        else:
+            candidates = torch.arange(table.shape[0], device=table.device)
+            labels = target
+        scores = F.normalize(profile, dim=-1) @ F.normalize(table[candidates], dim=-1).T
+        return F.cross_entropy(scores / cfg.softmax_temperature, labels)
 
 
 def _cosine_loss(profile: Tensor, target: Tensor) -> Tensor:

@@ -1,0 +1,128 @@
+"""HUP behind the evaluation's `Recommender` contract: profiles at points -> rankings."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import Tensor
+
+from hup.baselines import Rankings
+from hup.checkpoint import Checkpoint
+from hup.data import Session
+from hup.features import Featurizer
+from hup.model import collate_features
+from hup.points import PredictionPoint
+from hup.sequences import featurize_session
+
+__all__ = ["HupRecommender", "profiles_at_points", "top_k_excluding"]
+
+
+def profiles_at_points(
+    checkpoint: Checkpoint,
+    sessions: Sequence[Session],
+    points: Sequence[PredictionPoint],
+    batch_size: int = 256,
+) -> dict[str, Tensor]:
+    """Profiles after each point's last input event, by the full-sequence forward pass.
+
+    The forward pass is causal, so running it over the whole session and reading the
+    profile at the point's last input event sees only that input.
+    """
+    featurizer = Featurizer(checkpoint.spec, checkpoint.vocabularies)
+    needed = sorted({p.session_index for p in points})
+    featurized = {i: featurize_session(featurizer, sessions[i]) for i in needed}
+    out: dict[str, list[Tensor]] = {}
+    order: list[int] = []
+    by_session: dict[int, list[int]] = {}
+    for n, p in enumerate(points):
+        by_session.setdefault(p.session_index, []).append(n)
+    model = checkpoint.model.eval()
+    for start in range(0, len(needed), batch_size):
+        chunk = needed[start : start + batch_size]
+        batch = collate_features([featurized[i].features for i in chunk])
+        positions = []
+        for row, i in enumerate(chunk):
+            for n in by_session[i]:
+                positions.append((row, featurized[i].feature_at_event[points[n].n_input - 1]))
+                order.append(n)
+        with torch.no_grad():
+            profiles = model(batch, torch.tensor(positions, dtype=torch.long))
+        for name, value in profiles.items():
+            out.setdefault(name, []).append(value)
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order))
+    return {name: torch.cat(parts)[inverse] for name, parts in out.items()}
+
+
+def top_k_excluding(
+    profiles: Tensor, table: Tensor, k: int, excluded: Sequence[int | None]
+) -> list[list[int]]:
+    """Ids of the k rows of `table` most cosine-similar to each profile (never OOV id 0).
+
+    Args:
+        profiles: [N, D]; table: embedding table [V, D]; excluded: one id per profile to
+            leave out (the last input item), or None.
+    """
+    scores = F.normalize(profiles, dim=-1) @ F.normalize(table, dim=-1).T  # [N, V]
+    scores[:, 0] = float("-inf")
+    rows = [n for n, e in enumerate(excluded) if e]
+    if rows:
+        scores[rows, [excluded[n] for n in rows]] = float("-inf")
+    return scores.topk(min(k, table.shape[0] - 1), dim=-1).indices.tolist()
+
+
+class HupRecommender:
+    """Ranks items by cosine to the item-level profile, categories per level likewise."""
+
+    def __init__(
+        self,
+        name: str,
+        fit_fn: Callable[[Sequence[Session], Sequence[Session]], Checkpoint] | None = None,
+        checkpoint: Checkpoint | None = None,
+    ) -> None:
+        """Either a trained checkpoint, or a function that trains one in `fit`."""
+        self.name = name
+        self._fit_fn = fit_fn
+        self.checkpoint = checkpoint
+
+    def fit(self, train: Sequence[Session], valid: Sequence[Session]) -> None:
+        """Train (unless constructed with a checkpoint)."""
+        if self._fit_fn is not None:
+            self.checkpoint = self._fit_fn(train, valid)
+
+    def rank(
+        self,
+        sessions: Sequence[Session],
+        points: Sequence[PredictionPoint],
+        k_items: int,
+        k_categories: int,
+    ) -> Rankings:
+        """Rank skus and categories for each point."""
+        if self.checkpoint is None:
+            raise RuntimeError(f"{self.name}: rank called before fit")
+        if not points:
+            return Rankings([], [])
+        model, vocab = self.checkpoint.model, self.checkpoint.vocabularies
+        profiles = profiles_at_points(self.checkpoint, sessions, points)
+        last_items = [vocab.items.lookup(p.last_input_item) or None for p in points]
+        with torch.no_grad():
+            item_ids = top_k_excluding(
+                profiles["item"], model.item_embedding.weight, k_items, last_items
+            )
+            per_level = [
+                top_k_excluding(
+                    profiles[f"category{k}"], emb.weight, k_categories, [None] * len(points)
+                )
+                for k, emb in enumerate(model.category_embeddings)
+            ]
+        items = [[vocab.items.tokens[i] for i in row] for row in item_ids]
+        categories = [
+            [
+                [vocab.categories[k].tokens[i] for i in per_level[k][n]]
+                for k in range(len(per_level))
+            ]
+            for n in range(len(points))
+        ]
+        return Rankings(items, categories)

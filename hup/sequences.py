@@ -1,0 +1,87 @@
+"""Sessions -> featurized sequences and training examples, through the shared featurizer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from hup.data import Session
+from hup.features import EventFeatures, Featurizer
+from hup.model import collate_features
+
+__all__ = ["FeaturizedSession", "batches", "featurize_session", "training_positions"]
+
+
+@dataclass(frozen=True)
+class FeaturizedSession:
+    """A session's features and, per event, the index of the latest feature at or before it."""
+
+    features: list[EventFeatures]
+    feature_at_event: list[int]  # -1 until the first accepted event
+
+
+def featurize_session(featurizer: Featurizer, session: Session) -> FeaturizedSession:
+    """Run the causal featurizer over one session, exactly as the stream would."""
+    state = featurizer.initial_state()
+    features: list[EventFeatures] = []
+    at_event: list[int] = []
+    for event in session.events:
+        state, feats, _ = featurizer.apply(state, event)
+        if feats is not None:
+            features.append(feats)
+        at_event.append(len(features) - 1)
+    return FeaturizedSession(features, at_event)
+
+
+def training_positions(features: Sequence[EventFeatures]) -> list[tuple[int, int]]:
+    """(position, target position) pairs: the last micro event of each run and the next run's start.
+
+    These are the protocol's prediction points, so the model is trained where it is judged.
+    """
+    pairs = []
+    last_micro = None
+    for t, f in enumerate(features):
+        if not f.is_micro:
+            continue
+        if last_micro is not None and f.item_change:
+            pairs.append((last_micro, t))
+        last_micro = t
+    return pairs
+
+
+def batches(
+    sessions: Sequence[FeaturizedSession],
+    batch_size: int,
+    generator: torch.Generator | None = None,
+) -> Iterator[tuple[dict[str, Tensor], Tensor, dict[str, Tensor]]]:
+    """Training batches: (collated features, positions [N, 2], targets) over sessions with points.
+
+    Sessions are grouped by length so that padding stays small; batch order is shuffled.
+    """
+    usable = [s for s in sessions if training_positions(s.features)]
+    order = sorted(range(len(usable)), key=lambda i: len(usable[i].features))
+    groups = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    shuffle = (
+        torch.randperm(len(groups), generator=generator).tolist()
+        if generator
+        else range(len(groups))
+    )
+    for g in shuffle:
+        chosen = [usable[i].features for i in groups[g]]
+        positions, target_items, target_categories = [], [], []
+        for row, feats in enumerate(chosen):
+            for t, target in training_positions(feats):
+                positions.append((row, t))
+                target_items.append(feats[target].item)
+                target_categories.append(feats[target].categories)
+        yield (
+            collate_features(chosen),
+            torch.tensor(positions, dtype=torch.long),
+            {
+                "item": torch.tensor(target_items, dtype=torch.long),
+                "categories": torch.tensor(target_categories, dtype=torch.long),
+            },
+        )

@@ -1,0 +1,209 @@
+"""The training recipe: config -> seed -> data -> model -> fit -> save."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hup.baselines import Recommender
+from hup.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from hup.config import VARIANTS, HupConfig
+from hup.data import Session
+from hup.evaluate import evaluate
+from hup.features import FeatureSpec, Featurizer
+from hup.model import HupModel
+from hup.recommender import HupRecommender
+from hup.schema import MicroEvent
+from hup.sequences import batches, featurize_session
+from hup.vocab import Taxonomy, Vocabularies, build_vocabularies
+
+__all__ = ["TrainOptions", "train_model"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Everything `hup train` can set. Defaults follow the paper where it says something."""
+
+    variant: str = "hup"  # a key of hup.config.VARIANTS
+    epochs: int = 10
+    batch_size: int = 128  # sessions per batch (the paper's 128)
+    learning_rate: float = 3e-3
+    patience: int = 2  # epochs without validation improvement before stopping
+    seed: int = 0
+    device: str = "cpu"
+    min_item_count: int = 1
+    skipgram: bool = True  # initialise item embeddings by skip-gram (the authors used word2vec)
+    freeze_items: bool = False  # keep item embeddings fixed (the authors' setting)
+    window: int = 50  # attention window W
+    hidden: int = 100
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 - gensim and numpy users read the global state
+    torch.manual_seed(seed)
+
+
+def _n_levels(sessions: Sequence[Session], taxonomy: Taxonomy | None) -> int:
+    if taxonomy is not None:
+        return taxonomy.n_levels
+    for session in sessions:
+        for event in session.events:
+            if isinstance(event, MicroEvent):
+                return len(event.categories)
+    return 1
+
+
+def _skipgram_init(
+    model: HupModel, vocab: Vocabularies, train: Sequence[Session], seed: int
+) -> None:
+    from gensim.models import Word2Vec  # heavy import, only when asked for
+
+    sentences = []
+    for session in train:
+        items = [e.item_id for e in session.events if isinstance(e, MicroEvent)]
+        sentences.append([i for n, i in enumerate(items) if n == 0 or items[n - 1] != i])
+    w2v = Word2Vec(
+        sentences,
+        vector_size=model.config.item_dim,
+        window=5,
+        min_count=1,
+        sg=1,
+        negative=10,
+        epochs=10,
+        seed=seed,
+        workers=1,
+    )
+    weights = model.item_embedding.weight.data
+    found = 0
+    for token_id, token in enumerate(vocab.items.tokens):
+        if token in w2v.wv:
+            weights[token_id] = torch.from_numpy(w2v.wv[token].copy())
+            found += 1
+    logger.info("skip-gram initialised %d of %d item embeddings", found, len(vocab.items))
+
+
+def train_model(
+    train: Sequence[Session],
+    valid: Sequence[Session],
+    options: TrainOptions,
+    taxonomy: Taxonomy | None = None,
+    out: Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[Checkpoint, list[dict[str, float]]]:
+    """Fit a HUP model (or a variant) and return the best checkpoint by validation Recall@20.
+
+    Args:
+        train, valid: sessions of the protocol's split (valid only selects the epoch).
+        options: the training settings.
+        taxonomy: category paths when the data gives leaves only.
+        out: where to save the checkpoint (a temporary directory is not made for you).
+        progress: called with (batches done, batches per epoch) during each epoch.
+
+    Returns:
+        The best checkpoint and the per-epoch history.
+    """
+    if options.variant not in VARIANTS:
+        raise ValueError(
+            f"unknown model variant {options.variant!r}; choose from {sorted(VARIANTS)}"
+        )
+    _seed_everything(options.seed)
+    n_levels = _n_levels(train, taxonomy)
+    vocab = build_vocabularies(
+        (e for s in train for e in s.events), n_levels, taxonomy, options.min_item_count
+    )
+    spec = FeatureSpec(n_levels=n_levels)
+    config = HupConfig(
+        n_items=len(vocab.items),
+        n_categories=tuple(len(v) for v in vocab.categories),
+        window=options.window,
+        hidden=options.hidden,
+        **{**VARIANTS[options.variant], **options.model_overrides},
+    )
+    model = HupModel(config).to(options.device)
+    if options.skipgram:
+        _skipgram_init(model, vocab, train, options.seed)
+    model.item_embedding.weight.requires_grad_(not options.freeze_items)
+    featurizer = Featurizer(spec, vocab)
+    train_seqs = [featurize_session(featurizer, s) for s in train]
+    optimizer = torch.optim.Adam(
+        [p for p in model.parameters() if p.requires_grad], lr=options.learning_rate
+    )
+    generator = torch.Generator().manual_seed(options.seed)
+    n_batches = math.ceil(sum(1 for s in train_seqs if len(s.features) > 1) / options.batch_size)
+    history: list[dict[str, float]] = []
+    best_score, best_epoch, best_state = -1.0, -1, None
+    for epoch in range(1, options.epochs + 1):
+        started = time.perf_counter()
+        model.train()
+        losses = []
+        for done, (batch, positions, targets) in enumerate(
+            batches(train_seqs, options.batch_size, generator), start=1
+        ):
+            batch = {k: v.to(options.device) for k, v in batch.items()}
+            targets = {k: v.to(options.device) for k, v in targets.items()}
+            loss = model.loss(batch, positions.to(options.device), targets)
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            optimizer.step()
+            losses.append(loss.item())
+            if progress is not None:
+                progress(done, n_batches)
+        model.eval()
+        checkpoint = Checkpoint(model, spec, vocab, "unsaved", {})
+        score = _validation_recall(checkpoint, train, valid)
+        record = {
+            "epoch": epoch,
+            "loss": float(np.mean(losses)) if losses else math.nan,
+            "valid_recall20": score,
+            "seconds": time.perf_counter() - started,
+        }
+        history.append(record)
+        logger.info("epoch %d: %s", epoch, record)
+        if score > best_score:
+            best_score, best_epoch = score, epoch
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        elif epoch - best_epoch >= options.patience:
+            logger.info("early stop after epoch %d (best %d)", epoch, best_epoch)
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    info = {"options": dataclasses.asdict(options), "history": history, "best_epoch": best_epoch}
+    if out is None:
+        return Checkpoint(model, spec, vocab, "unsaved", info), history
+    save_checkpoint(out, model, spec, vocab, info)
+    return load_checkpoint(out, options.device), history
+
+
+def _validation_recall(
+    checkpoint: Checkpoint, train: Sequence[Session], valid: Sequence[Session]
+) -> float:
+    """Item Recall@20 on the validation split's `every` points (what early stopping watches)."""
+    if not valid:
+        return 0.0
+    recommender: Recommender = HupRecommender("hup", checkpoint=checkpoint)
+    report = evaluate([recommender], train, [], valid, n_resamples=1)
+    return report_metric(report, "every", "item Recall@20")
+
+
+def report_metric(report: Any, mode: str, metric: str) -> float:
+    """Read one figure (mean) from an `EvaluationReport`."""
+    for row in report.rows:
+        if row.mode == mode:
+            return float(row.metrics[metric].mean)
+    raise KeyError(f"no {mode} row in the report")
