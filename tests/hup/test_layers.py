@@ -213,3 +213,24 @@ def test_attention_pool_window_of_one() -> None:
         pool, (last[:, None, :], rng.standard_normal((N, 1, S)), np.ones((N, 1), bool), last)
     )
     np.testing.assert_allclose(out, last, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["behavior", "time", "lstm"])
+def test_sequence_split_into_input_part_and_recur_equals_stepping_forward(kind: CellKind) -> None:
+    # The model precomputes input_part for [T, N, *] at once and loops over recur only.
+    torch.manual_seed(10)
+    cell = BehaviorLSTMCell(X, G, A, H, kind).double()
+    steps = 4
+    rng = np.random.default_rng(10)
+    xs, dts, as_ = (torch.from_numpy(rng.standard_normal((steps, N, d))) for d in (X, G, A))
+    h0, c0 = (torch.from_numpy(rng.standard_normal((N, H))) for _ in range(2))
+    with torch.no_grad():
+        x_gates, scale = cell.input_part(xs, dts, as_)
+        assert x_gates.shape == (steps, N, 4 * H)
+        assert (scale is None) == (kind == "lstm")
+        h_seq, c_seq, h_step, c_step = h0, c0, h0, c0
+        for t in range(steps):
+            h_seq, c_seq = cell.recur(x_gates[t], None if scale is None else scale[t], h_seq, c_seq)
+            h_step, c_step = cell(xs[t], dts[t], as_[t], h_step, c_step)
+            np.testing.assert_allclose(h_seq.numpy(), h_step.numpy(), atol=1e-12, rtol=0)
+            np.testing.assert_allclose(c_seq.numpy(), c_step.numpy(), atol=1e-12, rtol=0)
