@@ -98,8 +98,26 @@ class AttentionPool(nn.Module):
         Returns:
             The context vectors [N, H].
         """
-        query = last.unsqueeze(1).expand(-1, ys.shape[1], -1)  # [N, W, H]
-        hidden = torch.tanh(self.score_hidden(torch.cat([ys, query, signals], dim=-1)))
-        scores = self.score_out(hidden).squeeze(-1).masked_fill(~mask, float("-inf"))  # [N, W]
-        weights = torch.softmax(scores, dim=-1)
+        return self.pool(self.keys(ys, signals), ys, mask, last)
+
+    def keys(self, ys: Tensor, signals: Tensor) -> Tensor:
+        """The part of the first scoring layer that depends on an entry alone, [*, A].
+
+        The first layer is linear in [y_i, y_last, a_i], so it splits into a per-entry term
+        (computed once per output, not once per window it appears in) and a query term.
+        """
+        hidden = ys.shape[-1]
+        weight = self.score_hidden.weight
+        return nn.functional.linear(
+            torch.cat([ys, signals], dim=-1),
+            torch.cat([weight[:, :hidden], weight[:, 2 * hidden :]], dim=1),
+            self.score_hidden.bias,
+        )
+
+    def pool(self, keys: Tensor, ys: Tensor, mask: Tensor, last: Tensor) -> Tensor:
+        """Pool from precomputed `keys` [N, W, A] of the window entries `ys` [N, W, H]."""
+        hidden = ys.shape[-1]
+        query = nn.functional.linear(last, self.score_hidden.weight[:, hidden : 2 * hidden])
+        scores = self.score_out(torch.tanh(keys + query.unsqueeze(1))).squeeze(-1)  # [N, W]
+        weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
         return torch.einsum("nw,nwh->nh", weights, ys)

@@ -256,11 +256,11 @@ class HupModel(nn.Module):
         has_past = past >= 0
         past_times = entry_end[rows.unsqueeze(1), past.clamp(min=0)]
         window_times = torch.cat([past_times, times.unsqueeze(1)], dim=1)  # [N, W]
-        mask = torch.cat([has_past, torch.ones_like(has_past[:, :1])], dim=1)
+        mask = torch.cat([has_past, has_past.new_ones(has_past.shape[0], 1)], dim=1)
         window_times = torch.where(mask, window_times, 0)
-        window_ys = ys[rows.unsqueeze(1), window_times]  # [N, W, H]
-        signals = inputs.signal[rows.unsqueeze(1), window_times]  # [N, W]
-        return self.pool(name, window_ys, signals, mask, last)
+        keys = self.pools[name].keys(ys, self.signal_embedding(name, inputs.signal))  # [B, T, A]
+        window = (rows.unsqueeze(1), window_times)
+        return self.pools[name].pool(keys[window], ys[window], mask, last)
 
     # ---- training ----------------------------------------------------------------------------
 

@@ -53,6 +53,9 @@ def _coerce_behavior(value: Any) -> Behavior:
     # but never a bool (True == 1 in Python) or a float code such as 1.5.
     if isinstance(value, Behavior):
         return value
+    if isinstance(value, float) and value.is_integer():
+        # JSON has one number type: `9.0` is the code 9, as JSON Schema's "integer" agrees.
+        value = int(value)
     if isinstance(value, int) and not isinstance(value, bool):
         if 1 <= value <= len(Behavior):
             return Behavior(value)
@@ -73,6 +76,8 @@ def _coerce_id(value: Any) -> str:
     # JD ids are integers; everything downstream keys on strings.
     if isinstance(value, bool):
         raise ValueError("an id must be a string or an integer, got a boolean")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, int):
         return str(value)
     if isinstance(value, str):
@@ -91,8 +96,20 @@ def _finite_nonneg(value: Any) -> float:
     return number
 
 
-Id = Annotated[str, BeforeValidator(_coerce_id)]
-Seconds = Annotated[float, BeforeValidator(_finite_nonneg)]
+def _any_case(name: str) -> str:
+    return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else c for c in name)
+
+
+Id = Annotated[
+    str,
+    BeforeValidator(_coerce_id),
+    WithJsonSchema({"anyOf": [{"type": "string", "pattern": "\\S"}, {"type": "integer"}]}),
+]
+Seconds = Annotated[
+    float,
+    BeforeValidator(_finite_nonneg),
+    WithJsonSchema({"type": "number", "minimum": 0}),
+]
 BehaviorField = Annotated[
     Behavior,
     BeforeValidator(_coerce_behavior),
@@ -101,7 +118,12 @@ BehaviorField = Annotated[
             "description": "JD behaviour name (case-insensitive) or code 1..10",
             "anyOf": [
                 {"type": "integer", "minimum": 1, "maximum": len(Behavior)},
-                {"type": "string", "enum": [b.name for b in Behavior]},
+                {
+                    "type": "string",
+                    "pattern": "^\\s*(0*(10|[1-9])|"
+                    + "|".join(_any_case(b.name) for b in Behavior)
+                    + ")\\s*$",
+                },
             ],
         }
     ),

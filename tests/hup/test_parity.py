@@ -1,0 +1,133 @@
+"""The stream's incremental path equals the offline forward pass on every prefix (1e-5)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+import torch
+
+from hup.config import VARIANTS, HupConfig
+from hup.data import Session
+from hup.features import FeatureSpec, Featurizer
+from hup.incremental import ProfileState, initial_state, step
+from hup.jd import read_jd
+from hup.model import HupModel, collate_features
+from hup.sequences import featurize_session
+from hup.synthetic import SyntheticConfig, generate
+from hup.vocab import Taxonomy, build_vocabularies
+from state.codec import decode_state, encode_state
+
+JD_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "jd"
+TOLERANCE = 1e-5
+
+
+def _model(sessions: Sequence[Session], taxonomy: Taxonomy | None, n_levels: int, **overrides):
+    # Vocabularies from the first half only, so the rest exercises OOV ids too.
+    half = sessions[: max(1, len(sessions) // 2)]
+    vocab = build_vocabularies((e for s in half for e in s.events), n_levels, taxonomy)
+    torch.manual_seed(0)
+    config = HupConfig(
+        n_items=len(vocab.items),
+        n_categories=tuple(len(v) for v in vocab.categories),
+        **overrides,
+    )
+    return HupModel(config).eval(), Featurizer(FeatureSpec(n_levels=n_levels), vocab)
+
+
+def _offline(model: HupModel, featurizer: Featurizer, sessions: Sequence[Session]):
+    """Per session, per accepted event: the profiles of the full-sequence forward pass."""
+    out = []
+    for start in range(0, len(sessions), 128):
+        chunk = [featurize_session(featurizer, s).features for s in sessions[start : start + 128]]
+        batch = collate_features(chunk)
+        positions = torch.nonzero(batch["valid"])
+        with torch.no_grad():
+            profiles = model(batch, positions)
+        rows = [[] for _ in chunk]
+        for n, (row, _) in enumerate(positions.tolist()):
+            rows[row].append({k: v[n] for k, v in profiles.items()})
+        out.extend(rows)
+    return out
+
+
+def _roundtrip(state: ProfileState) -> ProfileState:
+    return ProfileState.from_arrays(decode_state(encode_state(state.to_arrays(), "m"), "m"))
+
+
+def _max_difference(model, featurizer, sessions, seed=0, max_batch=64) -> tuple[float, int]:
+    """Step users' events in random interleaved batches, compare each profile to offline."""
+    expected = _offline(model, featurizer, sessions)
+    rng = random.Random(seed)
+    states = [initial_state(model, featurizer.initial_state()) for _ in sessions]
+    cursor = [0] * len(sessions)
+    produced = [0] * len(sessions)
+    worst, compared = 0.0, 0
+    pending = [i for i, s in enumerate(sessions) if s.events]
+    while pending:
+        chosen = rng.sample(pending, min(len(pending), rng.randint(1, max_batch)))
+        batch_states, features, feature_states, owners = [], [], [], []
+        for i in chosen:
+            event = sessions[i].events[cursor[i]]
+            cursor[i] += 1
+            new_fs, feats, _ = featurizer.apply(states[i].features, event)
+            if feats is None:
+                continue
+            batch_states.append(states[i])
+            features.append(feats)
+            feature_states.append(new_fs)
+            owners.append(i)
+        if owners:
+            new_states, profiles = step(model, batch_states, features, feature_states)
+            for row, i in enumerate(owners):
+                states[i] = _roundtrip(new_states[row])  # as the stream stores it
+                reference = expected[i][produced[i]]
+                produced[i] += 1
+                for head, vector in reference.items():
+                    worst = max(worst, (vector - profiles[head][row]).abs().max().item())
+                    compared += 1
+        pending = [i for i in pending if cursor[i] < len(sessions[i].events)]
+    assert produced == [len(e) for e in expected], "one profile per accepted event"
+    return worst, compared
+
+
+def test_parity_on_200_synthetic_users_every_level() -> None:
+    dataset = generate(SyntheticConfig(users=200, seed=3, min_events=5, max_events=120))
+    taxonomy = Taxonomy(dataset.taxonomy)
+    model, featurizer = _model(dataset.sessions, taxonomy, taxonomy.n_levels, window=12)
+    worst, compared = _max_difference(model, featurizer, dataset.sessions)
+    assert compared > 200 * 5 * 5  # five heads (micro, item, three category levels)
+    assert worst < TOLERANCE
+
+
+@pytest.mark.parametrize("variant", sorted(set(VARIANTS) - {"hup"}))
+def test_parity_holds_for_every_ablation(variant: str) -> None:
+    dataset = generate(SyntheticConfig(users=30, seed=4, min_events=5, max_events=60))
+    taxonomy = Taxonomy(dataset.taxonomy)
+    model, featurizer = _model(
+        dataset.sessions, taxonomy, taxonomy.n_levels, window=6, **VARIANTS[variant]
+    )
+    worst, _ = _max_difference(model, featurizer, dataset.sessions, seed=1)
+    assert worst < TOLERANCE
+
+
+def test_window_of_one_pools_only_the_current_entry() -> None:
+    dataset = generate(SyntheticConfig(users=10, seed=5, min_events=5, max_events=40))
+    model, featurizer = _model(dataset.sessions, None, 3, window=1)
+    worst, _ = _max_difference(model, featurizer, dataset.sessions)
+    assert worst < TOLERANCE
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["JD_Appliances_sample.txt", "JD_Computers_sample.txt"])
+def test_parity_on_every_jd_session(name: str) -> None:
+    path = JD_DIR / name
+    if not path.exists():
+        pytest.skip(f"JD sample data not found at {path}")
+    sessions = read_jd(path)
+    model, featurizer = _model(sessions, None, 1)
+    worst, compared = _max_difference(model, featurizer, sessions, max_batch=256)
+    assert compared > 1000 * 40 * 3
+    assert worst < TOLERANCE
