@@ -1,0 +1,174 @@
+"""The framework-free batch processor: parity, idempotency, dead letters, state resets."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import orjson
+import pytest
+import torch
+
+from hup.data import Dataset, iter_events
+from hup.model import collate_features
+from hup.runtime import Profiler
+from hup.sequences import featurize_session
+from state.codec import encode_state
+from state.store import MemoryStore
+from stream.processor import InputRecord, Processor
+
+
+def _records(events, partitions: int = 3) -> list[InputRecord]:
+    """Events as a keyed topic would deliver them: per-user partition, per-partition offsets."""
+    offsets = [0] * partitions
+    records = []
+    for event in events:
+        partition = sum(event.user_id.encode()) % partitions
+        value = orjson.dumps(event.model_dump(mode="json", exclude_none=True))
+        records.append(
+            InputRecord(
+                value, "micro-behaviors", partition, offsets[partition], event.user_id.encode()
+            )
+        )
+        offsets[partition] += 1
+    return records
+
+
+def _offline_profiles(profiler: Profiler, traffic: Dataset) -> dict[str, list[dict]]:
+    expected = {}
+    for session in traffic.sessions:
+        feats = featurize_session(profiler.featurizer, session).features
+        batch = collate_features([feats])
+        positions = torch.nonzero(batch["valid"])
+        with torch.no_grad():
+            out = profiler.model(batch, positions)
+        expected[session.user_id] = [{k: v[n] for k, v in out.items()} for n in range(len(feats))]
+    return expected
+
+
+@pytest.fixture
+def profiler(checkpoint_dir: Path) -> Profiler:
+    return Profiler.load(checkpoint_dir)
+
+
+def test_every_event_yields_the_offline_profile_in_order(
+    profiler: Profiler, traffic: Dataset
+) -> None:
+    records = _records(iter_events(traffic.sessions))
+    store = MemoryStore()
+    processor = Processor(profiler)
+    published = []
+    for start in range(0, len(records), 97):  # batches cut across users
+        result = processor.process(records[start : start + 97], store)
+        published.extend(orjson.loads(p.value) for p in result.profiles)
+    expected = _offline_profiles(profiler, traffic)
+    by_user: dict[str, list[dict]] = {}
+    for message in published:
+        by_user.setdefault(message["user_id"], []).append(message)
+    assert set(by_user) == set(expected)
+    worst = 0.0
+    for user, messages in by_user.items():
+        assert [m["seq"] for m in messages] == list(range(1, len(expected[user]) + 1))
+        for message, reference in zip(messages, expected[user], strict=True):
+            got = message["profile"]
+            pairs = [("item", got["item"]), ("micro", got["micro"])] + [
+                (f"category{k}", v) for k, v in enumerate(got["category"])
+            ]
+            for head, vector in pairs:
+                diff = (torch.tensor(vector) - reference[head]).abs().max().item()
+                worst = max(worst, diff)
+        assert message["model_version"] == profiler.version
+    assert worst < 1e-5
+
+
+def test_redelivered_records_are_skipped(profiler: Profiler, traffic: Dataset) -> None:
+    records = _records(iter_events(traffic.sessions[:5]))
+    store = MemoryStore()
+    processor = Processor(profiler)
+    first = processor.process(records, store)
+    snapshot = dict(store.items())
+    again = processor.process(records[len(records) // 2 :], store)
+    assert again.profiles == []
+    assert again.outcomes["skipped_duplicate"] == len(records) - len(records) // 2
+    assert again.outcomes["applied"] == 0
+    assert dict(store.items()) == snapshot
+    assert first.outcomes["applied"] > 0
+
+
+def test_bad_messages_go_to_the_dead_letter_queue_with_reasons(
+    profiler: Profiler, traffic: Dataset
+) -> None:
+    good = _records(iter_events(traffic.sessions[:3]))
+    bad_values = [
+        b"{not json",
+        orjson.dumps({"user_id": "u", "ts": 1, "item_id": "i", "categories": ["c"]}),
+        orjson.dumps(
+            {"user_id": "u", "ts": 1, "item_id": "i", "categories": ["c"], "behavior": "Fly"}
+        ),
+        orjson.dumps([1, 2]),
+        None,
+    ]
+    bad = [InputRecord(v, "micro-behaviors", 7, 100 + n) for n, v in enumerate(bad_values)]
+    mixed = good[:10] + bad + good[10:]
+    result = Processor(profiler).process(mixed, MemoryStore())
+    assert result.outcomes["dlq"] == len(bad)
+    reasons = [orjson.loads(d.value) for d in result.dead_letters]
+    assert [r["offset"] for r in reasons] == [100, 101, 102, 103, 104]
+    assert "malformed JSON" in reasons[0]["reason"]
+    assert "behavior" in reasons[1]["reason"] and "Field required" in reasons[1]["reason"]
+    assert "unknown behaviour 'Fly'" in reasons[2]["reason"]
+    assert "JSON object" in reasons[3]["reason"]
+    assert "no value" in reasons[4]["reason"]
+    assert base64.b64decode(reasons[0]["value"]) == b"{not json"
+    assert reasons[0]["topic"] == "micro-behaviors" and reasons[0]["partition"] == 7
+    accepted = sum(1 for r in good if orjson.loads(r.value).get("kind", "micro") == "micro")
+    assert result.outcomes["applied"] >= accepted
+
+
+def test_foreign_or_corrupt_state_is_reset_and_counted(
+    profiler: Profiler, traffic: Dataset
+) -> None:
+    session = traffic.sessions[0]
+    records = _records(session.events)
+    store = MemoryStore()
+    key = session.user_id.encode()
+    store.put(key, encode_state(profiler.new_state().to_arrays(), "another-model"))
+    result = Processor(profiler).process(records[:1], store)
+    assert result.outcomes["state_reset_version"] == 1
+    store.put(key, b"HUPS\x01garbage")
+    result = Processor(profiler).process(records[1:2], store)
+    assert result.outcomes["state_reset_corrupt"] == 1
+    assert len(result.profiles) == 1
+
+
+def test_coalescing_publishes_each_users_last_profile_once(
+    profiler: Profiler, traffic: Dataset
+) -> None:
+    records = _records(iter_events(traffic.sessions[:6]))
+    every = Processor(profiler).process(records, MemoryStore())
+    coalesced = Processor(profiler, coalesce=True).process(records, MemoryStore())
+    last_by_user = {}
+    for p in every.profiles:
+        last_by_user[p.key] = orjson.loads(p.value)
+    got = {p.key: orjson.loads(p.value) for p in coalesced.profiles}
+    assert len(coalesced.profiles) == len(got) == 6
+    for key, message in got.items():
+        assert message["seq"] == last_by_user[key]["seq"]
+        assert message["profile"] == last_by_user[key]["profile"]
+
+
+def test_stale_dwell_event_is_dropped_and_counted(profiler: Profiler, traffic: Dataset) -> None:
+    first = traffic.sessions[0].events[0]
+    stale = {
+        "kind": "dwell",
+        "user_id": first.user_id,
+        "ts": first.ts + 1,
+        "item_id": "elsewhere",
+        "dwell_s": 3,
+    }
+    records = _records([first]) + [
+        InputRecord(orjson.dumps(stale), "micro-behaviors", 0, 99, first.user_id.encode())
+    ]
+    result = Processor(profiler).process(records, MemoryStore())
+    assert result.outcomes["dropped_dwell_not_open_item"] == 1
+    assert len(result.profiles) == 1
