@@ -46,7 +46,9 @@ log = logging.getLogger(__name__)
 
 BrokerKind = Literal["env", "testcontainers", "embedded"]
 
-_STOP_GRACE_S = 5.0
+# tansu drains open client connections for up to ~5 s on SIGTERM; only kill
+# it when it is stuck beyond that.
+_STOP_GRACE_S = 8.0
 # libc's prctl(PR_SET_PDEATHSIG) option number (linux/prctl.h).
 _PR_SET_PDEATHSIG = 1
 

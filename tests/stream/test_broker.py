@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -108,3 +113,22 @@ def test_env_bootstrap_is_used_as_is() -> None:
 def test_start_times_out_with_a_clear_error() -> None:
     with pytest.raises(BrokerError, match="did not answer within"):
         wait_for_broker("127.0.0.1:1", timeout=0.5)
+
+
+def test_module_runs_a_foreground_broker_until_sigterm(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "HUP_BROKER_PORT": str(port), "HUP_BROKER_LOG": str(tmp_path / "b.log")}
+    env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+    proc = subprocess.Popen([sys.executable, "-m", "stream.broker"], env=env)
+    try:
+        wait_for_broker(f"127.0.0.1:{port}", timeout=20)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    with pytest.raises(BrokerError):
+        wait_for_broker(f"127.0.0.1:{port}", timeout=0.5)
