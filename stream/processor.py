@@ -95,6 +95,7 @@ class Processor:
         profiler: Profiler,
         coalesce: bool = False,
         clock: Callable[[], float] = time.time,
+        require_user_key: bool = False,
     ) -> None:
         """Bind a model.
 
@@ -102,10 +103,14 @@ class Processor:
             profiler: the loaded model.
             coalesce: publish only each user's last profile of a batch (default: every event).
             clock: wall clock for `published_ts` (injectable for tests).
+            require_user_key: dead-letter records whose Kafka key is not their user_id. A
+                user's state lives in the partition its key maps to; an event that arrives
+                elsewhere would fork that state. (Repartitioning makes every key right.)
         """
         self.profiler = profiler
         self.coalesce = coalesce
         self.clock = clock
+        self.require_user_key = require_user_key
 
     def load_state(self, store: Store, key: bytes, outcomes: Counter[str]) -> ProfileState:
         """The user's state, or a fresh one when absent, foreign (other model) or corrupt."""
@@ -135,6 +140,13 @@ class Processor:
             except EventValidationError as exc:
                 logger.info("%s[%d]@%d: %s", record.topic, record.partition, record.offset, exc)
                 result.dead_letters.append(dead_letter(record, str(exc)))
+                continue
+            if self.require_user_key and record.key != event.user_id.encode():
+                reason = (
+                    f"message key {record.key!r} is not the event's user_id {event.user_id!r}; "
+                    "key events by user_id or enable repartitioning (HUP_REPARTITION=1)"
+                )
+                result.dead_letters.append(dead_letter(record, reason))
                 continue
             per_user[event.user_id].append((record, event))
         result.outcomes["dlq"] += len(result.dead_letters)

@@ -172,3 +172,17 @@ def test_stale_dwell_event_is_dropped_and_counted(profiler: Profiler, traffic: D
     result = Processor(profiler).process(records, MemoryStore())
     assert result.outcomes["dropped_dwell_not_open_item"] == 1
     assert len(result.profiles) == 1
+
+
+def test_records_keyed_by_something_else_are_dead_lettered_when_keys_are_required(
+    profiler: Profiler, traffic: Dataset
+) -> None:
+    good = _records(traffic.sessions[0].events[:3])
+    wrong = InputRecord(good[0].value, "micro-behaviors", 0, 50, b"someone-else")
+    unkeyed = InputRecord(good[0].value, "micro-behaviors", 0, 51, None)
+    result = Processor(profiler, require_user_key=True).process(
+        [wrong, unkeyed, *good], MemoryStore()
+    )
+    assert [orjson.loads(d.value)["offset"] for d in result.dead_letters] == [50, 51]
+    assert "HUP_REPARTITION" in result.dead_letters[0].reason
+    assert result.outcomes["applied"] + result.outcomes.get("dropped_dwell_not_open_item", 0) == 3
