@@ -9,8 +9,10 @@ State layout (`ProfileState.to_arrays`, encoded by `state.codec`), L layers, hid
 
 * `hidden` float32 [4, L, H]: committed h, committed c, open h, open c per layer;
 * `open_signal` int64 [L]: attention signal id of each layer's open entry;
-* `window{l}` float32 [n, H] / `window_signal{l}` int64 [n]: the outputs and signals of
-  the layer's last n <= W-1 committed entries, oldest first;
+* `window_key{l}` float32 [n, A] / `window_value{l}` float32 [n, V]: the layer's last
+  n <= W-1 committed entries, oldest first, each reduced to what attention pooling reads
+  (see `HupModel.entry_summary`): A = attention hidden size, V = the sizes of the heads
+  the layer feeds (empty for a model without attention);
 * `feature_f` float64 / `feature_i` int64 / `feature_s` utf-8: the featurizer's memory;
 * `last_ts` float64 0-d (read by expiry), `meta` int64 [3]: events applied, input
   partition and offset of the last applied event (the stream's idempotency record).
@@ -40,8 +42,8 @@ class ProfileState:
     features: FeatureState
     hidden: np.ndarray  # [4, L, H] float32
     open_signal: np.ndarray  # [L] int64
-    windows: tuple[np.ndarray, ...]  # per layer [n, H] float32, n <= W-1
-    window_signals: tuple[np.ndarray, ...]  # per layer [n] int64
+    window_keys: tuple[np.ndarray, ...]  # per layer [n, A] float32, n <= W-1
+    window_values: tuple[np.ndarray, ...]  # per layer [n, V] float32
     applied: int = 0  # events applied so far (also the profile sequence number)
     input_partition: int = -1  # where the last applied event came from (idempotency)
     input_offset: int = -1
@@ -85,11 +87,11 @@ class ProfileState:
                 [self.applied, self.input_partition, self.input_offset], dtype=np.int64
             ),
         }
-        for layer, (window, signals) in enumerate(
-            zip(self.windows, self.window_signals, strict=True)
+        for layer, (keys, values) in enumerate(
+            zip(self.window_keys, self.window_values, strict=True)
         ):
-            arrays[f"window{layer}"] = window
-            arrays[f"window_signal{layer}"] = signals
+            arrays[f"window_key{layer}"] = keys
+            arrays[f"window_value{layer}"] = values
         return arrays
 
     @classmethod
@@ -129,8 +131,8 @@ class ProfileState:
                 features=features,
                 hidden=hidden,
                 open_signal=arrays["open_signal"],
-                windows=tuple(arrays[f"window{layer}"] for layer in range(n_layers)),
-                window_signals=tuple(arrays[f"window_signal{layer}"] for layer in range(n_layers)),
+                window_keys=tuple(arrays[f"window_key{layer}"] for layer in range(n_layers)),
+                window_values=tuple(arrays[f"window_value{layer}"] for layer in range(n_layers)),
                 applied=applied,
                 input_partition=partition,
                 input_offset=offset,
@@ -146,13 +148,23 @@ class ProfileState:
 def initial_state(model: HupModel, features: FeatureState) -> ProfileState:
     """The state of a user never seen before."""
     n_layers, hidden = len(model.layer_names), model.config.hidden
+    key_size, value_sizes = _summary_sizes(model)
     return ProfileState(
         features=features,
         hidden=np.zeros((4, n_layers, hidden), dtype=np.float32),
         open_signal=np.zeros(n_layers, dtype=np.int64),
-        windows=tuple(np.zeros((0, hidden), dtype=np.float32) for _ in range(n_layers)),
-        window_signals=tuple(np.zeros(0, dtype=np.int64) for _ in range(n_layers)),
+        window_keys=tuple(np.zeros((0, key_size), dtype=np.float32) for _ in range(n_layers)),
+        window_values=tuple(np.zeros((0, v), dtype=np.float32) for v in value_sizes),
     )
+
+
+def _summary_sizes(model: HupModel) -> tuple[int, list[int]]:
+    if not model.config.attention:
+        return 0, [0] * len(model.layer_names)
+    sizes = [
+        sum(model.heads[h].out_features for h in model.heads_of(name)) for name in model.layer_names
+    ]
+    return model.config.attention_hidden, sizes
 
 
 @torch.no_grad()
@@ -181,7 +193,8 @@ def step(
             f"state has hidden shape {states[0].hidden.shape}, the model needs "
             f"{(4, n_layers, model.config.hidden)}"
         )
-    back = model.config.window - 1
+    attention = model.config.attention
+    back = model.config.window - 1 if attention else 0
     f = stack_features(features)
     hidden = torch.from_numpy(np.stack([s.hidden for s in states]))  # [B, 4, L, H]
     open_signal = torch.from_numpy(np.stack([s.open_signal for s in states]))  # [B, L]
@@ -189,9 +202,9 @@ def step(
     seen = torch.tensor([s.applied > 0 for s in states])
     new_hidden = hidden.clone()
     new_signal = open_signal.clone()
-    windows: list[list[np.ndarray]] = [list(s.windows) for s in states]
-    window_signals: list[list[np.ndarray]] = [list(s.window_signals) for s in states]
-    contexts: dict[str, Tensor] = {}
+    keys: list[list[np.ndarray]] = [list(s.window_keys) for s in states]
+    values: list[list[np.ndarray]] = [list(s.window_values) for s in states]
+    profiles: dict[str, Tensor] = {}
     finer = None
     for layer, name in enumerate(model.layer_names):
         inputs = model.layer_input(name, f, finer)
@@ -199,11 +212,17 @@ def step(
         commit = inputs.change & seen
         h_committed = torch.where(commit.unsqueeze(-1), h_open, h_committed)
         c_committed = torch.where(commit.unsqueeze(-1), c_open, c_committed)
-        for row in torch.nonzero(commit).flatten().tolist():
-            windows[row][layer] = _push(windows[row][layer], h_open[row].numpy()[None], back)
-            window_signals[row][layer] = _push(
-                window_signals[row][layer], open_signal[row, layer : layer + 1].numpy(), back
+        rows = torch.nonzero(commit).flatten()
+        if attention and len(rows):
+            # The entry being closed joins the window as its summary.
+            closed_keys, closed_values = model.entry_summary(
+                name, h_open[rows], open_signal[rows, layer]
             )
+            for n, row in enumerate(rows.tolist()):
+                keys[row][layer] = _push(keys[row][layer], closed_keys[n : n + 1].numpy(), back)
+                values[row][layer] = _push(
+                    values[row][layer], closed_values[n : n + 1].numpy(), back
+                )
         h_new, c_new = model.cells[name](inputs.x, inputs.dt, inputs.a, h_committed, c_committed)
         recompute = inputs.recompute.unsqueeze(-1)
         h_open = torch.where(recompute, h_new, h_open)
@@ -211,16 +230,20 @@ def step(
         signal = torch.where(inputs.recompute, inputs.signal, open_signal[:, layer])
         new_hidden[:, :, layer] = torch.stack([h_committed, c_committed, h_open, c_open], dim=1)
         new_signal[:, layer] = signal
-        contexts[name] = _pool(
-            model,
-            name,
-            [w[layer] for w in windows],
-            [s[layer] for s in window_signals],
-            h_open,
-            signal,
-        )
+        if attention:
+            profiles.update(
+                _pool(
+                    model,
+                    name,
+                    [k[layer] for k in keys],
+                    [v[layer] for v in values],
+                    h_open,
+                    signal,
+                )
+            )
+        else:
+            profiles.update(model.profiles({name: h_open}, only=model.heads_of(name)))
         finer = h_open
-    profiles = model.profiles(contexts)
     hidden_np, signal_np = new_hidden.numpy(), new_signal.numpy()
     new_states = [
         replace(
@@ -228,8 +251,8 @@ def step(
             features=fs,
             hidden=hidden_np[row].copy(),
             open_signal=signal_np[row].copy(),
-            windows=tuple(windows[row]),
-            window_signals=tuple(window_signals[row]),
+            window_keys=tuple(keys[row]),
+            window_values=tuple(values[row]),
             applied=state.applied + 1,
         )
         for row, (state, fs) in enumerate(zip(states, feature_states, strict=True))
@@ -248,25 +271,25 @@ def _push(window: np.ndarray, entry: np.ndarray, capacity: int) -> np.ndarray:
 def _pool(
     model: HupModel,
     name: str,
-    windows: list[np.ndarray],
-    signals: list[np.ndarray],
+    window_keys: list[np.ndarray],
+    window_values: list[np.ndarray],
     current: Tensor,
     current_signal: Tensor,
-) -> Tensor:
-    if not model.config.attention:
-        return current
+) -> dict[str, Tensor]:
+    """Profiles of `name`'s heads: attention over stored summaries plus the current entry."""
     width = model.config.window
+    current_keys, current_values = model.entry_summary(name, current, current_signal)
     batch = current.shape[0]
-    ys = torch.zeros(batch, width, current.shape[1])
-    ids = torch.zeros(batch, width, dtype=torch.long)
+    keys = current_keys.new_zeros(batch, width, current_keys.shape[1])
+    values = current_values.new_zeros(batch, width, current_values.shape[1])
     mask = torch.zeros(batch, width, dtype=torch.bool)
-    for row, (window, signal) in enumerate(zip(windows, signals, strict=True)):
-        n = len(window)
+    for row, (k, v) in enumerate(zip(window_keys, window_values, strict=True)):
+        n = len(k)
         if n:
-            ys[row, width - 1 - n : width - 1] = torch.from_numpy(window)
-            ids[row, width - 1 - n : width - 1] = torch.from_numpy(signal)
+            keys[row, width - 1 - n : width - 1] = torch.from_numpy(k)
+            values[row, width - 1 - n : width - 1] = torch.from_numpy(v)
             mask[row, width - 1 - n : width - 1] = True
-    ys[:, -1] = current
-    ids[:, -1] = current_signal
+    keys[:, -1] = current_keys
+    values[:, -1] = current_values
     mask[:, -1] = True
-    return model.pool(name, ys, ids, mask, current)
+    return model.pooled_profiles(name, keys, values, mask, current)

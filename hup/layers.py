@@ -116,8 +116,11 @@ class AttentionPool(nn.Module):
 
     def pool(self, keys: Tensor, ys: Tensor, mask: Tensor, last: Tensor) -> Tensor:
         """Pool from precomputed `keys` [N, W, A] of the window entries `ys` [N, W, H]."""
-        hidden = ys.shape[-1]
+        return torch.einsum("nw,nwh->nh", self.weights(keys, mask, last), ys)
+
+    def weights(self, keys: Tensor, mask: Tensor, last: Tensor) -> Tensor:
+        """Attention weights [N, W] of a window from its entries' keys and the current output."""
+        hidden = last.shape[-1]
         query = nn.functional.linear(last, self.score_hidden.weight[:, hidden : 2 * hidden])
         scores = self.score_out(torch.tanh(keys + query.unsqueeze(1))).squeeze(-1)  # [N, W]
-        weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
-        return torch.einsum("nw,nwh->nh", weights, ys)
+        return torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)

@@ -178,17 +178,43 @@ class HupModel(nn.Module):
         """Embedding of attention signals of layer `name`."""
         return self.behavior_embedding(ids) if name == "micro" else self.dwell_embedding(ids)
 
-    def pool(self, name: str, ys: Tensor, signals: Tensor, mask: Tensor, last: Tensor) -> Tensor:
-        """Attention context of a window ([N, W, H], last entry = current) or the last output."""
-        if not self.config.attention:
-            return last
-        return self.pools[name](ys, self.signal_embedding(name, signals), mask, last)
+    def heads_of(self, layer: str) -> list[str]:
+        """The profile heads fed by `layer`'s attention context, in a fixed order."""
+        return [name for name, spec in self.head_specs.items() if spec.source == layer]
 
-    def profiles(self, contexts: dict[str, Tensor]) -> dict[str, Tensor]:
+    def entry_summary(self, name: str, ys: Tensor, signals: Tensor) -> tuple[Tensor, Tensor]:
+        """What a window entry contributes, reduced to what pooling needs.
+
+        The attention score's first layer and the heads are linear, so an entry enters
+        the profile only through its key (score-layer term, [*, A]) and its head
+        projections without bias ([*, sum of head sizes]). Storing these instead of the
+        output itself makes a user's state several times smaller.
+        """
+        keys = self.pools[name].keys(ys, self.signal_embedding(name, signals))
+        values = torch.cat([F.linear(ys, self.heads[h].weight) for h in self.heads_of(name)], -1)
+        return keys, values
+
+    def pooled_profiles(
+        self, name: str, keys: Tensor, values: Tensor, mask: Tensor, last: Tensor
+    ) -> dict[str, Tensor]:
+        """Profiles of the heads of `name` from a window of entry summaries [N, W, *]."""
+        weights = self.pools[name].weights(keys, mask, last)
+        pooled = torch.einsum("nw,nwv->nv", weights, values)
+        heads = self.heads_of(name)
+        sizes = [self.heads[h].out_features for h in heads]
+        return {
+            h: torch.tanh(part + self.heads[h].bias)
+            for h, part in zip(heads, pooled.split(sizes, dim=-1), strict=True)
+        }
+
+    def profiles(
+        self, contexts: dict[str, Tensor], only: list[str] | None = None
+    ) -> dict[str, Tensor]:
         """Profile vectors per head from the layers' contexts (tanh dense, as the authors)."""
         return {
             name: torch.tanh(self.heads[name](contexts[spec.source]))
             for name, spec in self.head_specs.items()
+            if only is None or name in only
         }
 
     # ---- full-sequence forward -------------------------------------------------------------
