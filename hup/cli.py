@@ -58,6 +58,7 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> N
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("gensim").setLevel(logging.WARNING)  # its INFO is per-epoch chatter
 
 
 @app.command()
