@@ -1,0 +1,161 @@
+"""The `hup` command line: train, evaluate, schema, and clean errors (exit 2, no traceback)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import orjson
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import hup.schema
+from hup.cli import app
+
+torch.set_num_threads(1)
+
+DATA = "synthetic:users=30,seed=3,min_events=3,max_events=12"
+SHIPPED_SCHEMA = Path(hup.schema.__file__).parent / "schemas" / "events.schema.json"
+# Wide enough that rich never wraps a message (and a path inside it) across lines.
+ENV = {"COLUMNS": "1000"}
+
+
+def _run(*args: str):
+    return CliRunner().invoke(app, list(args), env=ENV)
+
+
+def _assert_clean_failure(result, *fragments: str) -> None:
+    """Exit code 2, the fragments in the error message, and no traceback."""
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+    assert "error:" in result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr, (fragment, result.stderr)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "model"
+    result = _run(
+        "train", "--data", DATA, "--out", str(out), "--epochs", "1", "--window", "5",
+        "--no-skipgram", "--batch-size", "16",
+    )  # fmt: skip
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "saved hup-" in result.stderr
+    assert str(out) in result.stderr
+    return out
+
+
+def test_train_writes_a_checkpoint_and_reports_its_version(trained: Path) -> None:
+    version = (trained / "VERSION").read_text().strip()
+    assert version.startswith("hup-")
+    assert {p.name for p in trained.iterdir()} == {
+        "VERSION",
+        "config.json",
+        "vocab.json",
+        "weights.safetensors",
+    }
+    config = orjson.loads((trained / "config.json").read_bytes())
+    assert config["model"]["window"] == 5
+    assert config["info"]["options"]["data"] == DATA
+    assert config["info"]["options"]["epochs"] == 1
+
+
+def test_evaluate_prints_a_table_and_writes_json(trained: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report.json"
+    result = _run(
+        "evaluate", "--model", str(trained), "--data", DATA, "--resamples", "20",
+        "--json", str(out),
+    )  # fmt: skip
+    assert result.exit_code == 0, (result.output, result.exception)
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| method | mode |")
+    methods = {row.split("|")[1].strip() for row in rows[1:]}
+    assert {"HUP", "POP", "S-POP", "Item-KNN"} <= methods
+    assert "20 resamples" in result.stdout
+    assert "warning" not in result.stderr  # evaluated on the data it was trained on
+    report = orjson.loads(out.read_bytes())
+    assert report["model_version"] == (trained / "VERSION").read_text().strip()
+    assert report["training"]["best_epoch"] == 1
+
+
+def test_evaluate_on_other_data_than_trained_warns_and_never_crashes(trained: Path) -> None:
+    """The CLI warns about the mismatch; it may go on (exit 0) or refuse cleanly (exit 2)."""
+    other = "synthetic:users=20,seed=4,min_events=3,max_events=8"
+    result = _run(
+        "evaluate", "--model", str(trained), "--data", other, "--resamples", "5",
+        "--no-baselines",
+    )  # fmt: skip
+    assert "warning" in result.stderr and DATA in result.stderr and other in result.stderr
+    assert result.exception is None or isinstance(result.exception, SystemExit), (
+        f"exit {result.exit_code} with {result.exception!r}"
+    )
+    assert result.exit_code in (0, 2)
+
+
+@pytest.mark.parametrize(
+    ("spec", "fragment"),
+    [
+        ("nope:x", "unknown dataset scheme 'nope'"),
+        ("synthetic:users=many", "users='many'"),
+        ("synthetic:colour=red", "unknown synthetic option 'colour'"),
+        ("synthetic:users=0", "users >= 1"),
+        ("jd:", "names no file"),
+    ],
+)
+def test_bad_data_spec_exits_2_naming_the_problem(spec: str, fragment: str, tmp_path) -> None:
+    result = _run("train", "--data", spec, "--out", str(tmp_path / "m"), "--epochs", "1")
+    _assert_clean_failure(result, fragment)
+    assert not (tmp_path / "m").exists()
+
+
+def test_missing_jd_file_exits_2_with_its_path(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-file.txt"
+    result = _run("train", "--data", f"jd:{missing}", "--out", str(tmp_path / "m"))
+    _assert_clean_failure(result, str(missing))
+
+
+def test_bad_variant_and_device_exit_2(tmp_path: Path) -> None:
+    out = str(tmp_path / "m")
+    _assert_clean_failure(
+        _run("train", "--data", DATA, "--out", out, "--variant", "hup-x"), "hup-x", "hup-single"
+    )
+    _assert_clean_failure(_run("train", "--data", DATA, "--out", out, "--device", "tpu"), "tpu")
+
+
+def test_missing_model_dir_exits_2_with_the_path(tmp_path: Path) -> None:
+    missing = tmp_path / "no-model-here"
+    result = _run("evaluate", "--model", str(missing), "--data", DATA)
+    _assert_clean_failure(result, str(missing))
+
+
+def test_corrupt_weights_exit_2_with_the_path(trained: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken-model"
+    shutil.copytree(trained, broken)
+    (broken / "weights.safetensors").write_bytes(b"not safetensors")
+    result = _run("evaluate", "--model", str(broken), "--data", DATA)
+    _assert_clean_failure(result, str(broken))
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "synthetic:users=[/]",  # rich reads "[/]" as a closing tag: MarkupError
+        "synthetic:users=[bold]",  # rich swallows "[bold]": the message misreports the value
+    ],
+)
+def test_error_messages_are_printed_verbatim(spec: str, tmp_path: Path) -> None:
+    result = _run("train", "--data", spec, "--out", str(tmp_path / "m"))
+    _assert_clean_failure(result, spec.removeprefix("synthetic:users="))
+
+
+def test_schema_writes_the_shipped_schema_file(tmp_path: Path) -> None:
+    out = tmp_path / "schemas"
+    result = _run("schema", "--out", str(out))
+    assert result.exit_code == 0, (result.output, result.exception)
+    written = out / "events.schema.json"
+    assert result.stdout.strip() == str(written)
+    # Byte for byte: the shipped file is what `hup schema` writes today.
+    assert written.read_bytes() == SHIPPED_SCHEMA.read_bytes()

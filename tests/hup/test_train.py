@@ -1,0 +1,137 @@
+"""The training recipe: a one-epoch smoke train, early stopping, options checked up front."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+import hup.train
+from hup.checkpoint import load_checkpoint
+from hup.config import VARIANTS
+from hup.data import Session, split_sessions
+from hup.synthetic import SyntheticConfig, generate
+from hup.train import TrainOptions, train_model
+from hup.vocab import Taxonomy
+
+torch.set_num_threads(1)
+
+HISTORY_KEYS = {"epoch", "loss", "valid_recall20", "seconds"}
+TINY = {"hidden": 16, "window": 5, "batch_size": 8, "skipgram": False}
+
+
+@pytest.fixture(scope="module")
+def splits() -> tuple[list[Session], list[Session], Taxonomy]:
+    dataset = generate(SyntheticConfig(users=20, seed=21, min_events=3, max_events=10))
+    train, valid, _ = split_sessions(dataset.sessions)
+    return train, valid, Taxonomy(dataset.taxonomy)
+
+
+def test_one_epoch_writes_a_checkpoint_and_a_history(splits, tmp_path: Path) -> None:
+    train, valid, taxonomy = splits
+    out = tmp_path / "ckpt"
+    records, progress = [], []
+    options = TrainOptions(epochs=1, **{**TINY, "skipgram": True}, data="synthetic:test")
+    checkpoint, history = train_model(
+        train,
+        valid,
+        options,
+        taxonomy=taxonomy,
+        out=out,
+        progress=lambda done, total: progress.append((done, total)),
+        on_epoch=records.append,
+    )
+    assert sorted(p.name for p in out.iterdir()) == [
+        "VERSION",
+        "config.json",
+        "vocab.json",
+        "weights.safetensors",
+    ]
+    assert len(history) == 1 and set(history[0]) == HISTORY_KEYS
+    assert history[0]["epoch"] == 1
+    assert math.isfinite(history[0]["loss"])
+    assert 0.0 <= history[0]["valid_recall20"] <= 1.0
+    assert records == history
+    assert progress and all(1 <= done <= total for done, total in progress)
+    assert checkpoint.version == (out / "VERSION").read_text().strip()
+    assert checkpoint.info["best_epoch"] == 1
+    assert checkpoint.info["options"]["data"] == "synthetic:test"
+    loaded = load_checkpoint(out)
+    assert loaded.version == checkpoint.version
+    assert (loaded.model.config.hidden, loaded.model.config.window) == (16, 5)
+    assert loaded.vocabularies.n_levels == taxonomy.n_levels
+
+
+@pytest.mark.parametrize(
+    ("scores", "patience", "epochs_run", "best_epoch"),
+    [
+        ([0.5, 0.4, 0.3, 0.2, 0.1], 1, 2, 1),
+        ([0.5, 0.4, 0.3, 0.2, 0.1], 2, 3, 1),
+        ([0.1, 0.2, 0.2, 0.2, 0.2], 1, 3, 2),  # a tie is not an improvement
+        ([0.1, 0.2, 0.3, 0.4, 0.5], 1, 5, 5),
+    ],
+)
+def test_early_stopping_respects_patience_and_keeps_the_best_epoch(
+    splits, monkeypatch: pytest.MonkeyPatch, scores, patience, epochs_run, best_epoch
+) -> None:
+    train, valid, taxonomy = splits
+    feed: Iterator[float] = iter(scores)
+    snapshots = []
+
+    def fake_recall(checkpoint, train_sessions, valid_sessions) -> float:
+        snapshots.append({k: v.clone() for k, v in checkpoint.model.state_dict().items()})
+        return next(feed)
+
+    monkeypatch.setattr(hup.train, "_validation_recall", fake_recall)
+    options = TrainOptions(epochs=5, patience=patience, **TINY)
+    checkpoint, history = train_model(train, valid, options, taxonomy=taxonomy)
+    assert [r["epoch"] for r in history] == list(range(1, epochs_run + 1))
+    assert [r["valid_recall20"] for r in history] == scores[:epochs_run]
+    assert checkpoint.info["best_epoch"] == best_epoch
+    # The returned weights are those of the best epoch, not the last.
+    final = checkpoint.model.state_dict()
+    for name, value in snapshots[best_epoch - 1].items():
+        assert torch.equal(final[name], value), name
+    if best_epoch != epochs_run:
+        assert any(not torch.equal(final[n], v) for n, v in snapshots[-1].items())
+
+
+def test_unknown_variant_names_the_choices(splits) -> None:
+    train, valid, taxonomy = splits
+    with pytest.raises(ValueError, match="hup-typo") as info:
+        train_model(train, valid, TrainOptions(variant="hup-typo", **TINY), taxonomy=taxonomy)
+    for name in VARIANTS:
+        assert name in str(info.value)
+
+
+def test_same_seed_same_weights(splits) -> None:
+    train, valid, taxonomy = splits
+    options = TrainOptions(epochs=1, seed=4, **TINY)
+    first, _ = train_model(train, valid, options, taxonomy=taxonomy)
+    second, _ = train_model(train, valid, options, taxonomy=taxonomy)
+    for name, value in first.model.state_dict().items():
+        assert torch.equal(second.model.state_dict()[name], value), name
+
+
+def test_progress_reaches_the_number_of_batches(splits, make_micro, make_dwell) -> None:
+    """Progress totals count the batches that run, even with a session of a single run."""
+    train, valid, taxonomy = splits
+    one_run = Session(
+        "one-run",
+        "u-one-run",
+        (make_micro(1.0, item="A"), make_micro(5.0, item="A"), make_dwell(9.0, 8.0, item="A")),
+    )
+    calls: list[tuple[int, int]] = []
+    options = TrainOptions(epochs=1, **{**TINY, "batch_size": 1})
+    train_model(
+        [*train, one_run],
+        valid,
+        options,
+        taxonomy=taxonomy,
+        progress=lambda done, total: calls.append((done, total)),
+    )
+    done, total = calls[-1]
+    assert done == total, f"the last batch reports {done}/{total}"
