@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from hup.config import HupConfig
@@ -100,7 +101,15 @@ def load_checkpoint(directory: Path | str, device: str = "cpu") -> Checkpoint:
         model.load_state_dict(load_file(str(directory / _WEIGHTS), device=device))
     except CheckpointError:
         raise
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, RuntimeError, OSError) as exc:
+    except (
+        orjson.JSONDecodeError,
+        SafetensorError,
+        KeyError,
+        TypeError,
+        ValueError,
+        RuntimeError,
+        OSError,
+    ) as exc:
         raise CheckpointError(f"model checkpoint {directory} is unreadable: {exc}") from exc
     if vocabularies.n_levels != spec.n_levels or len(vocabularies.items) != model_config.n_items:
         raise CheckpointError(f"model checkpoint {directory}: vocabularies do not match the config")

@@ -12,6 +12,7 @@ from typing import Annotated
 import orjson
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from hup.baselines import POP, ItemKNN, Recommender, SPop
@@ -32,7 +33,7 @@ logger = logging.getLogger("hup")
 
 
 def _fail(message: str) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}")
+    err.print(f"[bold red]error:[/] {escape(message)}")
     return typer.Exit(code=2)
 
 
@@ -167,7 +168,12 @@ def evaluate(
         raise _fail(str(exc)) from exc
     trained_on = checkpoint.info.get("options", {}).get("data")
     if trained_on and trained_on != data:
-        err.print(f"[yellow]warning:[/] {model} was trained on {trained_on}, evaluating on {data}")
+        # The protocol ranks over the training split's vocabulary, which is the model's
+        # only when it was trained on the same data.
+        raise _fail(
+            f"{model} was trained on {trained_on}; evaluate it on the same --data "
+            f"(got {data}), whose test split it has not seen"
+        )
     train_sessions, valid_sessions, test_sessions = split_sessions(dataset.sessions)
     recommenders: list[Recommender] = [
         HupRecommender(_variant_name(checkpoint), checkpoint=checkpoint)

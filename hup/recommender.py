@@ -70,7 +70,12 @@ def top_k_excluding(
     rows = [n for n, e in enumerate(excluded) if e]
     if rows:
         scores[rows, [excluded[n] for n in rows]] = float("-inf")
-    return scores.topk(min(k, table.shape[0] - 1), dim=-1).indices.tolist()
+    values, indices = scores.topk(min(k, table.shape[0] - 1), dim=-1)
+    # With k close to the vocabulary size the top k reach the excluded ids; drop them.
+    return [
+        [i for i, v in zip(row_ids, row_values, strict=True) if v != float("-inf")]
+        for row_ids, row_values in zip(indices.tolist(), values.tolist(), strict=True)
+    ]
 
 
 class HupRecommender:

@@ -12,7 +12,13 @@ from hup.data import Session
 from hup.features import EventFeatures, Featurizer
 from hup.model import collate_features
 
-__all__ = ["FeaturizedSession", "batches", "featurize_session", "training_positions"]
+__all__ = [
+    "FeaturizedSession",
+    "batches",
+    "count_batches",
+    "featurize_session",
+    "training_positions",
+]
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,12 @@ def training_positions(features: Sequence[EventFeatures]) -> list[tuple[int, int
             pairs.append((last_micro, t))
         last_micro = t
     return pairs
+
+
+def count_batches(sessions: Sequence[FeaturizedSession], batch_size: int) -> int:
+    """How many batches `batches` yields (for progress bars)."""
+    usable = sum(1 for s in sessions if training_positions(s.features))
+    return -(-usable // batch_size)
 
 
 def batches(

@@ -24,7 +24,7 @@ from hup.features import FeatureSpec, Featurizer
 from hup.model import HupModel
 from hup.recommender import HupRecommender
 from hup.schema import MicroEvent
-from hup.sequences import batches, featurize_session
+from hup.sequences import batches, count_batches, featurize_session
 from hup.vocab import Taxonomy, Vocabularies, build_vocabularies
 
 __all__ = ["TrainOptions", "train_model"]
@@ -151,7 +151,7 @@ def train_model(
         [p for p in model.parameters() if p.requires_grad], lr=options.learning_rate
     )
     generator = torch.Generator().manual_seed(options.seed)
-    n_batches = math.ceil(sum(1 for s in train_seqs if len(s.features) > 1) / options.batch_size)
+    n_batches = count_batches(train_seqs, options.batch_size)
     history: list[dict[str, float]] = []
     best_score, best_epoch, best_state = -1.0, -1, None
     for epoch in range(1, options.epochs + 1):
