@@ -22,7 +22,16 @@ from hup.features import FeatureSpec
 from hup.model import HupModel
 from hup.vocab import Vocabularies
 
-__all__ = ["Checkpoint", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "Checkpoint",
+    "load_checkpoint",
+    "read_config",
+    "read_files",
+    "save_checkpoint",
+    "spec_from_json",
+    "spec_to_json",
+    "write_files",
+]
 
 FORMAT = 1
 _CONFIG, _VOCAB, _WEIGHTS, _VERSION = "config.json", "vocab.json", "weights.safetensors", "VERSION"
@@ -39,11 +48,66 @@ class Checkpoint:
     info: dict[str, Any]
 
 
-def _version(directory: Path) -> str:
+def _version(directory: Path, prefix: str = "hup") -> str:
     digest = hashlib.sha256()
     for name in (_CONFIG, _VOCAB, _WEIGHTS):
         digest.update((directory / name).read_bytes())
-    return "hup-" + digest.hexdigest()[:12]
+    return f"{prefix}-" + digest.hexdigest()[:12]
+
+
+def spec_to_json(spec: FeatureSpec) -> dict[str, Any]:
+    """The feature spec as saved in ``config.json`` (shared with the zoo's checkpoints)."""
+    return {
+        "n_levels": spec.n_levels,
+        "gap_edges": list(spec.gap_edges),
+        "dwell_edges": list(spec.dwell_edges),
+    }
+
+
+def spec_from_json(features: dict[str, Any]) -> FeatureSpec:
+    """Inverse of `spec_to_json`."""
+    return FeatureSpec(
+        n_levels=features["n_levels"],
+        gap_edges=tuple(features["gap_edges"]),
+        dwell_edges=tuple(features["dwell_edges"]),
+    )
+
+
+def write_files(
+    directory: Path,
+    config: dict[str, Any],
+    vocabularies: Vocabularies,
+    state: dict[str, Any],
+    prefix: str = "hup",
+) -> str:
+    """Write config JSON, vocabularies, safetensors weights and VERSION; return the version."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / _CONFIG).write_bytes(orjson.dumps(config, option=orjson.OPT_INDENT_2))
+    (directory / _VOCAB).write_bytes(vocabularies.to_json())
+    weights = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    save_file(weights, str(directory / _WEIGHTS))
+    version = _version(directory, prefix)
+    (directory / _VERSION).write_text(version + "\n")
+    return version
+
+
+def read_config(directory: Path) -> dict[str, Any]:
+    """``config.json`` of a checkpoint directory (raises `CheckpointError` when missing/bad)."""
+    if not directory.is_dir():
+        raise CheckpointError(f"model checkpoint {directory} does not exist or is not a directory")
+    for name in (_CONFIG, _VOCAB, _WEIGHTS):
+        if not (directory / name).is_file():
+            raise CheckpointError(f"model checkpoint {directory} has no {name}")
+    try:
+        config: dict[str, Any] = orjson.loads((directory / _CONFIG).read_bytes())
+    except orjson.JSONDecodeError as exc:
+        raise CheckpointError(f"model checkpoint {directory} is unreadable: {exc}") from exc
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        found = config.get("format") if isinstance(config, dict) else None
+        raise CheckpointError(
+            f"{directory / _CONFIG}: checkpoint format {found!r}, this version reads {FORMAT}"
+        )
+    return config
 
 
 def save_checkpoint(
@@ -54,53 +118,28 @@ def save_checkpoint(
     info: dict[str, Any] | None = None,
 ) -> str:
     """Write a checkpoint directory and return its model version."""
-    directory.mkdir(parents=True, exist_ok=True)
     config = {
         "format": FORMAT,
         "model": model.config.to_dict(),
-        "features": {
-            "n_levels": spec.n_levels,
-            "gap_edges": list(spec.gap_edges),
-            "dwell_edges": list(spec.dwell_edges),
-        },
+        "features": spec_to_json(spec),
         "info": info or {},
     }
-    (directory / _CONFIG).write_bytes(orjson.dumps(config, option=orjson.OPT_INDENT_2))
-    (directory / _VOCAB).write_bytes(vocabularies.to_json())
-    weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(weights, str(directory / _WEIGHTS))
-    version = _version(directory)
-    (directory / _VERSION).write_text(version + "\n")
-    return version
+    return write_files(directory, config, vocabularies, model.state_dict())
 
 
-def load_checkpoint(directory: Path | str, device: str = "cpu") -> Checkpoint:
-    """Load a checkpoint; every failure is a `CheckpointError` that says what and where."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise CheckpointError(f"model checkpoint {directory} does not exist or is not a directory")
-    for name in (_CONFIG, _VOCAB, _WEIGHTS):
-        if not (directory / name).is_file():
-            raise CheckpointError(f"model checkpoint {directory} has no {name}")
+def read_files(
+    directory: Path, device: str = "cpu"
+) -> tuple[dict[str, Any], FeatureSpec, Vocabularies, dict[str, Any]]:
+    """Config, feature spec, vocabularies and weights of a checkpoint, never unpickling.
+
+    Raises:
+        CheckpointError: Anything is missing or unreadable; the message names the directory.
+    """
+    config = read_config(directory)
     try:
-        config = orjson.loads((directory / _CONFIG).read_bytes())
-        if config.get("format") != FORMAT:
-            raise CheckpointError(
-                f"{directory / _CONFIG}: checkpoint format {config.get('format')!r}, "
-                f"this version reads {FORMAT}"
-            )
-        model_config = HupConfig.from_dict(config["model"])
-        features = config["features"]
-        spec = FeatureSpec(
-            n_levels=features["n_levels"],
-            gap_edges=tuple(features["gap_edges"]),
-            dwell_edges=tuple(features["dwell_edges"]),
-        )
+        spec = spec_from_json(config["features"])
         vocabularies = Vocabularies.from_json((directory / _VOCAB).read_bytes())
-        model = HupModel(model_config)
-        model.load_state_dict(load_file(str(directory / _WEIGHTS), device=device))
-    except CheckpointError:
-        raise
+        weights = load_file(str(directory / _WEIGHTS), device=device)
     except (
         orjson.JSONDecodeError,
         SafetensorError,
@@ -110,6 +149,24 @@ def load_checkpoint(directory: Path | str, device: str = "cpu") -> Checkpoint:
         RuntimeError,
         OSError,
     ) as exc:
+        raise CheckpointError(f"model checkpoint {directory} is unreadable: {exc}") from exc
+    return config, spec, vocabularies, weights
+
+
+def load_checkpoint(directory: Path | str, device: str = "cpu") -> Checkpoint:
+    """Load a checkpoint; every failure is a `CheckpointError` that says what and where."""
+    directory = Path(directory)
+    config, spec, vocabularies, weights = read_files(directory, device)
+    if config.get("kind", "hup") != "hup":
+        raise CheckpointError(
+            f"model checkpoint {directory} holds a {config.get('kind')} model "
+            f"({config.get('name')}), not HUP; load it with hup.zoo.checkpoint"
+        )
+    try:
+        model_config = HupConfig.from_dict(config["model"])
+        model = HupModel(model_config)
+        model.load_state_dict(weights)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"model checkpoint {directory} is unreadable: {exc}") from exc
     if vocabularies.n_levels != spec.n_levels or len(vocabularies.items) != model_config.n_items:
         raise CheckpointError(f"model checkpoint {directory}: vocabularies do not match the config")

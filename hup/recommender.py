@@ -3,24 +3,55 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F  # noqa: N812
-from torch import Tensor
+from torch import Tensor, nn
 
 from hup.baselines import Rankings
 from hup.checkpoint import Checkpoint
 from hup.data import Session
-from hup.features import Featurizer
+from hup.features import FeatureSpec, Featurizer
 from hup.model import collate_features
 from hup.points import PredictionPoint
 from hup.sequences import featurize_session
+from hup.vocab import Vocabularies
 
-__all__ = ["HupRecommender", "profiles_at_points", "top_k_excluding"]
+__all__ = [
+    "HupRecommender",
+    "ProfileSource",
+    "profiles_at_points",
+    "rankings_from_ids",
+    "top_k_excluding",
+    "top_k_of_scores",
+]
+
+
+class ProfileSource(Protocol):
+    """What `profiles_at_points` reads: a causal model and its featurizer's spec and vocabularies.
+
+    A HUP `Checkpoint` is one; so is a zoo checkpoint (`hup.zoo.checkpoint`).
+    """
+
+    @property
+    def model(self) -> nn.Module:
+        """A causal model: ``forward(batch, positions) -> {head: [N, D]}``."""
+        ...
+
+    @property
+    def spec(self) -> FeatureSpec:
+        """The featurizer's bucket specification."""
+        ...
+
+    @property
+    def vocabularies(self) -> Vocabularies:
+        """The training vocabularies."""
+        ...
 
 
 def profiles_at_points(
-    checkpoint: Checkpoint,
+    checkpoint: ProfileSource,
     sessions: Sequence[Session],
     points: Sequence[PredictionPoint],
     batch_size: int = 256,
@@ -66,11 +97,19 @@ def top_k_excluding(
             leave out (the last input item), or None.
     """
     scores = F.normalize(profiles, dim=-1) @ F.normalize(table, dim=-1).T  # [N, V]
+    return top_k_of_scores(scores, k, excluded)
+
+
+def top_k_of_scores(scores: Tensor, k: int, excluded: Sequence[int | None]) -> list[list[int]]:
+    """Ids of the k highest `scores` [N, V] per row, never OOV id 0 nor the row's excluded id.
+
+    `scores` is overwritten at the left-out ids.
+    """
     scores[:, 0] = float("-inf")
     rows = [n for n, e in enumerate(excluded) if e]
     if rows:
         scores[rows, [excluded[n] for n in rows]] = float("-inf")
-    values, indices = scores.topk(min(k, table.shape[0] - 1), dim=-1)
+    values, indices = scores.topk(min(k, scores.shape[1] - 1), dim=-1)
     # With k close to the vocabulary size the top k reach the excluded ids; drop them.
     return [
         [i for i, v in zip(row_ids, row_values, strict=True) if v != float("-inf")]
@@ -122,12 +161,16 @@ class HupRecommender:
                 )
                 for k, emb in enumerate(model.category_embeddings)
             ]
-        items = [[vocab.items.tokens[i] for i in row] for row in item_ids]
-        categories = [
-            [
-                [vocab.categories[k].tokens[i] for i in per_level[k][n]]
-                for k in range(len(per_level))
-            ]
-            for n in range(len(points))
-        ]
-        return Rankings(items, categories)
+        return rankings_from_ids(vocab, item_ids, per_level)
+
+
+def rankings_from_ids(
+    vocab: Vocabularies, item_ids: list[list[int]], per_level: list[list[list[int]]]
+) -> Rankings:
+    """Token rankings from id rankings: items [N][k], categories per level [K][N][k]."""
+    items = [[vocab.items.tokens[i] for i in row] for row in item_ids]
+    categories = [
+        [[vocab.categories[k].tokens[i] for i in per_level[k][n]] for k in range(len(per_level))]
+        for n in range(len(item_ids))
+    ]
+    return Rankings(items, categories)

@@ -7,13 +7,14 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
+from torch import Tensor, nn
 
 from hup.baselines import Recommender
 from hup.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -27,7 +28,17 @@ from hup.schema import MicroEvent
 from hup.sequences import batches, count_batches, featurize_session
 from hup.vocab import Taxonomy, Vocabularies, build_vocabularies
 
-__all__ = ["TrainOptions", "train_model"]
+if TYPE_CHECKING:
+    from gensim.models import KeyedVectors
+
+__all__ = [
+    "TrainOptions",
+    "fit_epochs",
+    "seed_everything",
+    "skipgram_vectors",
+    "train_model",
+    "training_vocabularies",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -56,10 +67,22 @@ class TrainOptions:
     model_overrides: dict[str, Any] = field(default_factory=dict)
 
 
-def _seed_everything(seed: int) -> None:
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's global generators."""
     random.seed(seed)
     np.random.seed(seed)  # noqa: NPY002 - gensim and numpy users read the global state
     torch.manual_seed(seed)
+
+
+def training_vocabularies(
+    train: Sequence[Session], taxonomy: Taxonomy | None, min_item_count: int = 1
+) -> tuple[Vocabularies, FeatureSpec]:
+    """The vocabularies and feature spec every model of the comparison shares, from train only."""
+    n_levels = _n_levels(train, taxonomy)
+    vocab = build_vocabularies(
+        (e for s in train for e in s.events), n_levels, taxonomy, min_item_count
+    )
+    return vocab, FeatureSpec(n_levels=n_levels)
 
 
 def _n_levels(sessions: Sequence[Session], taxonomy: Taxonomy | None) -> int:
@@ -72,9 +95,8 @@ def _n_levels(sessions: Sequence[Session], taxonomy: Taxonomy | None) -> int:
     return 1
 
 
-def _skipgram_init(
-    model: HupModel, vocab: Vocabularies, train: Sequence[Session], seed: int
-) -> None:
+def skipgram_vectors(train: Sequence[Session], dim: int, seed: int) -> KeyedVectors:
+    """Skip-gram sku vectors: one sentence per training session, one word per item run."""
     from gensim.models import Word2Vec  # heavy import, only when asked for
 
     sentences = []
@@ -83,7 +105,7 @@ def _skipgram_init(
         sentences.append([i for n, i in enumerate(items) if n == 0 or items[n - 1] != i])
     w2v = Word2Vec(
         sentences,
-        vector_size=model.config.item_dim,
+        vector_size=dim,
         window=5,
         min_count=1,
         sg=1,
@@ -92,11 +114,18 @@ def _skipgram_init(
         seed=seed,
         workers=1,
     )
+    return w2v.wv
+
+
+def _skipgram_init(
+    model: HupModel, vocab: Vocabularies, train: Sequence[Session], seed: int
+) -> None:
+    vectors = skipgram_vectors(train, model.config.item_dim, seed)
     weights = model.item_embedding.weight.data
     found = 0
     for token_id, token in enumerate(vocab.items.tokens):
-        if token in w2v.wv:
-            weights[token_id] = torch.from_numpy(w2v.wv[token].copy())
+        if token in vectors:
+            weights[token_id] = torch.from_numpy(vectors[token].copy())
             found += 1
     logger.info("skip-gram initialised %d of %d item embeddings", found, len(vocab.items))
 
@@ -127,12 +156,8 @@ def train_model(
         raise ValueError(
             f"unknown model variant {options.variant!r}; choose from {sorted(VARIANTS)}"
         )
-    _seed_everything(options.seed)
-    n_levels = _n_levels(train, taxonomy)
-    vocab = build_vocabularies(
-        (e for s in train for e in s.events), n_levels, taxonomy, options.min_item_count
-    )
-    spec = FeatureSpec(n_levels=n_levels)
+    seed_everything(options.seed)
+    vocab, spec = training_vocabularies(train, taxonomy, options.min_item_count)
     config = HupConfig(
         n_items=len(vocab.items),
         n_categories=tuple(len(v) for v in vocab.categories),
@@ -147,23 +172,96 @@ def train_model(
     model.item_embedding.weight.requires_grad_(not options.freeze_items)
     featurizer = Featurizer(spec, vocab)
     train_seqs = [featurize_session(featurizer, s) for s in train]
-    optimizer = torch.optim.Adam(
-        [p for p in model.parameters() if p.requires_grad], lr=options.learning_rate
+    history, best_epoch = fit_epochs(
+        model,
+        lambda generator: batches(train_seqs, options.batch_size, generator),
+        lambda: _validation_recall(Checkpoint(model, spec, vocab, "unsaved", {}), train, valid),
+        epochs=options.epochs,
+        patience=options.patience,
+        learning_rate=options.learning_rate,
+        seed=options.seed,
+        device=options.device,
+        n_batches=count_batches(train_seqs, options.batch_size),
+        progress=progress,
+        on_epoch=on_epoch,
     )
-    generator = torch.Generator().manual_seed(options.seed)
-    n_batches = count_batches(train_seqs, options.batch_size)
+    info = {"options": dataclasses.asdict(options), "history": history, "best_epoch": best_epoch}
+    if out is None:
+        return Checkpoint(model, spec, vocab, "unsaved", info), history
+    save_checkpoint(out, model, spec, vocab, info)
+    return load_checkpoint(out, options.device), history
+
+
+class _Trainable(Protocol):
+    """An ``nn.Module`` with ``loss(batch, positions, targets) -> scalar``."""
+
+    def loss(
+        self, batch: dict[str, Tensor], positions: Tensor, targets: dict[str, Tensor]
+    ) -> Tensor:
+        """The training loss of one batch."""
+        ...
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        """Trainable and frozen parameters."""
+        ...
+
+    def train(self, mode: bool = True) -> Any:
+        """Switch to training mode."""
+        ...
+
+    def eval(self) -> Any:
+        """Switch to evaluation mode."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """Weights and buffers."""
+        ...
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> Any:
+        """Restore weights and buffers."""
+        ...
+
+
+def fit_epochs(
+    model: _Trainable,
+    batch_source: Callable[
+        [torch.Generator], Iterable[tuple[dict[str, Tensor], Tensor, dict[str, Tensor]]]
+    ],
+    validate: Callable[[], float],
+    *,
+    epochs: int,
+    patience: int,
+    learning_rate: float,
+    seed: int,
+    device: str,
+    n_batches: int,
+    progress: Callable[[int, int], None] | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+) -> tuple[list[dict[str, float]], int]:
+    """Adam epochs of ``model.loss`` with early stopping; HUP's recipe and the zoo share it.
+
+    Each epoch draws its batches from ``batch_source(generator)`` (a generator seeded with
+    ``seed``), then scores the model with ``validate`` (higher is better). Training stops when
+    ``patience`` epochs pass without a better score; the best epoch's weights are loaded back
+    and the model is left in eval mode.
+
+    Returns:
+        The per-epoch records (loss, valid_recall20, seconds) and the best epoch (-1: none).
+    """
+    optimizer = torch.optim.Adam(
+        [p for p in model.parameters() if p.requires_grad], lr=learning_rate
+    )
+    generator = torch.Generator().manual_seed(seed)
     history: list[dict[str, float]] = []
     best_score, best_epoch, best_state = -1.0, -1, None
-    for epoch in range(1, options.epochs + 1):
+    for epoch in range(1, epochs + 1):
         started = time.perf_counter()
         model.train()
         losses = []
-        for done, (batch, positions, targets) in enumerate(
-            batches(train_seqs, options.batch_size, generator), start=1
-        ):
-            batch = {k: v.to(options.device) for k, v in batch.items()}
-            targets = {k: v.to(options.device) for k, v in targets.items()}
-            loss = model.loss(batch, positions.to(options.device), targets)
+        for done, (batch, positions, targets) in enumerate(batch_source(generator), start=1):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            targets = {k: v.to(device) for k, v in targets.items()}
+            loss = model.loss(batch, positions.to(device), targets)
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -172,8 +270,7 @@ def train_model(
             if progress is not None:
                 progress(done, n_batches)
         model.eval()
-        checkpoint = Checkpoint(model, spec, vocab, "unsaved", {})
-        score = _validation_recall(checkpoint, train, valid)
+        score = validate()
         record = {
             "epoch": epoch,
             "loss": float(np.mean(losses)) if losses else math.nan,
@@ -187,17 +284,13 @@ def train_model(
         if score > best_score:
             best_score, best_epoch = score, epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        elif epoch - best_epoch >= options.patience:
+        elif epoch - best_epoch >= patience:
             logger.info("early stop after epoch %d (best %d)", epoch, best_epoch)
             break
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    info = {"options": dataclasses.asdict(options), "history": history, "best_epoch": best_epoch}
-    if out is None:
-        return Checkpoint(model, spec, vocab, "unsaved", info), history
-    save_checkpoint(out, model, spec, vocab, info)
-    return load_checkpoint(out, options.device), history
+    return history, best_epoch
 
 
 def _validation_recall(
