@@ -24,6 +24,7 @@ from hup.vocab import Vocabularies
 
 __all__ = [
     "Checkpoint",
+    "content_version",
     "load_checkpoint",
     "read_config",
     "read_files",
@@ -48,7 +49,8 @@ class Checkpoint:
     info: dict[str, Any]
 
 
-def _version(directory: Path, prefix: str = "hup") -> str:
+def content_version(directory: Path, prefix: str = "hup") -> str:
+    """``<prefix>-<hash>`` of config, vocabularies and weights: equal versions, same model."""
     digest = hashlib.sha256()
     for name in (_CONFIG, _VOCAB, _WEIGHTS):
         digest.update((directory / name).read_bytes())
@@ -86,7 +88,7 @@ def write_files(
     (directory / _VOCAB).write_bytes(vocabularies.to_json())
     weights = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     save_file(weights, str(directory / _WEIGHTS))
-    version = _version(directory, prefix)
+    version = content_version(directory, prefix)
     (directory / _VERSION).write_text(version + "\n")
     return version
 
@@ -171,4 +173,4 @@ def load_checkpoint(directory: Path | str, device: str = "cpu") -> Checkpoint:
     if vocabularies.n_levels != spec.n_levels or len(vocabularies.items) != model_config.n_items:
         raise CheckpointError(f"model checkpoint {directory}: vocabularies do not match the config")
     model.to(device).eval()
-    return Checkpoint(model, spec, vocabularies, _version(directory), config.get("info", {}))
+    return Checkpoint(model, spec, vocabularies, content_version(directory), config.get("info", {}))

@@ -1,0 +1,148 @@
+"""The zoo's training recipe: budget -> seed -> vocabularies -> model -> fit -> save.
+
+It is HUP's recipe (`hup.train`) with another model: the same vocabularies and causal
+featurizer (`training_vocabularies`, `Featurizer`), the same epoch loop (`fit_epochs`:
+Adam, gradient clipping, early stopping on validation item Recall@20 of the `every` points,
+best epoch kept) and the same budget defaults (`TrainOptions`' epochs, patience, batch size).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hup.data import Session
+from hup.evaluate import evaluate
+from hup.features import Featurizer
+from hup.sequences import featurize_session
+from hup.train import (
+    TrainOptions,
+    fit_epochs,
+    report_metric,
+    seed_everything,
+    training_vocabularies,
+)
+from hup.vocab import Taxonomy
+from hup.zoo.catalog import ZOO_CLASSES
+from hup.zoo.checkpoint import ZooCheckpoint, load_zoo_checkpoint, save_zoo_checkpoint
+from hup.zoo.recommender import ZooRecommender
+
+__all__ = ["FitOptions", "fit_zoo", "validation_recall"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """The budget every learned model of a comparison gets alike (HUP's training defaults)."""
+
+    epochs: int = TrainOptions.epochs  # at most
+    patience: int = TrainOptions.patience  # epochs without validation improvement
+    batch_size: int = TrainOptions.batch_size  # sessions per batch
+    seed: int = TrainOptions.seed
+    device: str = TrainOptions.device
+    min_item_count: int = TrainOptions.min_item_count
+    data: str = ""  # dataset spec trained on (provenance, checked by `hup evaluate`)
+    # Hyper-parameters by config field name (e.g. {"hidden": 32}); each model takes the ones
+    # its config has, so one setting can reach several models of a comparison.
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+def validation_recall(
+    checkpoint: ZooCheckpoint, train: Sequence[Session], valid: Sequence[Session]
+) -> float:
+    """Item Recall@20 on the validation split's `every` points (what early stopping watches)."""
+    if not valid:
+        return 0.0
+    report = evaluate(
+        [ZooRecommender(checkpoint.name, checkpoint=checkpoint)], train, [], valid, n_resamples=1
+    )
+    return report_metric(report, "every", "item Recall@20")
+
+
+def fit_zoo(
+    name: str,
+    train: Sequence[Session],
+    valid: Sequence[Session],
+    options: FitOptions,
+    taxonomy: Taxonomy | None = None,
+    out: Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+) -> tuple[ZooCheckpoint, list[dict[str, float]]]:
+    """Fit the zoo model ``name`` and return its best checkpoint by validation Recall@20.
+
+    Args:
+        name: a key of `ZOO_CLASSES`.
+        train, valid: sessions of the protocol's split (valid only selects the epoch).
+        options: the budget and hyper-parameter overrides.
+        taxonomy: category paths when the data gives leaves only.
+        out: where to save the checkpoint (None: not saved).
+        progress: called with (batches done, batches per epoch) during each epoch.
+        on_epoch: called with each epoch's record (loss, validation recall, seconds).
+
+    Returns:
+        The best checkpoint and the per-epoch history (one epoch-0 record for models that
+        are not trained by gradient).
+    """
+    if name not in ZOO_CLASSES:
+        raise ValueError(f"unknown zoo model {name!r}; choose from {sorted(ZOO_CLASSES)}")
+    cls = ZOO_CLASSES[name]
+    seed_everything(options.seed)
+    vocab, spec = training_vocabularies(train, taxonomy, options.min_item_count)
+    known = {f.name for f in dataclasses.fields(cls.config_class)}
+    config = cls.config_class(
+        n_items=len(vocab.items),
+        n_categories=tuple(len(v) for v in vocab.categories),
+        n_train_sessions=len(train),
+        n_gap_buckets=spec.n_gap_buckets,
+        n_dwell_buckets=spec.n_dwell_buckets,
+        **{k: v for k, v in options.overrides.items() if k in known},
+    )
+    model = cls(config).to(options.device)
+    model.prepare(train, vocab, options.seed)
+    train_seqs = [featurize_session(Featurizer(spec, vocab), s) for s in train]
+    unsaved = ZooCheckpoint(name, model, spec, vocab, "unsaved", {})
+    if model.trainable:
+        history, best_epoch = fit_epochs(
+            model,
+            lambda generator: model.training_batches(train_seqs, options.batch_size, generator),
+            lambda: validation_recall(unsaved, train, valid),
+            epochs=options.epochs,
+            patience=options.patience,
+            learning_rate=config.learning_rate,
+            seed=options.seed,
+            device=options.device,
+            n_batches=model.count_batches(train_seqs, options.batch_size),
+            progress=progress,
+            on_epoch=on_epoch,
+        )
+    else:
+        started = time.perf_counter()
+        model.eval()
+        score = validation_recall(unsaved, train, valid)
+        record = {
+            "epoch": 0,
+            "loss": math.nan,
+            "valid_recall20": score,
+            "seconds": time.perf_counter() - started,
+        }
+        history, best_epoch = [record], 0
+        if on_epoch is not None:
+            on_epoch(record)
+    info = {
+        "model": name,
+        "options": dataclasses.asdict(options),
+        "history": history,
+        "best_epoch": best_epoch,
+    }
+    if out is None:
+        return ZooCheckpoint(name, model, spec, vocab, "unsaved", info), history
+    save_zoo_checkpoint(out, name, model, spec, vocab, info)
+    return load_zoo_checkpoint(out, options.device), history
