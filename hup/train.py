@@ -48,10 +48,10 @@ class TrainOptions:
     """Everything `hup train` can set. Defaults follow the paper where it says something."""
 
     variant: str = "hup"  # a key of hup.config.VARIANTS
-    epochs: int = 10
+    epochs: int = 30
     batch_size: int = 128  # sessions per batch (the paper's 128)
-    learning_rate: float = 3e-3
-    patience: int = 2  # epochs without validation improvement before stopping
+    learning_rate: float = 1e-2
+    patience: int = 3  # epochs without validation improvement before stopping
     seed: int = 0
     device: str = "cpu"
     min_item_count: int = 1
