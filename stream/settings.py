@@ -5,12 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["BrokerChoice", "Settings"]
+__all__ = ["BrokerChoice", "SaslMechanism", "SecurityProtocol", "Settings"]
 
 BrokerChoice = Literal["auto", "testcontainers", "embedded"]
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+_DAY_MS = 24 * 3600 * 1000
 
 
 class Settings(BaseSettings):
@@ -21,6 +25,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="HUP_", frozen=True, extra="ignore")
 
+    # --- Broker ------------------------------------------------------------------
     # An existing Kafka cluster. When set, no broker is started (read from the
     # conventional KAFKA_BOOTSTRAP_SERVERS, or HUP_KAFKA_BOOTSTRAP_SERVERS).
     kafka_bootstrap_servers: str | None = Field(
@@ -30,7 +35,8 @@ class Settings(BaseSettings):
     # Which broker start_broker() starts when no bootstrap servers are given:
     # "auto" tries testcontainers when a Docker daemon answers, else embedded tansu.
     broker: BrokerChoice = "auto"
-    # Port of the foreground embedded broker (`python -m stream.broker`).
+    # Port of the foreground embedded broker (`python -m stream.broker`); the worker
+    # connects to 127.0.0.1 on it when KAFKA_BOOTSTRAP_SERVERS is not set.
     broker_port: int = Field(default=9092, ge=1, le=65535)
     # Seconds to wait for a started broker to answer a metadata request.
     broker_startup_timeout: float = Field(default=30.0, gt=0)
@@ -38,3 +44,94 @@ class Settings(BaseSettings):
     broker_log: Path | None = None
     # Image for the testcontainers broker.
     kafka_image: str = "confluentinc/cp-kafka:7.6.0"
+    # Security of the worker's Kafka connections, mapped onto faust's broker_credentials.
+    kafka_security_protocol: SecurityProtocol = "PLAINTEXT"
+    kafka_sasl_mechanism: SaslMechanism = "PLAIN"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    # CA bundle to verify the brokers' certificates (SSL, SASL_SSL); default: system CAs.
+    kafka_ssl_cafile: Path | None = None
+
+    # --- Worker ------------------------------------------------------------------
+    # Checkpoint directory of the model (`hup train --out DIR`); the worker refuses
+    # to start without a readable one.
+    model: Path | None = None
+    # Consumer group id, and prefix of the table's changelog topic.
+    app_id: str = "hup-profiles"
+    input_topic: str = "micro-behaviors"
+    output_topic: str = "user-profiles"
+    dlq_topic: str = "micro-behaviors-dlq"
+    # Partitions of the topics the worker creates; the state table is co-partitioned
+    # with the input, so this must equal the input topic's partition count.
+    partitions: int = Field(default=3, ge=1)
+    # Replication factor of the topics the worker creates (1 on a single broker).
+    replication: int = Field(default=1, ge=1)
+    # retention.ms of the input, output and dead-letter topics (default 7 days).
+    retention_ms: int = Field(default=7 * _DAY_MS, ge=-1)
+    # Per-partition RocksDB state lives in {datadir}/v1/tables/.
+    datadir: Path = Path("data/worker")
+    # At most this many events per model batch, waiting at most batch_within_s for it.
+    batch_size: int = Field(default=256, ge=1)
+    batch_within_s: float = Field(default=0.05, gt=0)
+    # Publish only each user's last profile of a batch instead of one per event.
+    coalesce: bool = False
+    # Re-key the input by the event's user_id (faust group_by) before touching state,
+    # for producers that do not key by user_id. A user's order is kept only if the
+    # producer's key still sends all of the user's events to one partition (a device
+    # or session id does; no key or a random one does not).
+    repartition: bool = False
+    # Categories listed with every profile.
+    top_n: int = Field(default=5, ge=1)
+    # torch intra-op threads. The step's matmuls are tiny: more threads than cores
+    # (worker + broker share them) made them 7x slower on a 2-core machine.
+    torch_threads: int = Field(default=1, ge=1)
+    # Consumer group session timeout. tansu takes half of it to complete a join, and
+    # a restarted worker waits for the dead member's session to expire; 6 is enough there.
+    session_timeout_s: float = Field(default=10.0, gt=0, le=90)
+    # aiokafka's max_batch_size in bytes. MUST be 1 on the embedded tansu broker: it
+    # reports a wrong high watermark after a multi-record batch, which makes faust's
+    # changelog recovery crash-loop or silently drop state (docs/broker-notes.md, T1).
+    producer_max_batch_size: int = Field(default=16384, ge=1)
+    # Commit consumed offsets after this many acked events or seconds, whichever first.
+    # Redelivered events are skipped by offset, so this only bounds re-reading.
+    commit_every: int = Field(default=1000, ge=1)
+    commit_interval_s: float = Field(default=1.0, gt=0)
+    # Standby replicas of the state table on other workers (faster failover).
+    standby_replicas: int = Field(default=0, ge=0)
+    # Prometheus metrics HTTP port; 0 disables the endpoint.
+    metrics_port: int = Field(default=9108, ge=0, le=65535)
+    # faust's web server port (its /metrics-free status pages); 0 disables it.
+    web_port: int = Field(default=6066, ge=0, le=65535)
+    # Log level of the worker (faust -l).
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+
+    @model_validator(mode="after")
+    def _sasl_needs_credentials(self) -> Settings:
+        if self.kafka_security_protocol.startswith("SASL_") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                f"HUP_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                "HUP_KAFKA_SASL_USERNAME and HUP_KAFKA_SASL_PASSWORD"
+            )
+        return self
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """Where the worker connects: the configured cluster, else the local broker process."""
+        return self.kafka_bootstrap_servers or f"127.0.0.1:{self.broker_port}"
+
+    @property
+    def heartbeat_interval_s(self) -> float:
+        """Consumer heartbeat: well below the session timeout (Kafka's advice is a third)."""
+        return self.session_timeout_s / 6
+
+    @property
+    def table_name(self) -> str:
+        """The per-user state table."""
+        return "profile-state"
+
+    @property
+    def changelog_topic(self) -> str:
+        """The table's changelog topic, named the way faust names it."""
+        return f"{self.app_id}-{self.table_name}-changelog"

@@ -1,0 +1,173 @@
+"""The one agent: batches of micro-behaviour events in, profiles and dead letters out."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, cast
+
+import faust
+import orjson
+from faust.types import AgentT, EventT, StreamT
+from mode import CrashingSupervisor
+
+from hup.exceptions import EventValidationError
+from hup.schema import parse_event_json
+from state.store import Store
+from stream.metrics import Metrics
+from stream.processor import BatchResult, InputRecord, Processor
+from stream.tablestore import BatchStore, TableKeyValue
+
+if TYPE_CHECKING:
+    from stream.app import Topics
+    from stream.startup import WorkerContext
+
+__all__ = ["Send", "describe", "install_agent", "process_and_publish", "to_record"]
+
+logger = logging.getLogger(__name__)
+
+# Starts delivering (key, value) to a topic; the returned awaitable completes on delivery.
+Send = Callable[[bytes | None, bytes], Awaitable[Awaitable[object]]]
+
+
+def install_agent(app: faust.App, topics: Topics, context: WorkerContext) -> AgentT:
+    """Install the profile agent on ``app``'s input topic."""
+    settings = context.settings
+
+    async def send_profile(key: bytes | None, value: bytes) -> Awaitable[object]:
+        # force=True: publish now instead of attaching to the source offset's commit.
+        return await topics.profiles.send(key=key, value=value, force=True)
+
+    async def send_dead_letter(key: bytes | None, value: bytes) -> Awaitable[object]:
+        return await topics.dead_letters.send(key=key, value=value, force=True)
+
+    # CrashingSupervisor: a failed batch stops the worker instead of restarting the
+    # agent, which would carry on with later events and commit past the failed ones.
+    @app.agent(topics.events, name="profiles", supervisor_strategy=CrashingSupervisor)
+    async def profiles(stream: StreamT[bytes]) -> None:
+        source = cast(faust.Stream[bytes], stream)
+        if settings.repartition:
+            # faust names the topic {agent}-{input}-{name}-repartition, without the app
+            # id: put it in the name so two apps on one input never share the topic.
+            name = f"{settings.app_id}-by-user"
+            grouped = source.group_by(user_key, name=name, partitions=settings.partitions)
+            source = cast(faust.Stream[bytes], grouped)
+        # noack_take, not take_events: take_events acks a batch even when the body
+        # raises (broker notes F4); here a batch is acked only once it is done.
+        async for batch in source.noack_take(settings.batch_size, within=settings.batch_within_s):
+            events = cast(list[EventT], list(batch))  # noack_take yields events, not values
+            records = [to_record(event, time.time(), time.monotonic()) for event in events]
+            store = BatchStore(TableKeyValue(topics.state, events))
+            await process_and_publish(
+                records,
+                store,
+                context.processor,
+                send_profile,
+                send_dead_letter,
+                context.metrics,
+            )
+            for event in events:
+                await source.ack(event)
+
+    return profiles
+
+
+def user_key(value: bytes | None) -> bytes | None:
+    """The repartitioning key: the event's user_id, or None for a message the DLQ will get."""
+    if value is None:
+        return None
+    try:
+        return parse_event_json(value).user_id.encode()
+    except EventValidationError:
+        return None
+
+
+def to_record(event: EventT, now: float, now_monotonic: float) -> InputRecord:
+    """A faust event as the processor's input record.
+
+    ``received_ts`` is when the consumer took the message in (faust's monitor stamps
+    ``time_in`` on the monotonic clock), so processing latency includes the batching wait.
+    """
+    message = event.message  # the topics use raw serializers: key and value are bytes
+    time_in = message.time_in
+    received = now if time_in is None else now - max(0.0, now_monotonic - time_in)
+    return InputRecord(
+        value=event.value,
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        key=event.key,
+        received_ts=received,
+    )
+
+
+def describe(records: Sequence[InputRecord]) -> str:
+    """Where a batch came from, e.g. ``micro-behaviors[0]@17..42, micro-behaviors[2]@5..9``."""
+    spans: dict[tuple[str, int], tuple[int, int]] = {}
+    for r in records:
+        low, high = spans.get((r.topic, r.partition), (r.offset, r.offset))
+        spans[(r.topic, r.partition)] = (min(low, r.offset), max(high, r.offset))
+    return ", ".join(f"{t}[{p}]@{lo}..{hi}" for (t, p), (lo, hi) in sorted(spans.items()))
+
+
+async def process_and_publish(
+    records: Sequence[InputRecord],
+    store: BatchStore,
+    processor: Processor,
+    send_profile: Send,
+    send_dead_letter: Send,
+    metrics: Metrics,
+    clock: Callable[[], float] = time.time,
+) -> BatchResult:
+    """Process one batch, deliver its outputs, then save its state; raise if any step fails.
+
+    Order matters for at-least-once output with exactly-once state:
+
+    1. the processor steps the model; bad records become dead letters and are
+       not errors, so whatever raises here is a bug;
+    2. every profile and dead letter is sent and its delivery awaited;
+    3. only then is the new state written to the table (``store.commit()``),
+       and only after this returns does the agent ack the batch.
+
+    If any step raises, the error is logged with the batch's
+    ``topic[partition]@offsets`` and re-raised, and the batch is never acked.
+    The agent's crashing supervisor then stops the worker: faust commits the
+    offsets of earlier, completed batches only, and the restarted worker
+    consumes this batch again. Its state was not written, so it is processed
+    anew and its profiles are published again (identical but for
+    ``published_ts``); events of earlier batches whose state was written are
+    skipped by offset. Carrying on instead (log and continue) would ack the
+    batch and lose its events for good, and retrying in place could only
+    repeat a deterministic bug. A crash after step 3 but before the commit
+    redelivers events that are then skipped by offset, having been published.
+    """
+    try:
+        # The processor only calls get/put, though it is typed with the full Store.
+        result = processor.process(records, cast(Store, store))
+        deliveries = [await send_profile(p.key, p.value) for p in result.profiles]
+        deliveries += [await send_dead_letter(d.key, d.value) for d in result.dead_letters]
+        await asyncio.gather(*deliveries)
+        delivered_at = clock()
+        store.commit()
+    except Exception:
+        logger.exception(
+            "batch of %d records from %s failed; not acked, the worker stops and will "
+            "consume it again from the last committed offsets",
+            len(records),
+            describe(records),
+        )
+        raise
+    for dead in result.dead_letters:
+        origin = orjson.loads(dead.value)
+        logger.warning(
+            "%s[%d]@%d dead-lettered: %s",
+            origin["topic"],
+            origin["partition"],
+            origin["offset"],
+            dead.reason,
+        )
+    metrics.observe_batch(len(records), result)
+    metrics.observe_published(result.profiles, delivered_at)
+    return result

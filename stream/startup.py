@@ -1,0 +1,104 @@
+"""What a worker prepares before it consumes: the model, torch threads, topics, metrics endpoint."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from confluent_kafka import KafkaException
+from prometheus_client import start_http_server
+
+from hup.exceptions import CheckpointError
+from hup.runtime import Profiler
+from stream.broker import TopicSpec, ensure_topics
+from stream.metrics import Metrics
+from stream.processor import Processor
+from stream.settings import Settings
+
+__all__ = ["WorkerContext"]
+
+logger = logging.getLogger(__name__)
+
+
+class WorkerContext:
+    """What the agent needs besides faust: settings, metrics and the model loaded at start-up.
+
+    One per app (built by `stream.app.create_app`), so nothing lives at module level.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        topics: Sequence[TopicSpec],
+        profiler: Profiler | None = None,
+    ) -> None:
+        """Bind the pieces; ``profiler`` preloads the model (tests), else `prepare` loads it."""
+        self.settings = settings
+        self.metrics = metrics
+        self.topics = list(topics)
+        self._processor: Processor | None = None
+        if profiler is not None:
+            self._use(profiler)
+
+    @property
+    def processor(self) -> Processor:
+        """The batch processor; only available once the model is loaded."""
+        if self._processor is None:
+            raise RuntimeError("the model is not loaded: the worker was not prepared")
+        return self._processor
+
+    def load_model(self) -> None:
+        """Load HUP_MODEL unless already loaded.
+
+        Raises:
+            CheckpointError: HUP_MODEL is unset, missing or unreadable (the message says which).
+        """
+        if self._processor is not None:
+            return
+        if self.settings.model is None:
+            raise CheckpointError("HUP_MODEL is not set; point it at a checkpoint directory")
+        self._use(Profiler.load(self.settings.model, top_n=self.settings.top_n))
+
+    def _use(self, profiler: Profiler) -> None:
+        self._processor = Processor(
+            profiler, coalesce=self.settings.coalesce, require_user_key=True
+        )
+        self.metrics.set_model(profiler.version, str(self.settings.model or ""))
+        logger.info("model %s loaded from %s", profiler.version, self.settings.model)
+
+    def prepare(self, sender: Any = None, *args: Any, signal: Any = None, **kwargs: Any) -> None:
+        """Get the worker ready, or refuse to start with one line saying why.
+
+        Connected to faust's ``on_worker_init`` signal, which fires synchronously
+        before the event loop runs, so a ``SystemExit`` here ends the process with
+        its message and exit status 1 instead of a crash-and-restart loop.
+        """
+        torch.set_num_threads(self.settings.torch_threads)
+        try:
+            self.load_model()
+        except CheckpointError as exc:
+            raise SystemExit(f"hup worker: cannot start: {exc}") from None
+        self._create_topics()
+
+    def _create_topics(self) -> None:
+        if self.settings.kafka_security_protocol != "PLAINTEXT":
+            # ensure_topics' admin client speaks PLAINTEXT only; faust declares the
+            # topics itself, with the same configs, through its authenticated client.
+            logger.info("secured cluster: topics are declared by faust")
+            return
+        try:
+            ensure_topics(self.settings.bootstrap_servers, self.topics)
+        except KafkaException as exc:
+            raise SystemExit(
+                f"hup worker: cannot create topics on {self.settings.bootstrap_servers}: {exc}"
+            ) from None
+
+    async def serve_metrics(self) -> None:
+        """Expose the registry over HTTP on HUP_METRICS_PORT (0: do not)."""
+        port = self.settings.metrics_port
+        if port:
+            start_http_server(port, registry=self.metrics.registry)
+            logger.info("metrics on http://0.0.0.0:%d/metrics", port)

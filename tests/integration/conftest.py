@@ -1,0 +1,61 @@
+"""Fixtures for the worker's integration tests: a checkpoint, its profiler, synthetic traffic."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from harness import Reference, offline_reference
+
+from hup.checkpoint import save_checkpoint
+from hup.config import HupConfig
+from hup.data import Dataset
+from hup.features import FeatureSpec
+from hup.model import HupModel
+from hup.runtime import Profiler
+from hup.synthetic import SyntheticConfig, generate
+from hup.vocab import Taxonomy, build_vocabularies
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread() -> None:
+    # The reference forward passes are tiny; with the broker and the worker busy on
+    # the same two cores, torch's default thread pool made them 12x slower.
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def it_traffic() -> Dataset:
+    """Several hundred synthetic users: the stream the worker is fed."""
+    return generate(SyntheticConfig(users=300, seed=5, min_events=5, max_events=30))
+
+
+@pytest.fixture(scope="session")
+def it_model(tmp_path_factory: pytest.TempPathFactory, it_traffic: Dataset) -> Path:
+    """An untrained checkpoint whose vocabulary covers half the users (the rest hit OOV)."""
+    taxonomy = Taxonomy(it_traffic.taxonomy)
+    half = it_traffic.sessions[: len(it_traffic.sessions) // 2]
+    vocab = build_vocabularies((e for s in half for e in s.events), taxonomy.n_levels, taxonomy)
+    torch.manual_seed(0)
+    model = HupModel(
+        HupConfig(
+            n_items=len(vocab.items),
+            n_categories=tuple(len(v) for v in vocab.categories),
+            window=8,
+        )
+    )
+    directory = tmp_path_factory.mktemp("it-model")
+    save_checkpoint(directory, model, FeatureSpec(n_levels=taxonomy.n_levels), vocab)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def it_profiler(it_model: Path) -> Profiler:
+    return Profiler.load(it_model)
+
+
+@pytest.fixture(scope="session")
+def it_reference(it_profiler: Profiler, it_traffic: Dataset) -> Reference:
+    """The offline profiles of every user of `it_traffic` (one session per user)."""
+    return offline_reference(it_profiler, it_traffic.sessions)

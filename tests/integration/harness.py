@@ -1,0 +1,268 @@
+"""Helpers for the worker's integration tests: a worker subprocess, a producer, a reader."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+import torch
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+
+from hup.data import Session
+from hup.model import collate_features
+from hup.runtime import Profiler
+from hup.schema import Event
+from stream.app import topic_specs
+from stream.broker import ensure_topics
+from stream.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+# A fresh worker takes ~5 s to start on tansu; a restart after SIGKILL also waits
+# for the dead member's session (HUP_SESSION_TIMEOUT_S=6) to expire.
+START_TIMEOUT_S = 60.0
+# Published profiles must equal the offline forward pass this closely, at every level.
+TOLERANCE = 1e-5
+
+
+def worker_env(bootstrap: str, model: Path, datadir: Path, **overrides: str) -> dict[str, str]:
+    """Environment of a test worker: unique app id and topics, no metrics or web port."""
+    tag = uuid.uuid4().hex[:8]
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("HUP_") and k != "KAFKA_BOOTSTRAP_SERVERS"
+    }
+    env.update(
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "HUP_MODEL": str(model),
+            "HUP_DATADIR": str(datadir),
+            "HUP_APP_ID": f"hup-it-{tag}",
+            "HUP_INPUT_TOPIC": f"mb-{tag}",
+            "HUP_OUTPUT_TOPIC": f"profiles-{tag}",
+            "HUP_DLQ_TOPIC": f"mb-dlq-{tag}",
+            # Required on tansu (broker notes T1); harmless on Kafka, and the suite
+            # cannot tell which broker KAFKA_BOOTSTRAP_SERVERS points at.
+            "HUP_PRODUCER_MAX_BATCH_SIZE": "1",
+            "HUP_SESSION_TIMEOUT_S": "6",
+            "HUP_METRICS_PORT": "0",
+            "HUP_WEB_PORT": "0",
+        }
+    )
+    env.update(overrides)
+    return env
+
+
+def create_topics(bootstrap: str, env: Mapping[str, str]) -> None:
+    """Create the worker's topics (as it would) before anything is produced to them."""
+    settings = Settings(
+        app_id=env["HUP_APP_ID"],
+        input_topic=env["HUP_INPUT_TOPIC"],
+        output_topic=env["HUP_OUTPUT_TOPIC"],
+        dlq_topic=env["HUP_DLQ_TOPIC"],
+    )
+    ensure_topics(bootstrap, topic_specs(settings))
+
+
+class WorkerProcess:
+    """``python -m stream.worker`` (or ``argv``) in a subprocess, logging to a file."""
+
+    def __init__(
+        self, env: Mapping[str, str], log_path: Path, argv: Sequence[str] | None = None
+    ) -> None:
+        self.log_path = log_path
+        with open(log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                list(argv or [sys.executable, "-m", "stream.worker"]),
+                env=dict(env),
+                cwd=REPO,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def log(self, lines: int = 60) -> str:
+        text = self.log_path.read_text(errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(30)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM, wait; returns the exit status (SIGKILL after ``timeout``)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout)
+        return self.process.returncode
+
+    def wait(self, timeout: float) -> int:
+        return self.process.wait(timeout)
+
+
+def event_bytes(event: Event) -> bytes:
+    """An event as a producer sends it (original ts kept)."""
+    return orjson.dumps(event.model_dump(mode="json", exclude_none=True))
+
+
+def produce(
+    bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, bytes | None]]
+) -> int:
+    """Send (key, value) pairs in order and wait for all deliveries."""
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all"})
+    failures: list[KafkaError] = []
+
+    def on_delivery(error: KafkaError | None, _message: object) -> None:
+        if error is not None:
+            failures.append(error)
+
+    n = 0
+    for key, value in messages:
+        producer.produce(topic, key=key, value=value, on_delivery=on_delivery)
+        n += 1
+        if n % 500 == 0:
+            producer.poll(0)
+    assert producer.flush(60) == 0, "producer did not flush"
+    assert not failures, failures[:3]
+    return n
+
+
+@dataclass
+class Reader:
+    """Reads every partition of a topic from the start (no group: tansu joins are slow)."""
+
+    bootstrap: str
+    topic: str
+    partitions: int = 3
+    messages: list[tuple[bytes | None, bytes]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+                "enable.auto.commit": False,
+            }
+        )
+        self._consumer.assign([TopicPartition(self.topic, p, 0) for p in range(self.partitions)])
+
+    def poll_for(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            message = self._consumer.poll(min(0.2, max(0.01, deadline - time.monotonic())))
+            if message is None:
+                continue
+            if message.error():
+                if message.error().code() == KafkaError._PARTITION_EOF:
+                    continue
+                raise AssertionError(f"reading {self.topic}: {message.error()}")
+            self.messages.append((message.key(), message.value()))
+
+    def read_until(
+        self,
+        done: Callable[[list[tuple[bytes | None, bytes]]], bool],
+        timeout: float,
+        what: str,
+        worker: WorkerProcess | None = None,
+    ) -> list[tuple[bytes | None, bytes]]:
+        deadline = time.monotonic() + timeout
+        while not done(self.messages):
+            if time.monotonic() > deadline:
+                hint = f"\n--- worker log ---\n{worker.log()}" if worker else ""
+                raise AssertionError(
+                    f"timed out waiting for {what}; have {len(self.messages)}{hint}"
+                )
+            if worker is not None and not worker.alive():
+                raise AssertionError(
+                    f"worker exited ({worker.process.returncode}) while waiting for {what}\n{worker.log()}"
+                )
+            self.poll_for(0.5)
+        return self.messages
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The offline full-sequence forward pass: per user, one profile per accepted event."""
+
+    profiles: dict[str, list[dict[str, torch.Tensor]]]  # head -> vector, per accepted event
+    event_ts: dict[str, list[float]]  # ts of each accepted event, in input order
+
+    def count(self) -> int:
+        return sum(len(p) for p in self.profiles.values())
+
+    def restricted_to(self, users: set[str]) -> Reference:
+        return Reference(
+            {u: p for u, p in self.profiles.items() if u in users},
+            {u: t for u, t in self.event_ts.items() if u in users},
+        )
+
+
+def offline_reference(profiler: Profiler, sessions: Sequence[Session]) -> Reference:
+    """What the worker must publish, computed with `HupModel.forward` over whole sequences."""
+    per_user: dict[str, list[Event]] = defaultdict(list)
+    for session in sessions:
+        per_user[session.user_id].extend(session.events)
+    profiles, stamps = {}, {}
+    for user, events in per_user.items():
+        state = profiler.featurizer.initial_state()
+        feats, accepted = [], []
+        for event in events:
+            state, f, _ = profiler.featurizer.apply(state, event)
+            if f is not None:
+                feats.append(f)
+                accepted.append(event.ts)
+        stamps[user] = accepted
+        if not feats:
+            profiles[user] = []
+            continue
+        batch = collate_features([feats])
+        with torch.no_grad():
+            out = profiler.model(batch, torch.nonzero(batch["valid"]))
+        profiles[user] = [{k: v[n] for k, v in out.items()} for n in range(len(feats))]
+    return Reference(profiles, stamps)
+
+
+def profile_diff(message: Mapping, reference: Mapping[str, torch.Tensor]) -> float:
+    """Largest absolute difference between a published profile and the reference, all levels."""
+    got = message["profile"]
+    pairs = [("item", got["item"]), ("micro", got["micro"])] + [
+        (f"category{k}", v) for k, v in enumerate(got["category"])
+    ]
+    assert {head for head, _ in pairs} == set(reference), sorted(reference)
+    return max((torch.tensor(v) - reference[head]).abs().max().item() for head, v in pairs)
+
+
+def without_clock(message: Mapping) -> dict:
+    """A profile message minus its wall-clock publish time (differs on a re-publish)."""
+    return {k: v for k, v in message.items() if k != "published_ts"}
+
+
+def wait_ready(worker: WorkerProcess, timeout: float = START_TIMEOUT_S) -> None:
+    """Block until the worker logs that it is ready (partitions assigned, tables recovered)."""
+    deadline = time.monotonic() + timeout
+    while "[^Worker]: Ready" not in worker.log_path.read_text(errors="replace"):
+        if not worker.alive():
+            raise AssertionError(f"worker exited with {worker.process.returncode}\n{worker.log()}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"worker not ready after {timeout:.0f}s\n{worker.log()}")
+        time.sleep(0.1)

@@ -1,0 +1,379 @@
+"""The agent's pieces without Kafka: batch handling, the table adapter, settings, app wiring."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from pathlib import Path
+
+import faust
+import orjson
+import pytest
+import torch
+from faust.streams import current_event
+from faust.types import TP, Message
+from mode import CrashingSupervisor
+from prometheus_client import CollectorRegistry
+
+from hup.data import Dataset, iter_events
+from hup.runtime import Profiler
+from state.store import MemoryStore
+from stream.agents import describe, process_and_publish, to_record, user_key
+from stream.app import broker_credentials, create_app, faust_options, topic_specs
+from stream.metrics import Metrics
+from stream.processor import InputRecord, Processor
+from stream.settings import Settings
+from stream.startup import WorkerContext
+from stream.tablestore import BatchStore, TableKeyValue
+from stream.worker import worker_argv
+
+TOPIC = "micro-behaviors"
+
+
+def _records(events, partitions: int = 3) -> list[InputRecord]:
+    offsets = [0] * partitions
+    records = []
+    for event in events:
+        partition = sum(event.user_id.encode()) % partitions
+        value = orjson.dumps(event.model_dump(mode="json", exclude_none=True))
+        records.append(
+            InputRecord(value, TOPIC, partition, offsets[partition], event.user_id.encode(), 1.0)
+        )
+        offsets[partition] += 1
+    return records
+
+
+class Sink:
+    """Records what is sent; deliveries succeed, or fail with ``error``."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.sent: list[tuple[bytes | None, bytes]] = []
+        self.error = error
+
+    async def __call__(self, key: bytes | None, value: bytes) -> asyncio.Future[object]:
+        self.sent.append((key, value))
+        delivery: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        if self.error is None:
+            delivery.set_result(None)
+        else:
+            delivery.set_exception(self.error)
+        return delivery
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    # Tiny matmuls on a busy 2-core machine: one thread is several times faster.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def profiler(checkpoint_dir: Path) -> Profiler:
+    return Profiler.load(checkpoint_dir)
+
+
+@pytest.fixture
+def metrics() -> Metrics:
+    return Metrics(CollectorRegistry())
+
+
+def _sample(metrics: Metrics, name: str, labels: dict[str, str] | None = None) -> float:
+    value = metrics.registry.get_sample_value(name, labels or {})
+    return 0.0 if value is None else value
+
+
+def _run(coro):
+    return asyncio.run(coro)
+
+
+def test_a_batch_is_published_then_its_state_saved(
+    profiler: Profiler, traffic: Dataset, metrics: Metrics
+) -> None:
+    records = _records(iter_events(traffic.sessions[:4]))
+    bad = InputRecord(b"{oops", TOPIC, 1, 999, b"u")
+    backing = MemoryStore()
+    store = BatchStore(backing)
+    profiles, dead = Sink(), Sink()
+
+    result = _run(
+        process_and_publish(
+            [*records, bad],
+            store,
+            Processor(profiler, require_user_key=True),
+            profiles,
+            dead,
+            metrics,
+            clock=lambda: 5.0,
+        )
+    )
+
+    assert [v for _, v in profiles.sent] == [p.value for p in result.profiles]
+    assert len(profiles.sent) == result.outcomes["applied"]
+    assert [orjson.loads(v)["offset"] for _, v in dead.sent] == [999]
+    assert len(backing) == 4 and store.pending == 0
+    assert _sample(metrics, "hup_profiles_published_total") == len(profiles.sent)
+    assert _sample(metrics, "hup_events_total", {"outcome": "dlq"}) == 1
+    assert _sample(metrics, "hup_events_total", {"outcome": "consumed"}) == len(records) + 1
+    assert _sample(metrics, "hup_batch_size_count") == 1
+    assert _sample(metrics, "hup_processing_seconds_sum") == pytest.approx(4.0 * len(profiles.sent))
+
+
+def test_a_failed_delivery_saves_no_state_and_the_retry_republishes_the_same(
+    profiler: Profiler, traffic: Dataset, metrics: Metrics, caplog: pytest.LogCaptureFixture
+) -> None:
+    records = _records(iter_events(traffic.sessions[:3]))
+    backing = MemoryStore()
+    processor = Processor(profiler, require_user_key=True)
+
+    failing = Sink(error=RuntimeError("broker gone"))
+    with caplog.at_level(logging.ERROR), pytest.raises(RuntimeError, match="broker gone"):
+        _run(process_and_publish(records, BatchStore(backing), processor, failing, Sink(), metrics))
+    assert len(backing) == 0  # nothing saved: the redelivered batch is processed anew
+    assert f"{TOPIC}[" in caplog.text and "not acked" in caplog.text
+    assert _sample(metrics, "hup_profiles_published_total") == 0
+
+    retry = Sink()
+    _run(process_and_publish(records, BatchStore(backing), processor, retry, Sink(), metrics))
+
+    def stable(sent):
+        return [{k: v for k, v in orjson.loads(m).items() if k != "published_ts"} for _, m in sent]
+
+    assert stable(retry.sent) == stable(failing.sent)
+    again = Sink()  # a redelivery after the save is skipped by offset: nothing twice
+    result = _run(
+        process_and_publish(records, BatchStore(backing), processor, again, Sink(), metrics)
+    )
+    assert again.sent == [] and result.outcomes["skipped_duplicate"] == len(records)
+
+
+def test_a_bug_in_processing_sends_nothing_and_is_raised(
+    profiler: Profiler, traffic: Dataset, metrics: Metrics, caplog: pytest.LogCaptureFixture
+) -> None:
+    records = _records(iter_events(traffic.sessions[:2]))
+
+    class Broken(Processor):
+        def process(self, records, store):
+            raise ZeroDivisionError("bug")
+
+    sink = Sink()
+    with caplog.at_level(logging.ERROR), pytest.raises(ZeroDivisionError):
+        _run(
+            process_and_publish(
+                records, BatchStore(MemoryStore()), Broken(profiler), sink, sink, metrics
+            )
+        )
+    assert sink.sent == []
+    assert describe(records) in caplog.text
+
+
+def test_describe_gives_offset_ranges_per_partition() -> None:
+    records = [
+        InputRecord(b"", "t", 2, 9),
+        InputRecord(b"", "t", 0, 17),
+        InputRecord(b"", "t", 2, 5),
+        InputRecord(b"", "t", 0, 42),
+    ]
+    assert describe(records) == "t[0]@17..42, t[2]@5..9"
+
+
+def test_batch_store_reads_its_own_writes_and_commits_them_all() -> None:
+    backing = MemoryStore()
+    backing.put(b"a", b"old")
+    store = BatchStore(backing)
+    store.put(b"a", b"new")
+    store.put(b"b", b"1")
+    assert store.get(b"a") == b"new" and backing.get(b"a") == b"old"
+    assert store.pending == 2
+    store.commit()
+    assert dict(backing.items()) == {b"a": b"new", b"b": b"1"}
+
+
+def _event(app: faust.App, key: bytes, partition: int, offset: int) -> faust.Event:
+    message = Message(
+        topic=TOPIC,
+        partition=partition,
+        offset=offset,
+        timestamp=0.0,
+        timestamp_type=0,
+        headers={},
+        key=key,
+        value=b"{}",
+        checksum=None,
+        tp=TP(TOPIC, partition),
+    )
+    return faust.Event(app, key, b"{}", {}, message)
+
+
+def test_table_access_runs_under_the_event_of_the_users_partition() -> None:
+    app = faust.App("test-tablestore")
+    events = [_event(app, b"alice", 0, 1), _event(app, b"bob", 2, 7), _event(app, b"alice", 0, 2)]
+
+    class Table(dict):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: list[tuple[str, bytes, int, int]] = []
+
+        def get(self, key, default=None):
+            event = current_event()
+            self.seen.append(("get", key, event.message.partition, event.message.offset))
+            return super().get(key, default)
+
+        def __setitem__(self, key, value) -> None:
+            event = current_event()
+            self.seen.append(("set", key, event.message.partition, event.message.offset))
+            super().__setitem__(key, value)
+
+    table = Table()
+    store = TableKeyValue(table, events)
+    assert store.get(b"bob") is None
+    store.put(b"alice", b"state")
+    assert table.seen == [("get", b"bob", 2, 7), ("set", b"alice", 0, 2)]  # last event of a user
+    assert current_event() is None  # restored afterwards
+    with pytest.raises(LookupError, match="carol"):
+        store.put(b"carol", b"x")
+
+
+def test_to_record_keeps_where_the_event_came_from() -> None:
+    event = _event(faust.App("test-record"), b"alice", 2, 41)
+    record = to_record(event, 1000.0, 50.0)
+    assert (record.topic, record.partition, record.offset) == (TOPIC, 2, 41)
+    assert (record.key, record.value, record.received_ts) == (b"alice", b"{}", 1000.0)
+    event.message.time_in = 48.5  # taken in 1.5 s before the batch was handed over
+    assert to_record(event, 1000.0, 50.0).received_ts == 998.5
+
+
+def test_user_key_rekeys_by_user_id_and_leaves_bad_messages_unkeyed() -> None:
+    value = orjson.dumps(
+        {"user_id": 42, "ts": 1, "item_id": "i", "categories": ["c"], "behavior": 1}
+    )
+    assert user_key(value) == b"42"
+    assert user_key(b"{bad") is None
+    assert user_key(None) is None
+
+
+def test_settings_defaults_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("KAFKA_BOOTSTRAP_SERVERS", "HUP_KAFKA_BOOTSTRAP_SERVERS"):
+        monkeypatch.delenv(name, raising=False)
+    defaults = Settings()
+    assert (defaults.input_topic, defaults.output_topic, defaults.dlq_topic) == (
+        "micro-behaviors",
+        "user-profiles",
+        "micro-behaviors-dlq",
+    )
+    assert defaults.partitions == 3 and defaults.batch_size == 256
+    assert defaults.producer_max_batch_size == 16384 and defaults.metrics_port == 9108
+    assert defaults.retention_ms == 7 * 24 * 3600 * 1000
+    assert defaults.bootstrap_servers == "127.0.0.1:9092"
+    monkeypatch.setenv("HUP_MODEL", "/models/x")
+    monkeypatch.setenv("HUP_COALESCE", "1")
+    monkeypatch.setenv("HUP_BATCH_WITHIN_S", "0.2")
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "k1:9092,k2:9092")
+    settings = Settings()
+    assert settings.model == Path("/models/x") and settings.coalesce
+    assert settings.batch_within_s == 0.2
+    assert faust_options(settings)["broker"] == ["kafka://k1:9092", "kafka://k2:9092"]
+    with pytest.raises(ValueError, match="frozen"):
+        settings.batch_size = 1  # type: ignore[misc]
+
+
+def test_security_settings_map_onto_faust_credentials(tmp_path: Path) -> None:
+    assert broker_credentials(Settings()) is None
+    with pytest.raises(ValueError, match="HUP_KAFKA_SASL_USERNAME"):
+        Settings(kafka_security_protocol="SASL_SSL")
+    sasl = broker_credentials(
+        Settings(
+            kafka_security_protocol="SASL_SSL",
+            kafka_sasl_mechanism="SCRAM-SHA-512",
+            kafka_sasl_username="worker",
+            kafka_sasl_password="secret",  # noqa: S106
+        )
+    )
+    assert isinstance(sasl, faust.SASLCredentials)
+    assert (sasl.username, sasl.password, sasl.mechanism.value) == (
+        "worker",
+        "secret",
+        "SCRAM-SHA-512",
+    )
+    assert isinstance(sasl.ssl_context, ssl.SSLContext) and sasl.protocol.value == "SASL_SSL"
+    plain = broker_credentials(
+        Settings(
+            kafka_security_protocol="SASL_PLAINTEXT",
+            kafka_sasl_username="worker",
+            kafka_sasl_password="secret",  # noqa: S106
+        )
+    )
+    assert plain.protocol.value == "SASL_PLAINTEXT" and plain.ssl_context is None
+    tls = broker_credentials(Settings(kafka_security_protocol="SSL"))
+    assert isinstance(tls, faust.SSLCredentials)
+    assert "secret" not in repr(Settings(kafka_sasl_password="secret"))  # noqa: S106
+
+
+def test_the_app_carries_the_mandatory_broker_settings(profiler: Profiler, tmp_path: Path) -> None:
+    settings = Settings(
+        app_id="test-app", producer_max_batch_size=1, session_timeout_s=6, datadir=tmp_path
+    )
+    app = create_app(settings, profiler=profiler)
+    conf = app.conf
+    assert conf.producer_max_batch_size == 1
+    assert conf.processing_guarantee.value == "at_least_once"
+    assert conf.broker_session_timeout == 6 and conf.broker_heartbeat_interval == 1
+    assert str(conf.store) == "rocksdb:"
+    assert conf.consumer_auto_offset_reset == "earliest"
+    table = app.tables["profile-state"]
+    assert (
+        table.partitions == 3 and table.changelog_topic.get_topic_name() == settings.changelog_topic
+    )
+    (agent,) = app.agents.values()
+    assert agent.supervisor_strategy is CrashingSupervisor
+    assert agent.channel.get_topic_name() == "micro-behaviors"
+    specs = {s.name: s for s in topic_specs(settings)}
+    assert specs[settings.changelog_topic].config == {"cleanup.policy": "compact"}
+    assert specs["user-profiles"].config == {"retention.ms": str(settings.retention_ms)}
+    assert {s.partitions for s in specs.values()} == {3}
+
+
+def test_prepare_refuses_a_missing_model_with_its_path(
+    tmp_path: Path, metrics: Metrics, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("stream.startup.ensure_topics", lambda *a, **k: [])
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    missing = tmp_path / "nowhere"
+    with pytest.raises(SystemExit, match=str(missing)):
+        WorkerContext(Settings(model=missing), metrics, []).prepare()
+    with pytest.raises(SystemExit, match="HUP_MODEL is not set"):
+        WorkerContext(Settings(model=None), metrics, []).prepare()
+
+
+def test_prepare_loads_the_model_and_creates_the_topics(
+    checkpoint_dir: Path, metrics: Metrics, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    created, threads = [], []
+    monkeypatch.setattr(
+        "stream.startup.ensure_topics", lambda bootstrap, specs: created.append(specs)
+    )
+    monkeypatch.setattr(torch, "set_num_threads", threads.append)
+    settings = Settings(model=checkpoint_dir, kafka_bootstrap_servers="k:9092")
+    context = WorkerContext(settings, metrics, topic_specs(settings))
+    with pytest.raises(RuntimeError, match="not loaded"):
+        _ = context.processor
+    context.prepare()
+    assert context.processor.profiler.version
+    assert threads == [1]
+    assert [s.name for s in created[0]] == [s.name for s in topic_specs(settings)]
+    info = metrics.registry.get_sample_value(
+        "hup_model_info",
+        {"version": context.processor.profiler.version, "path": str(checkpoint_dir)},
+    )
+    assert info == 1.0
+
+
+def test_worker_argv_follows_the_web_port() -> None:
+    assert worker_argv(Settings(web_port=0)) == ["worker", "--without-web", "--loglevel", "info"]
+    assert worker_argv(Settings(web_port=6067, log_level="warning"))[:3] == [
+        "worker",
+        "--web-port",
+        "6067",
+    ]
