@@ -1,13 +1,16 @@
-"""`hup`: train, evaluate and export the event schema, from the command line."""
+"""`hup`: train, evaluate and compare models and export the event schema, from the command line."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shlex
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import orjson
 import typer
@@ -16,16 +19,18 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from hup.baselines import POP, ItemKNN, Recommender, SPop
-from hup.checkpoint import load_checkpoint
+from hup.checkpoint import Checkpoint
 from hup.config import VARIANTS
 from hup.data import Dataset, load_dataset, split_sessions
 from hup.evaluate import evaluate as run_evaluation
 from hup.evaluate import to_json, to_markdown
 from hup.exceptions import HupError
-from hup.recommender import HupRecommender
 from hup.schema import event_json_schema
 from hup.train import TrainOptions, train_model
 from hup.vocab import Taxonomy
+from hup.zoo.checkpoint import ZooCheckpoint
+from hup.zoo.fit import FitOptions, fit_zoo
+from hup.zoo.registry import MODELS, kind_of, load_recommender, resolve, settings_of
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 err = Console(stderr=True)
@@ -44,11 +49,33 @@ def _load(data: str, taxonomy: Path | None) -> tuple[Dataset, Taxonomy | None]:
     return dataset, Taxonomy(dataset.taxonomy) if dataset.taxonomy else None
 
 
+def _settings(pairs: list[str] | None, names: list[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` pairs (JSON values, else strings), each known to one of ``names``."""
+    settings: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise _fail(f"--set {pair!r} is not KEY=VALUE")
+        try:
+            settings[key.strip()] = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            settings[key.strip()] = raw
+    known = set().union(*(settings_of(n) for n in names)) if names else set()
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise _fail(f"--set {', '.join(unknown)}: no such setting of {', '.join(names)}")
+    return settings
+
+
 DataOption = Annotated[
     str, typer.Option("--data", help="jd:PATH[,PATH] or synthetic:users=N,seed=S[,key=value]")
 ]
 TaxonomyOption = Annotated[
     Path | None, typer.Option(help="Leaf -> ancestors file (lines coarse/.../leaf); K=1 without")
+]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="KEY=VALUE: a model hyper-parameter (config field); repeatable"),
 ]
 
 
@@ -66,10 +93,18 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> N
 def train(
     data: DataOption,
     out: Annotated[Path, typer.Option(help="Checkpoint directory to write")],
+    model: Annotated[
+        str | None, typer.Option(help=f"One of {', '.join(MODELS)} (default: --variant)")
+    ] = None,
     variant: Annotated[str, typer.Option(help=f"One of {', '.join(VARIANTS)}")] = "hup",
     epochs: int = TrainOptions.epochs,
     batch_size: int = TrainOptions.batch_size,
-    lr: float = TrainOptions.learning_rate,
+    lr: Annotated[
+        float | None,
+        typer.Option(
+            help=f"Learning rate (default: HUP {TrainOptions.learning_rate}, else the model's)"
+        ),
+    ] = None,
     patience: int = TrainOptions.patience,
     seed: int = TrainOptions.seed,
     device: Annotated[str, typer.Option(help="cpu or cuda")] = TrainOptions.device,
@@ -85,32 +120,62 @@ def train(
     ] = TrainOptions.softmax_weight,
     min_item_count: int = TrainOptions.min_item_count,
     taxonomy: TaxonomyOption = None,
+    set_: SetOption = None,
 ) -> None:
     """Train on the protocol's train split; the validation split picks the epoch."""
     if device not in ("cpu", "cuda"):
         raise _fail(f"--device must be cpu or cuda, got {device!r}")
-    if variant not in VARIANTS:
+    name = (model or variant).lower()
+    if model is None and name not in VARIANTS:
         raise _fail(f"--variant {variant!r} is unknown; choose from {', '.join(VARIANTS)}")
+    if model is not None and variant != "hup" and name != variant:
+        raise _fail(f"--model {model} and --variant {variant} disagree; give one")
+    if name not in MODELS:
+        raise _fail(f"--model {model!r} is unknown; choose from {', '.join(MODELS)}")
+    if kind_of(name) == "baseline":
+        raise _fail(f"{name} has nothing to train; `hup evaluate` and `hup compare` fit it")
+    settings = _settings(set_, [name])
     try:
         dataset, tax = _load(data, taxonomy)
     except (HupError, OSError) as exc:
         raise _fail(str(exc)) from exc
     train_sessions, valid_sessions, _ = split_sessions(dataset.sessions)
-    options = TrainOptions(
-        variant=variant,
-        epochs=epochs,
-        batch_size=batch_size,
-        learning_rate=lr,
-        patience=patience,
-        seed=seed,
-        device=device,
-        window=window,
-        skipgram=skipgram,
-        freeze_items=freeze_items,
-        softmax_weight=softmax_weight,
-        min_item_count=min_item_count,
-        data=data,
-    )
+    fit: Callable[..., tuple[Checkpoint | ZooCheckpoint, list[dict[str, float]]]]
+    if kind_of(name) == "zoo":
+        budget = FitOptions(
+            epochs=epochs,
+            patience=patience,
+            batch_size=batch_size,
+            seed=seed,
+            device=device,
+            min_item_count=min_item_count,
+            data=data,
+            overrides={**settings, **({} if lr is None else {"learning_rate": lr})},
+        )
+        fit = partial(fit_zoo, name, train_sessions, valid_sessions, budget, tax, out)
+    else:
+        hup_fields = {f.name for f in dataclasses.fields(TrainOptions)}
+        options = TrainOptions(
+            variant=name,
+            epochs=epochs,
+            batch_size=batch_size,
+            learning_rate=TrainOptions.learning_rate if lr is None else lr,
+            patience=patience,
+            seed=seed,
+            device=device,
+            window=window,
+            skipgram=skipgram,
+            freeze_items=freeze_items,
+            softmax_weight=softmax_weight,
+            min_item_count=min_item_count,
+            data=data,
+        )
+        options = dataclasses.replace(
+            options,
+            **{k: v for k, v in settings.items() if k in hup_fields},
+            model_overrides={k: v for k, v in settings.items() if k not in hup_fields},
+        )
+        fit = partial(train_model, train_sessions, valid_sessions, options, tax, out)
     started = time.perf_counter()
     with Progress(
         TextColumn("[progress.description]{task.description}"),
@@ -133,15 +198,7 @@ def train(
             )
             progress.reset(task)
 
-        checkpoint, _ = train_model(
-            train_sessions,
-            valid_sessions,
-            options,
-            taxonomy=tax,
-            out=out,
-            progress=on_batch,
-            on_epoch=on_epoch,
-        )
+        checkpoint, _ = fit(progress=on_batch, on_epoch=on_epoch)
     err.print(
         f"saved {checkpoint.version} to {out} "
         f"(best epoch {checkpoint.info['best_epoch']}, {time.perf_counter() - started:.0f} s)"
@@ -162,11 +219,11 @@ def evaluate(
 ) -> None:
     """Evaluate on the test split by the protocol (../shared/docs/evaluation.md)."""
     try:
-        checkpoint = load_checkpoint(model)
+        recommender, version, info = load_recommender(model)
         dataset, _ = _load(data, taxonomy)
     except (HupError, OSError) as exc:
         raise _fail(str(exc)) from exc
-    trained_on = checkpoint.info.get("options", {}).get("data")
+    trained_on = info.get("options", {}).get("data")
     if trained_on and trained_on != data:
         # The protocol ranks over the training split's vocabulary, which is the model's
         # only when it was trained on the same data.
@@ -175,9 +232,7 @@ def evaluate(
             f"(got {data}), whose test split it has not seen"
         )
     train_sessions, valid_sessions, test_sessions = split_sessions(dataset.sessions)
-    recommenders: list[Recommender] = [
-        HupRecommender(_variant_name(checkpoint), checkpoint=checkpoint)
-    ]
+    recommenders: list[Recommender] = [recommender]
     if baselines:
         recommenders += [POP(), SPop(), ItemKNN()]
     command = "hup " + shlex.join(sys.argv[1:])
@@ -193,14 +248,63 @@ def evaluate(
     typer.echo(to_markdown(report))
     if json_out is not None:
         payload = to_json(report)
-        payload["model_version"] = checkpoint.version
-        payload["training"] = checkpoint.info
+        payload["model_version"] = version
+        payload["training"] = info
         json_out.write_bytes(orjson.dumps(payload, option=orjson.OPT_INDENT_2))
 
 
-def _variant_name(checkpoint: object) -> str:
-    info = getattr(checkpoint, "info", {})
-    return str(info.get("options", {}).get("variant", "hup")).upper()
+@app.command()
+def compare(
+    data: DataOption,
+    out: Annotated[Path, typer.Option(help="Directory for compare.md, compare.json, compare.png")],
+    models: Annotated[
+        str, typer.Option(help=f"all, or comma-separated names of: {', '.join(MODELS)}")
+    ] = "all",
+    epochs: Annotated[
+        int, typer.Option(help="Max epochs, every learned model")
+    ] = FitOptions.epochs,
+    patience: int = FitOptions.patience,
+    batch_size: int = FitOptions.batch_size,
+    seed: Annotated[int, typer.Option(help="Training and bootstrap seed")] = FitOptions.seed,
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = FitOptions.device,
+    resamples: Annotated[int, typer.Option(help="Bootstrap resamples")] = 1000,
+    taxonomy: TaxonomyOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Train every chosen model with its defaults under one budget, evaluate all on the same points."""
+    from hup.zoo.compare import run_comparison, write_comparison  # matplotlib only here
+
+    if device not in ("cpu", "cuda"):
+        raise _fail(f"--device must be cpu or cuda, got {device!r}")
+    try:
+        names = resolve(models)
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+    options = FitOptions(
+        epochs=epochs,
+        patience=patience,
+        batch_size=batch_size,
+        seed=seed,
+        device=device,
+        data=data,
+        overrides=_settings(set_, names),
+    )
+    try:
+        dataset, tax = _load(data, taxonomy)
+    except (HupError, OSError) as exc:
+        raise _fail(str(exc)) from exc
+    comparison = run_comparison(
+        names,
+        dataset,
+        options,
+        tax,
+        seed=seed,
+        n_resamples=resamples,
+        command="hup " + shlex.join(sys.argv[1:]),
+        on_fit=lambda name: err.print(f"fitting {name}"),
+    )
+    for path in write_comparison(comparison, out):
+        typer.echo(str(path))
 
 
 @app.command()

@@ -32,10 +32,9 @@ __all__ = ["Gru4Rec", "Gru4RecConfig"]
 
 @dataclass(frozen=True)
 class Gru4RecConfig(ZooConfig):
-    """GRU4Rec's sizes: one GRU layer of 100 units (the paper's best single layer)."""
+    """GRU4Rec's sizes: one GRU layer of 100 units; dropout on input and output (the paper's)."""
 
-    layers: int = 1  # stacked GRU layers
-    dropout: float = 0.0  # between stacked layers and on the embedding
+    layers: int = 1  # stacked GRU layers (``dropout`` applies between them too)
 
 
 class Gru4Rec(SequenceModel):
@@ -63,7 +62,7 @@ class Gru4Rec(SequenceModel):
         steps = run_steps(batch)
         x = self.dropout(self.item_embedding(take(batch["item"], steps)))  # [B, S, E]
         ys, _ = self.gru(x)  # [B, S, H]
-        return self.out(at_points(ys, steps, positions))
+        return self.out(self.dropout(at_points(ys, steps, positions)))
 
     def output_table(self, head: str) -> tuple[Tensor, Tensor | None]:
         """The softmax layer's weights and bias of ``head``."""

@@ -17,29 +17,59 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 from hup.baselines import POP, ItemKNN, Recommender, SPop
-from hup.checkpoint import Checkpoint
-from hup.config import VARIANTS
+from hup.checkpoint import Checkpoint, load_checkpoint, read_config
+from hup.config import VARIANTS, HupConfig
 from hup.data import Session
 from hup.recommender import HupRecommender
 from hup.train import TrainOptions, train_model
 from hup.vocab import Taxonomy
 from hup.zoo.catalog import DISPLAY_NAMES, ZOO_CLASSES
-from hup.zoo.checkpoint import ZooCheckpoint
+from hup.zoo.checkpoint import ZooCheckpoint, load_zoo_checkpoint
 from hup.zoo.fit import FitOptions, fit_zoo
 from hup.zoo.recommender import ZooRecommender
 
-__all__ = ["BASELINES", "MODELS", "Factory", "hup_train_options", "kind_of", "resolve"]
+__all__ = [
+    "BASELINES",
+    "MODELS",
+    "Factory",
+    "hup_train_options",
+    "kind_of",
+    "load_recommender",
+    "resolve",
+    "settings_of",
+]
 
 Factory = Callable[[FitOptions, Taxonomy | None], Recommender]
 
 BASELINES: dict[str, Callable[[], Recommender]] = {"pop": POP, "s-pop": SPop, "item-knn": ItemKNN}
 
 
+_BUDGET = ("epochs", "patience", "batch_size", "seed", "device", "min_item_count", "data")
+_HUP_OPTIONS = {f.name for f in dataclasses.fields(TrainOptions)} - {"variant", "model_overrides"}
+_HUP_CONFIG = {f.name for f in dataclasses.fields(HupConfig)} - {"n_items", "n_categories"}
+
+
+def settings_of(name: str) -> set[str]:
+    """The ``overrides`` keys model ``name`` takes (its config fields; HUP's options too)."""
+    if name in ZOO_CLASSES:
+        fields = dataclasses.fields(ZOO_CLASSES[name].config_class)
+        return {f.name for f in fields} - {"n_items", "n_categories", "n_train_sessions"}
+    if name in VARIANTS:
+        return _HUP_OPTIONS | _HUP_CONFIG
+    return set()
+
+
 def hup_train_options(variant: str, options: FitOptions) -> TrainOptions:
-    """HUP's `TrainOptions` for a variant under the shared budget (and matching overrides)."""
-    known = {f.name for f in dataclasses.fields(TrainOptions)}
+    """HUP's `TrainOptions` for a variant under the shared budget (and matching overrides).
+
+    Overrides naming a `TrainOptions` field set it; those naming a `HupConfig` field go to
+    ``model_overrides``.
+    """
+    overrides = options.overrides
     return TrainOptions(
         variant=variant,
         epochs=options.epochs,
@@ -49,7 +79,10 @@ def hup_train_options(variant: str, options: FitOptions) -> TrainOptions:
         device=options.device,
         min_item_count=options.min_item_count,
         data=options.data,
-        **{k: v for k, v in options.overrides.items() if k in known and k != "variant"},
+        **{k: v for k, v in overrides.items() if k in _HUP_OPTIONS - set(_BUDGET)},
+        model_overrides={
+            k: v for k, v in overrides.items() if k in _HUP_CONFIG and k not in _HUP_OPTIONS
+        },
     )
 
 
@@ -85,6 +118,23 @@ MODELS: dict[str, Factory] = {
     **{variant: _hup(variant) for variant in VARIANTS},
 }
 """CLI name -> factory, in the paper's Table 3 order (baselines, then HUP's variants)."""
+
+
+def load_recommender(
+    directory: Path, device: str = "cpu"
+) -> tuple[Recommender, str, dict[str, Any]]:
+    """A trained checkpoint of any kind as a recommender, with its version and training info.
+
+    Raises:
+        CheckpointError: The directory is not a readable HUP or zoo checkpoint.
+    """
+    if read_config(directory).get("kind", "hup") == "zoo":
+        zoo = load_zoo_checkpoint(directory, device)
+        return ZooRecommender(DISPLAY_NAMES[zoo.name], checkpoint=zoo), zoo.version, zoo.info
+    hup = load_checkpoint(directory, device)
+    variant = str(hup.info.get("options", {}).get("variant", "hup"))
+    name = DISPLAY_NAMES.get(variant, variant.upper())
+    return HupRecommender(name, checkpoint=hup), hup.version, hup.info
 
 
 def kind_of(name: str) -> str:

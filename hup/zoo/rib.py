@@ -50,6 +50,7 @@ class Rib(SequenceModel):
         self.behavior_embedding = nn.Embedding(config.n_behaviors, config.behavior_dim)
         self.dwell_embedding = nn.Embedding(config.n_dwell_buckets, config.dwell_dim)
         width = config.item_dim + config.behavior_dim + config.dwell_dim
+        self.dropout = nn.Dropout(config.dropout)
         self.gru = nn.GRU(width, config.hidden, batch_first=True)
         self.attention = nn.Linear(config.hidden, config.attention_hidden)
         self.context = nn.Linear(config.attention_hidden, 1, bias=False)  # u_w
@@ -66,12 +67,12 @@ class Rib(SequenceModel):
             ],
             dim=-1,
         )  # [B, S, X]
-        ys, _ = self.gru(x)  # [B, S, H]
+        ys, _ = self.gru(self.dropout(x))  # [B, S, H]
         logits = self.context(torch.tanh(self.attention(ys))).squeeze(-1)  # [B, S]
         rows, index, mask = window(steps, positions, self.config.window)  # [N, 1], [N, W]
         weights = torch.softmax(logits[rows, index].masked_fill(~mask, float("-inf")), dim=-1)
         context = torch.einsum("nw,nwh->nh", weights, ys[rows, index])  # [N, H]
-        return self.out(context)
+        return self.out(self.dropout(context))
 
     def output_table(self, head: str) -> tuple[Tensor, Tensor | None]:
         """The softmax layer's weights and bias of ``head``."""

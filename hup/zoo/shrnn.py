@@ -46,6 +46,7 @@ class SHrnn(SequenceModel):
         """Build the layers."""
         super().__init__(config)
         self.item_embedding = nn.Embedding(config.n_items, config.item_dim)
+        self.dropout = nn.Dropout(config.dropout)
         self.session_cell = nn.GRUCell(config.item_dim, config.hidden)
         self.user_cell = nn.GRUCell(config.hidden, config.user_hidden)
         self.init = nn.Linear(config.user_hidden, config.hidden)
@@ -54,7 +55,7 @@ class SHrnn(SequenceModel):
     def forward(self, batch: dict[str, Tensor], positions: Tensor) -> dict[str, Tensor]:
         """Session state after the run of each point -> profiles [N, D]."""
         steps = run_steps(batch)
-        x = self.item_embedding(take(batch["item"], steps))  # [B, S, E]
+        x = self.dropout(self.item_embedding(take(batch["item"], steps)))  # [B, S, E]
         split = (take(batch["gap"], steps) >= self.config.split_bucket).unsqueeze(-1)  # [B, S, 1]
         user = x.new_zeros(x.shape[0], self.config.user_hidden)
         h = torch.tanh(self.init(user))
@@ -67,7 +68,7 @@ class SHrnn(SequenceModel):
             h = self.session_cell(x[:, s], h)
             outputs.append(h)
         ys = torch.stack(outputs, dim=1)  # [B, S, H]
-        return self.out(at_points(ys, steps, positions))
+        return self.out(self.dropout(at_points(ys, steps, positions)))
 
     def output_table(self, head: str) -> tuple[Tensor, Tensor | None]:
         """The softmax layer's weights and bias of ``head``."""

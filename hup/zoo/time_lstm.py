@@ -42,13 +42,14 @@ class TimeLstm(SequenceModel):
         super().__init__(config)
         self.item_embedding = nn.Embedding(config.n_items, config.item_dim)
         self.gap_embedding = nn.Embedding(config.n_gap_buckets, config.gap_dim)
+        self.dropout = nn.Dropout(config.dropout)
         self.cell = BehaviorLSTMCell(config.item_dim, config.gap_dim, 0, config.hidden, "time")
         self.out = OutputHeads(config.hidden, config)
 
     def forward(self, batch: dict[str, Tensor], positions: Tensor) -> dict[str, Tensor]:
         """LSTM state after the run of each point -> profiles [N, D]."""
         steps = run_steps(batch)
-        x = self.item_embedding(take(batch["item"], steps))  # [B, S, E]
+        x = self.dropout(self.item_embedding(take(batch["item"], steps)))  # [B, S, E]
         dt = self.gap_embedding(take(batch["item_gap"], steps))  # [B, S, G]
         x_gates, scale = self.cell.input_part(x, dt, x.new_zeros(*x.shape[:2], 0))
         h = c = x.new_zeros(x.shape[0], self.config.hidden)
@@ -57,7 +58,7 @@ class TimeLstm(SequenceModel):
             h, c = self.cell.recur(x_gates[:, s], None if scale is None else scale[:, s], h, c)
             outputs.append(h)
         ys = torch.stack(outputs, dim=1)  # [B, S, H]
-        return self.out(at_points(ys, steps, positions))
+        return self.out(self.dropout(at_points(ys, steps, positions)))
 
     def output_table(self, head: str) -> tuple[Tensor, Tensor | None]:
         """The softmax layer's weights and bias of ``head``."""

@@ -1,0 +1,287 @@
+"""`hup compare`: fit the chosen models on one split, evaluate them in one call, write the table.
+
+Every model sees the same split, vocabularies and prediction points, and one `evaluate`
+call bootstraps them over the same resampled test sessions, so intervals and the paired
+differences (HUP minus each other model, when HUP is in the run) are comparable. The output
+directory gets ``compare.md`` (tables with 95 % intervals, fit and ranking times, the paper's
+Table 3 beside ours), ``compare.json`` and ``compare.png`` (bar chart with error bars).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from hup.baselines import Rankings, Recommender
+from hup.data import Dataset, Session, split_sessions
+from hup.evaluate import EvaluationReport, ResultRow, evaluate, to_json
+from hup.points import PredictionPoint
+from hup.vocab import Taxonomy
+from hup.zoo.catalog import DISPLAY_NAMES
+from hup.zoo.fit import FitOptions
+from hup.zoo.paper import PAPER_COLUMNS, PAPER_TABLE3
+from hup.zoo.registry import MODELS, kind_of
+
+__all__ = [
+    "Comparison",
+    "run_comparison",
+    "to_comparison_json",
+    "to_comparison_markdown",
+    "write_comparison",
+]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One comparison run: the evaluation report plus what it cost and how it was set up."""
+
+    report: EvaluationReport
+    names: tuple[str, ...]  # CLI names, in table order
+    fit_seconds: dict[str, float]  # CLI name -> seconds in fit (training)
+    rank_seconds: dict[str, float]  # CLI name -> seconds ranking the test points
+    options: FitOptions
+    dataset: str
+
+
+class _Timed:
+    """A recommender that records how long its `fit` and `rank` take."""
+
+    def __init__(self, inner: Recommender, on_fit: Callable[[str], None] | None) -> None:
+        self.inner, self.name, self._on_fit = inner, inner.name, on_fit
+        self.fit_seconds = self.rank_seconds = math.nan
+
+    def fit(self, train: Sequence[Session], valid: Sequence[Session]) -> None:
+        if self._on_fit is not None:
+            self._on_fit(self.name)
+        started = time.perf_counter()
+        self.inner.fit(train, valid)
+        self.fit_seconds = time.perf_counter() - started
+
+    def rank(
+        self,
+        sessions: Sequence[Session],
+        points: Sequence[PredictionPoint],
+        k_items: int,
+        k_categories: int,
+    ) -> Rankings:
+        started = time.perf_counter()
+        rankings = self.inner.rank(sessions, points, k_items, k_categories)
+        self.rank_seconds = time.perf_counter() - started
+        return rankings
+
+
+def run_comparison(
+    names: Sequence[str],
+    dataset: Dataset,
+    options: FitOptions,
+    taxonomy: Taxonomy | None = None,
+    seed: int = 0,
+    n_resamples: int = 1000,
+    command: str | None = None,
+    on_fit: Callable[[str], None] | None = None,
+) -> Comparison:
+    """Fit and evaluate ``names`` (keys of `MODELS`) on the protocol's split of ``dataset``.
+
+    HUP (or else the first HUP variant) goes first, so the paired differences are HUP minus
+    each other model; the rest keep the registry's order.
+    """
+    ordered = [n for n in MODELS if n in names]
+    reference = next((n for n in ordered if kind_of(n) == "hup"), None)
+    if reference is not None:
+        ordered = [reference, *(n for n in ordered if n != reference)]
+    train, valid, test = split_sessions(dataset.sessions)
+    timed = [_Timed(MODELS[n](options, taxonomy), on_fit) for n in ordered]
+    report = evaluate(
+        timed, train, valid, test, seed=seed, n_resamples=n_resamples, command=command
+    )
+    return Comparison(
+        report=report,
+        names=tuple(ordered),
+        fit_seconds={n: t.fit_seconds for n, t in zip(ordered, timed, strict=True)},
+        rank_seconds={n: t.rank_seconds for n, t in zip(ordered, timed, strict=True)},
+        options=options,
+        dataset=dataset.name,
+    )
+
+
+def _rows(comparison: Comparison) -> dict[tuple[str, str], ResultRow]:
+    return {(row.method, row.mode): row for row in comparison.report.rows}
+
+
+def _cell(row: ResultRow | None, metric: str) -> str:
+    if row is None or math.isnan(row.metrics[metric].mean):
+        return "n/a"
+    e = row.metrics[metric]
+    return f"{100 * e.mean:.2f} [{100 * e.lo:.2f}, {100 * e.hi:.2f}]"
+
+
+def _metric_groups(report: EvaluationReport) -> tuple[list[str], list[list[str]]]:
+    """Item metrics, and the category metrics per level (finest last)."""
+    items = [m for m in report.metric_names if m.startswith("item ")]
+    levels: dict[str, list[str]] = {}
+    for m in report.metric_names:
+        if not m.startswith("item "):
+            levels.setdefault(m.rsplit(" ", 1)[0], []).append(m)
+    return items, list(levels.values())
+
+
+def to_comparison_markdown(comparison: Comparison) -> str:
+    """The comparison as markdown: our table, paired differences, the paper's Table 3."""
+    report, rows = comparison.report, _rows(comparison)
+    items, levels = _metric_groups(report)
+    finest = levels[-1] if levels else []
+    every = next((r for r in report.rows if r.mode == "every"), None)
+    last = next((r for r in report.rows if r.mode == "last"), None)
+    o = comparison.options
+    lines = [
+        f"# Model comparison on {comparison.dataset}",
+        "",
+        f"Protocol: docs/evaluation.md. Split {report.n_train}/{report.n_valid}/{report.n_test} "
+        f"sessions; {every.n_points if every else 0} `every` points, "
+        f"{last.n_points if last else 0} `last` points. Figures in %, mean [95 % interval] by "
+        f"bootstrap over whole test sessions ({report.n_resamples} resamples, seed {report.seed}). "
+        f"Budget for every learned model: at most {o.epochs} epochs, patience {o.patience}, "
+        f"{o.batch_size} sessions per batch, seed {o.seed}"
+        + (f", overrides {o.overrides}" if o.overrides else "")
+        + ". Fit = training time (s), rank = ranking the test points (s).",
+        "",
+    ]
+    header = ["model"]
+    header += [f"every {m}" for m in items + finest] + [f"last {m}" for m in items + finest]
+    header += ["fit (s)", "rank (s)"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name in comparison.names:
+        display = DISPLAY_NAMES[name]
+        cells = [display]
+        for mode in ("every", "last"):
+            cells += [_cell(rows.get((display, mode)), m) for m in items + finest]
+        cells += [f"{comparison.fit_seconds[name]:.1f}", f"{comparison.rank_seconds[name]:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    for level in levels[:-1]:  # coarser category levels, when there is a taxonomy
+        lines += [
+            "",
+            "| model | "
+            + " | ".join(f"{mode} {m}" for mode in ("every", "last") for m in level)
+            + " |",
+        ]
+        lines.append("|" + "---|" * (1 + 2 * len(level)))
+        for name in comparison.names:
+            display = DISPLAY_NAMES[name]
+            cells = [
+                _cell(rows.get((display, mode)), m) for mode in ("every", "last") for m in level
+            ]
+            lines.append(f"| {display} | " + " | ".join(cells) + " |")
+    if report.differences:
+        lines += [
+            "",
+            f"Paired differences, {report.differences[0].reference} minus each model (pp, `every` points):",
+            "",
+        ]
+        for d in report.differences:
+            e = d.estimate
+            lines.append(
+                f"- {d.other}, {d.metric}: {100 * e.mean:+.2f} [{100 * e.lo:+.2f}, {100 * e.hi:+.2f}]"
+            )
+    lines += ["", *_paper_lines(comparison)]
+    if report.command:
+        lines += ["", f"Command: `{report.command}`"]
+    return "\n".join(lines) + "\n"
+
+
+def _paper_lines(comparison: Comparison) -> list[str]:
+    datasets = list(PAPER_TABLE3)
+    lines = [
+        "## The paper's Table 3 (for orientation only)",
+        "",
+        "Gu et al., WSDM 2020, Table 3: **the paper's figures**, on the full JD data (millions "
+        "of users, `last` mode, the authors' pipeline), not on these samples: not comparable "
+        "in absolute terms, only the ordering of methods is of interest.",
+        "",
+        "| model | " + " | ".join(f"paper {d} {c}" for d in datasets for c in PAPER_COLUMNS) + " |",
+        "|" + "---|" * (1 + len(datasets) * len(PAPER_COLUMNS)),
+    ]
+    for name in comparison.names:
+        display = DISPLAY_NAMES[name]
+        cells = []
+        for d in datasets:
+            figures = PAPER_TABLE3[d].get(display)
+            cells += [f"{v:.1f}" for v in figures] if figures else ["-"] * len(PAPER_COLUMNS)
+        lines.append(f"| {display} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def to_comparison_json(comparison: Comparison) -> dict[str, Any]:
+    """The comparison as plain JSON types (fractions, not %)."""
+    return {
+        "dataset": comparison.dataset,
+        "budget": dataclasses.asdict(comparison.options),
+        "models": [
+            {
+                "name": name,
+                "display": DISPLAY_NAMES[name],
+                "kind": kind_of(name),
+                "fit_seconds": comparison.fit_seconds[name],
+                "rank_seconds": comparison.rank_seconds[name],
+            }
+            for name in comparison.names
+        ],
+        "evaluation": to_json(comparison.report),
+        "paper_table3": {
+            "note": "the paper's figures (%), full JD data, last mode: not comparable in absolute terms",
+            "columns": list(PAPER_COLUMNS),
+            "values": {d: {m: list(v) for m, v in t.items()} for d, t in PAPER_TABLE3.items()},
+        },
+    }
+
+
+def write_chart(comparison: Comparison, path: Path) -> None:
+    """Bar chart with 95 % error bars of `every` item Recall/MRR and finest category Recall."""
+    from matplotlib.figure import Figure  # heavy, and only the chart needs it
+
+    report, rows = comparison.report, _rows(comparison)
+    items, levels = _metric_groups(report)
+    metrics = items + ([m for m in levels[-1] if "Recall" in m] if levels else [])
+    names = [DISPLAY_NAMES[n] for n in comparison.names]
+    colours = {"baseline": "#999999", "zoo": "#4c72b0", "hup": "#dd8452"}
+    fig = Figure(
+        figsize=(max(8.0, 0.55 * len(names) + 2), 3.2 * len(metrics)), layout="constrained"
+    )
+    axes = fig.subplots(len(metrics), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, metric in zip(axes, metrics, strict=True):
+        estimates = [rows[(n, "every")].metrics[metric] for n in names]
+        means = [100 * e.mean for e in estimates]
+        errors = [
+            [100 * (e.mean - e.lo) for e in estimates],
+            [100 * (e.hi - e.mean) for e in estimates],
+        ]
+        ax.bar(
+            names,
+            means,
+            yerr=errors,
+            capsize=3,
+            color=[colours[kind_of(n)] for n in comparison.names],
+        )
+        ax.set_ylabel(f"{metric} (%)")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_title(
+        f"{comparison.dataset}: `every` points, 95 % intervals (grey: count baselines, blue: zoo, orange: HUP)"
+    )
+    axes[-1].tick_params(axis="x", labelrotation=60)
+    fig.savefig(path, dpi=120)
+
+
+def write_comparison(comparison: Comparison, out: Path) -> list[Path]:
+    """Write compare.md, compare.json and compare.png into ``out``; return their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    md, js, png = out / "compare.md", out / "compare.json", out / "compare.png"
+    md.write_text(to_comparison_markdown(comparison))
+    js.write_bytes(orjson.dumps(to_comparison_json(comparison), option=orjson.OPT_INDENT_2))
+    write_chart(comparison, png)
+    return [md, js, png]
