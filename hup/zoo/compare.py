@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import textwrap
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,9 +25,9 @@ from hup.data import Dataset, Session, split_sessions
 from hup.evaluate import EvaluationReport, ResultRow, evaluate, to_json
 from hup.points import PredictionPoint
 from hup.vocab import Taxonomy
-from hup.zoo.catalog import DISPLAY_NAMES
+from hup.zoo.catalog import DISPLAY_NAMES, ZOO_CLASSES
 from hup.zoo.fit import FitOptions
-from hup.zoo.paper import PAPER_COLUMNS, PAPER_TABLE3
+from hup.zoo.paper import PAPER_COLUMNS, PAPER_TABLE3, paper_markdown
 from hup.zoo.registry import MODELS, kind_of
 
 __all__ = [
@@ -178,6 +179,12 @@ def to_comparison_markdown(comparison: Comparison) -> str:
                 _cell(rows.get((display, mode)), m) for mode in ("every", "last") for m in level
             ]
             lines.append(f"| {display} | " + " | ".join(cells) + " |")
+    fallback = [DISPLAY_NAMES[n] for n in comparison.names if _last_category(n)]
+    if fallback:
+        lines += [
+            "",
+            f'Categories by "last category" (the protocol\'s fallback): {", ".join(fallback)}.',
+        ]
     if report.differences:
         lines += [
             "",
@@ -189,32 +196,17 @@ def to_comparison_markdown(comparison: Comparison) -> str:
             lines.append(
                 f"- {d.other}, {d.metric}: {100 * e.mean:+.2f} [{100 * e.lo:+.2f}, {100 * e.hi:+.2f}]"
             )
-    lines += ["", *_paper_lines(comparison)]
+    lines += ["", *paper_markdown([DISPLAY_NAMES[n] for n in comparison.names])]
     if report.command:
         lines += ["", f"Command: `{report.command}`"]
     return "\n".join(lines) + "\n"
 
 
-def _paper_lines(comparison: Comparison) -> list[str]:
-    datasets = list(PAPER_TABLE3)
-    lines = [
-        "## The paper's Table 3 (for orientation only)",
-        "",
-        "Gu et al., WSDM 2020, Table 3: **the paper's figures**, on the full JD data (millions "
-        "of users, `last` mode, the authors' pipeline), not on these samples: not comparable "
-        "in absolute terms, only the ordering of methods is of interest.",
-        "",
-        "| model | " + " | ".join(f"paper {d} {c}" for d in datasets for c in PAPER_COLUMNS) + " |",
-        "|" + "---|" * (1 + len(datasets) * len(PAPER_COLUMNS)),
-    ]
-    for name in comparison.names:
-        display = DISPLAY_NAMES[name]
-        cells = []
-        for d in datasets:
-            figures = PAPER_TABLE3[d].get(display)
-            cells += [f"{v:.1f}" for v in figures] if figures else ["-"] * len(PAPER_COLUMNS)
-        lines.append(f"| {display} | " + " | ".join(cells) + " |")
-    return lines
+def _last_category(name: str) -> bool:
+    """Whether the model ranks categories by the protocol's "last category" rule."""
+    if name in ZOO_CLASSES:
+        return not ZOO_CLASSES[name].category_heads
+    return name in ("s-pop", "item-knn")
 
 
 def to_comparison_json(comparison: Comparison) -> dict[str, Any]:
@@ -270,9 +262,8 @@ def write_chart(comparison: Comparison, path: Path) -> None:
         )
         ax.set_ylabel(f"{metric} (%)")
         ax.grid(axis="y", alpha=0.3)
-    axes[0].set_title(
-        f"{comparison.dataset}: `every` points, 95 % intervals (grey: count baselines, blue: zoo, orange: HUP)"
-    )
+    title = textwrap.fill(f"{comparison.dataset}: `every` points, mean and 95 % interval", 90)
+    fig.suptitle(f"{title}\ngrey: count baselines, blue: zoo models, orange: HUP and its variants")
     axes[-1].tick_params(axis="x", labelrotation=60)
     fig.savefig(path, dpi=120)
 

@@ -7,7 +7,9 @@ absolute terms. Values in %: item Recall@20, item MRR@20, category Recall@5, cat
 
 from __future__ import annotations
 
-__all__ = ["PAPER_COLUMNS", "PAPER_TABLE3"]
+from collections.abc import Sequence
+
+__all__ = ["PAPER_COLUMNS", "PAPER_TABLE3", "paper_markdown"]
 
 PAPER_COLUMNS = ("item Recall@20", "item MRR@20", "category Recall@5", "category MRR@5")
 
@@ -49,3 +51,25 @@ PAPER_TABLE3: dict[str, dict[str, tuple[float, float, float, float]]] = {
     "Computers": _COMPUTERS,
 }
 """Dataset -> model display name -> the four figures of `PAPER_COLUMNS` (%)."""
+
+
+def paper_markdown(models: Sequence[str]) -> list[str]:
+    """Markdown lines of the paper's figures for ``models`` (display names; "-" if absent)."""
+    datasets = list(PAPER_TABLE3)
+    lines = [
+        "## The paper's Table 3 (for orientation only)",
+        "",
+        "Gu et al., WSDM 2020, Table 3: **the paper's figures**, on the full JD data (millions "
+        "of users, `last` mode, the authors' pipeline), not on these samples: not comparable "
+        "in absolute terms, only the ordering of methods is of interest.",
+        "",
+        "| model | " + " | ".join(f"paper {d} {c}" for d in datasets for c in PAPER_COLUMNS) + " |",
+        "|" + "---|" * (1 + len(datasets) * len(PAPER_COLUMNS)),
+    ]
+    for model in models:
+        cells = []
+        for d in datasets:
+            figures = PAPER_TABLE3[d].get(model)
+            cells += [f"{v:.1f}" for v in figures] if figures else ["-"] * len(PAPER_COLUMNS)
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return lines

@@ -48,8 +48,10 @@ Factory = Callable[[FitOptions, Taxonomy | None], Recommender]
 BASELINES: dict[str, Callable[[], Recommender]] = {"pop": POP, "s-pop": SPop, "item-knn": ItemKNN}
 
 
-_BUDGET = ("epochs", "patience", "batch_size", "seed", "device", "min_item_count", "data")
-_HUP_OPTIONS = {f.name for f in dataclasses.fields(TrainOptions)} - {"variant", "model_overrides"}
+# FitOptions' own fields: the budget is set there, never through ``overrides``.
+_BUDGET = {"epochs", "patience", "batch_size", "seed", "device", "min_item_count", "data"}
+_HUP_OPTIONS = {f.name for f in dataclasses.fields(TrainOptions)} - _BUDGET
+_HUP_OPTIONS -= {"variant", "model_overrides"}
 _HUP_CONFIG = {f.name for f in dataclasses.fields(HupConfig)} - {"n_items", "n_categories"}
 
 
@@ -79,7 +81,7 @@ def hup_train_options(variant: str, options: FitOptions) -> TrainOptions:
         device=options.device,
         min_item_count=options.min_item_count,
         data=options.data,
-        **{k: v for k, v in overrides.items() if k in _HUP_OPTIONS - set(_BUDGET)},
+        **{k: v for k, v in overrides.items() if k in _HUP_OPTIONS},
         model_overrides={
             k: v for k, v in overrides.items() if k in _HUP_CONFIG and k not in _HUP_OPTIONS
         },
