@@ -1,0 +1,253 @@
+"""`hup-stream`: replay events into Kafka, follow the profiles, write the profile schema."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Annotated
+
+import typer
+from confluent_kafka import Consumer, KafkaException, Producer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from hup.data import iter_events, load_dataset
+from hup.exceptions import HupError
+from hup.schema import Event
+from stream.broker import BrokerError, wait_for_broker
+from stream.demo import main as demo_main
+from stream.producer import DEFAULT_RETENTION_MS, ensure_topic, producer_config, publish
+from stream.profile_schema import write_profile_schema
+from stream.tail import consumer_config, follow, format_profile
+
+__all__ = ["app"]
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False)
+
+_BOOTSTRAP_ENV = ["KAFKA_BOOTSTRAP_SERVERS", "HUP_KAFKA_BOOTSTRAP_SERVERS"]
+_NO_BOOTSTRAP = (
+    "no Kafka bootstrap servers: pass --bootstrap HOST:PORT or set KAFKA_BOOTSTRAP_SERVERS "
+    "(`python -m stream.broker` runs a local broker on 127.0.0.1:9092)"
+)
+
+BootstrapOption = Annotated[
+    str | None,
+    typer.Option(
+        "--bootstrap",
+        envvar=_BOOTSTRAP_ENV,
+        show_envvar=False,
+        help="Kafka bootstrap servers [env: KAFKA_BOOTSTRAP_SERVERS]",
+    ),
+]
+TimeoutOption = Annotated[
+    float, typer.Option(min=0.1, help="Seconds to wait for the broker (and the final flush)")
+]
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code=code)
+
+
+def _bootstrap(bootstrap: str | None) -> str:
+    """The bootstrap servers, checked for shape (HOST:PORT, comma-separated)."""
+    if not bootstrap or not bootstrap.strip():
+        raise _fail(_NO_BOOTSTRAP)
+    servers = [s.strip() for s in bootstrap.split(",")]
+    for server in servers:
+        host, sep, port = server.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise _fail(f"--bootstrap {bootstrap!r} is not HOST:PORT[,HOST:PORT...]")
+    return ",".join(servers)
+
+
+def _connect(bootstrap: str, timeout: float) -> None:
+    try:
+        wait_for_broker(bootstrap, timeout)
+    except BrokerError as exc:
+        raise _fail(f"{exc}; is the broker running?", code=1) from exc
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    """HUP stream tools: produce events, tail profiles, export the profile schema."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@contextlib.contextmanager
+def _open_record(path: Path | None) -> Iterator[IO[bytes] | None]:
+    if path is None:
+        yield None
+        return
+    try:
+        handle = path.open("wb")
+    except OSError as exc:
+        raise _fail(f"--record {path}: {exc.strerror or exc}") from exc
+    with handle:
+        yield handle
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    )
+
+
+@app.command()
+def produce(
+    data: Annotated[
+        str,
+        typer.Option(help="jd:PATH[,PATH] or synthetic:users=N,seed=S[,key=value]"),
+    ],
+    rate: Annotated[float, typer.Option(min=0, help="Events per second; 0 = as fast as possible")],
+    topic: Annotated[str, typer.Option(envvar="HUP_INPUT_TOPIC")] = "micro-behaviors",
+    bootstrap: BootstrapOption = None,
+    limit: Annotated[int | None, typer.Option(min=0, help="Send at most N events")] = None,
+    keep_ts: Annotated[
+        bool, typer.Option("--keep-ts", help="Keep the events' timestamps (default: wall clock)")
+    ] = False,
+    record: Annotated[
+        Path | None, typer.Option(help="Also write every value sent to this JSONL file")
+    ] = None,
+    partitions: Annotated[
+        int, typer.Option(min=1, envvar="HUP_PARTITIONS", help="Partitions if the topic is new")
+    ] = 3,
+    retention_ms: Annotated[
+        int, typer.Option(min=1, help="retention.ms if the topic is new")
+    ] = DEFAULT_RETENTION_MS,
+    max_batch: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            envvar="HUP_PRODUCER_MAX_BATCH_SIZE",
+            help="Messages per produce batch (1 on embedded tansu, see docs/broker-notes.md)",
+        ),
+    ] = None,
+    timeout: TimeoutOption = 30.0,
+) -> None:
+    """Publish click and dwell events keyed by user_id, in per-user order, at a steady rate."""
+    server = _bootstrap(bootstrap)
+    try:
+        dataset = load_dataset(data)
+    except HupError as exc:
+        raise _fail(str(exc)) from exc
+    except OSError as exc:
+        raise _fail(f"--data {data!r}: cannot read {exc.filename}: {exc.strerror}") from exc
+    except KeyboardInterrupt:
+        raise typer.Exit(code=130) from None
+    with _open_record(record) as record_file:
+        _connect(server, timeout)
+        try:
+            if ensure_topic(server, topic, partitions, retention_ms, timeout=timeout):
+                err.print(f"created topic {topic} ({partitions} partitions)")
+        except KafkaException as exc:
+            raise _fail(f"cannot create topic {topic!r}: {exc}", code=1) from exc
+        total = sum(len(s.events) for s in dataset.sessions)
+        if limit is not None:
+            total = min(total, limit)
+        events: Iterator[Event] = itertools.islice(iter_events(dataset.sessions), total)
+        producer = Producer(producer_config(server, max_batch))
+        try:
+            with _progress() as progress:
+                task = progress.add_task(f"→ {topic}", total=total)
+                summary = publish(
+                    events,
+                    producer,
+                    topic,
+                    rate=rate,
+                    keep_ts=keep_ts,
+                    record=record_file,
+                    on_sent=lambda *_: progress.advance(task),
+                    flush_timeout=timeout,
+                )
+        except KeyboardInterrupt:  # a second Ctrl-C, during the final flush
+            raise typer.Exit(code=130) from None
+        finally:
+            producer.close()
+    out.print(summary.describe())
+    if summary.interrupted:
+        raise typer.Exit(code=130)
+    if summary.failed:
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def tail(
+    topic: Annotated[str, typer.Option(envvar="HUP_OUTPUT_TOPIC")] = "user-profiles",
+    bootstrap: BootstrapOption = None,
+    from_beginning: Annotated[
+        bool, typer.Option("--from-beginning", help="Start at the oldest retained profile")
+    ] = False,
+    limit: Annotated[int | None, typer.Option(min=1, help="Exit after N profiles")] = None,
+    json_lines: Annotated[
+        bool, typer.Option("--json", help="Print the raw JSON messages, one per line")
+    ] = False,
+    group: Annotated[
+        str | None, typer.Option(help="Consumer group (commits offsets); default: a fresh one")
+    ] = None,
+    max_idle: Annotated[
+        float | None, typer.Option(min=0.1, help="Exit after this many seconds without a profile")
+    ] = None,
+    timeout: TimeoutOption = 30.0,
+) -> None:
+    """Print profiles as they arrive: user, seq, model version, latency, top categories."""
+    server = _bootstrap(bootstrap)
+    _connect(server, timeout)
+    consumer = Consumer(consumer_config(server, group, from_beginning))
+    warned: set[str] = set()
+
+    def show(value: bytes) -> None:
+        if json_lines:
+            typer.echo(value.decode(errors="replace"))
+        else:
+            out.print(format_profile(value))
+
+    def warn(message: str) -> None:
+        if message not in warned:  # a missing topic is reported on every poll
+            warned.add(message)
+            err.print(f"[yellow]warning:[/] {message}")
+
+    try:
+        follow(consumer, [topic], show, limit=limit, max_idle=max_idle, on_error=warn)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.close()
+
+
+@app.command()
+def schema(
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Directory to write profile.schema.json into")
+    ] = Path("."),
+) -> None:
+    """Write the JSON Schema of the profile messages (user-profiles)."""
+    try:
+        target = write_profile_schema(out_dir)
+    except OSError as exc:
+        raise _fail(f"--out {out_dir}: {exc.strerror or exc}") from exc
+    typer.echo(str(target))
+
+
+app.command("demo")(demo_main)

@@ -1,0 +1,71 @@
+"""The demo's model: reuse a finished checkpoint directory, or train a small one with progress."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from hup.data import load_dataset, split_sessions
+
+__all__ = ["ensure_model"]
+
+
+def ensure_model(
+    model_dir: Path, train_data: str, epochs: int, console: Console, say: Callable[[str], None]
+) -> Path:
+    """Return ``model_dir``, training into it first unless it holds a finished checkpoint.
+
+    A checkpoint is finished when its VERSION file exists: `save_checkpoint` writes it last,
+    so an interrupted training is redone rather than reused.
+    """
+    version_file = model_dir / "VERSION"
+    if version_file.is_file():
+        say(f"model: reusing {model_dir} ({version_file.read_text().strip()})")
+        return model_dir
+    # torch-heavy imports, only when training.
+    from hup.train import TrainOptions, train_model
+    from hup.vocab import Taxonomy
+
+    say(f"model: training on {train_data}, {epochs} epochs ...")
+    started = time.perf_counter()
+    dataset = load_dataset(train_data)
+    train, valid, _ = split_sessions(dataset.sessions)
+    taxonomy = Taxonomy(dataset.taxonomy) if dataset.taxonomy else None
+    with Progress(
+        TextColumn("  {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("epoch 1", total=None)
+        epoch = [1]
+
+        def on_batch(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total, description=f"epoch {epoch[0]}")
+
+        def on_epoch(record: dict[str, float]) -> None:
+            say(
+                f"  epoch {int(record['epoch'])}: loss {record['loss']:.3f}, "
+                f"valid item Recall@20 {100 * record['valid_recall20']:.1f} %, "
+                f"{record['seconds']:.0f} s"
+            )
+            epoch[0] += 1
+            progress.reset(task)
+
+        checkpoint, _ = train_model(
+            train,
+            valid,
+            TrainOptions(epochs=epochs, patience=epochs, data=train_data),
+            taxonomy=taxonomy,
+            out=model_dir,
+            progress=on_batch,
+            on_epoch=on_epoch,
+        )
+    say(f"model: saved {checkpoint.version} to {model_dir} ({time.perf_counter() - started:.0f} s)")
+    return model_dir
