@@ -20,14 +20,26 @@ How to add a model (e.g. DUPN, SDM, MIND, DHAN) to the comparison:
    table plus its bias (``scoring = "dot"``) or the cosine (``scoring = "cosine"``). Override it
    for multi-interest profiles (MIND: the max over interests) or target-aware scoring (DHAN:
    attend to the sequence once per candidate).
-5. Register the class in `hup.zoo.registry` (``ZOO_CLASSES`` and a ``MODELS`` entry).
+5. Other hooks, all optional: ``prepare`` (fit what gradients do not, before the epochs:
+   word2vec tables, ``pretrained_items``), ``training_batches``/``count_batches`` (another
+   kind of example than the prediction points, e.g. BPR-MF's (session, sku) pairs),
+   ``trainable = False`` (no epochs), ``category_heads = False`` (categories by the
+   protocol's "last category" rule).
+6. Register the class in `hup.zoo.catalog` (``ZOO_CLASSES`` and ``DISPLAY_NAMES``); the
+   registry, the CLI (``hup train --model``, ``hup compare``) and the parametrized tests in
+   tests/hup/zoo (beats POP after a short training, causal, ranks by the protocol,
+   checkpoints) pick it up from there. Add its paper figures to `hup.zoo.paper` if any.
 
 Everything else is shared: `hup.zoo.fit.fit_zoo` builds the vocabularies and the causal
 featurizer exactly as HUP's recipe does, trains on `hup.sequences.batches` (the protocol's
-prediction points) with Adam under the common budget (max epochs, patience, batch size, seed),
-stops early on validation item Recall@20 and saves a checkpoint; `hup.zoo.recommender` ranks
-through `scores`, removing the OOV id and the last input sku. Models without category heads
-(``category_heads = False``) get the protocol's "last category" ranking.
+prediction points) with `hup.train.fit_epochs` (Adam, gradient clipping) under the common
+budget (max epochs, patience, batch size, seed), stops early on validation item Recall@20 and
+saves a checkpoint (`hup.zoo.checkpoint`); `hup.zoo.recommender` ranks through `scores`,
+removing the OOV id and the last input sku. Zoo models are offline comparison models: they
+have no incremental ``step`` (the stream serves HUP), so causality is tested instead by
+comparing profiles on whole and truncated sessions. ``profiles_at_points`` concatenates
+every returned tensor along N, so per-point tensors of any shape work ([N, K, D] interests,
+an [N, W, D] memory with its [N, W] mask).
 """
 
 from __future__ import annotations

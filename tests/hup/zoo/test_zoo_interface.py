@@ -61,7 +61,7 @@ def test_every_model_fits_and_ranks_by_the_protocol(name: str, tiny) -> None:
             assert set(pop.category_orders[level]).issuperset(ranking)
 
 
-@pytest.mark.parametrize("name", ["gru4rec", "word2vec", "bpr-mf"])
+@pytest.mark.parametrize("name", list(ZOO_CLASSES))
 def test_zoo_checkpoints_round_trip(name: str, tiny, tmp_path: Path) -> None:
     train, valid, test, taxonomy = tiny
     out = tmp_path / name
