@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from hup.zoo.base import SequenceModel
 from hup.zoo.bpr_mf import BprMf
+from hup.zoo.dupn import Dupn
 from hup.zoo.gru4rec import Gru4Rec
 from hup.zoo.rib import Rib
 from hup.zoo.shrnn import SHrnn
@@ -20,6 +21,7 @@ ZOO_CLASSES: dict[str, type[SequenceModel]] = {
     "rib": Rib,
     "time-lstm": TimeLstm,
     "s-hrnn": SHrnn,
+    "dupn": Dupn,
 }
 """Neural/embedding models trained by `hup.zoo.fit.fit_zoo` and saved as zoo checkpoints."""
 
@@ -34,6 +36,7 @@ DISPLAY_NAMES: dict[str, str] = {
     "rib": "RIB",
     "time-lstm": "Time-LSTM",
     "s-hrnn": "S-HRNN",
+    "dupn": "DUPN",
     "hup": "HUP",
     "hup-nomicro": "HUP-NoMicro",
     "hup-lstm": "HUP-LSTM",
