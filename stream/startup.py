@@ -85,9 +85,13 @@ class WorkerContext:
 
     def _create_topics(self) -> None:
         if self.settings.kafka_security_protocol != "PLAINTEXT":
-            # ensure_topics' admin client speaks PLAINTEXT only; faust declares the
-            # topics itself, with the same configs, through its authenticated client.
-            logger.info("secured cluster: topics are declared by faust")
+            # ensure_topics' admin client speaks PLAINTEXT only. faust itself declares
+            # just the changelog (and repartition) topic, with its credentials.
+            logger.warning(
+                "HUP_KAFKA_SECURITY_PROTOCOL=%s: not creating %s; they must exist",
+                self.settings.kafka_security_protocol,
+                ", ".join(spec.name for spec in self.topics),
+            )
             return
         try:
             ensure_topics(self.settings.bootstrap_servers, self.topics)

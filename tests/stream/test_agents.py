@@ -377,3 +377,20 @@ def test_worker_argv_follows_the_web_port() -> None:
         "--web-port",
         "6067",
     ]
+
+
+def test_prepare_leaves_topics_alone_on_a_secured_cluster(
+    checkpoint_dir: Path, metrics: Metrics, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fail(*args, **kwargs):
+        raise AssertionError("ensure_topics speaks PLAINTEXT only")
+
+    monkeypatch.setattr("stream.startup.ensure_topics", fail)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    settings = Settings(
+        model=checkpoint_dir,
+        kafka_security_protocol="SASL_SSL",
+        kafka_sasl_username="worker",
+        kafka_sasl_password="secret",  # noqa: S106
+    )
+    WorkerContext(settings, metrics, topic_specs(settings)).prepare()
