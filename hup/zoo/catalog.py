@@ -6,6 +6,7 @@ from hup.zoo.base import SequenceModel
 from hup.zoo.bpr_mf import BprMf
 from hup.zoo.dupn import Dupn
 from hup.zoo.gru4rec import Gru4Rec
+from hup.zoo.mind import Mind
 from hup.zoo.rib import Rib
 from hup.zoo.shrnn import SHrnn
 from hup.zoo.time_lstm import TimeLstm
@@ -22,6 +23,7 @@ ZOO_CLASSES: dict[str, type[SequenceModel]] = {
     "time-lstm": TimeLstm,
     "s-hrnn": SHrnn,
     "dupn": Dupn,
+    "mind": Mind,
 }
 """Neural/embedding models trained by `hup.zoo.fit.fit_zoo` and saved as zoo checkpoints."""
 
@@ -37,6 +39,7 @@ DISPLAY_NAMES: dict[str, str] = {
     "time-lstm": "Time-LSTM",
     "s-hrnn": "S-HRNN",
     "dupn": "DUPN",
+    "mind": "MIND",
     "hup": "HUP",
     "hup-nomicro": "HUP-NoMicro",
     "hup-lstm": "HUP-LSTM",
