@@ -8,6 +8,7 @@ from hup.zoo.dupn import Dupn
 from hup.zoo.gru4rec import Gru4Rec
 from hup.zoo.mind import Mind
 from hup.zoo.rib import Rib
+from hup.zoo.sdm import Sdm
 from hup.zoo.shrnn import SHrnn
 from hup.zoo.time_lstm import TimeLstm
 from hup.zoo.word2vec import Word2vec, Word2vecAvg
@@ -23,6 +24,7 @@ ZOO_CLASSES: dict[str, type[SequenceModel]] = {
     "time-lstm": TimeLstm,
     "s-hrnn": SHrnn,
     "dupn": Dupn,
+    "sdm": Sdm,
     "mind": Mind,
 }
 """Neural/embedding models trained by `hup.zoo.fit.fit_zoo` and saved as zoo checkpoints."""
@@ -39,6 +41,7 @@ DISPLAY_NAMES: dict[str, str] = {
     "time-lstm": "Time-LSTM",
     "s-hrnn": "S-HRNN",
     "dupn": "DUPN",
+    "sdm": "SDM",
     "mind": "MIND",
     "hup": "HUP",
     "hup-nomicro": "HUP-NoMicro",
