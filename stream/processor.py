@@ -16,6 +16,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 import orjson
 
@@ -25,7 +26,6 @@ from hup.runtime import Applied, Profiler
 from hup.schema import Event, parse_event_json
 from state.codec import decode_state, encode_state
 from state.exceptions import StateDecodeError, StateVersionError
-from state.store import Store
 
 __all__ = ["BatchResult", "DeadLetter", "InputRecord", "OutputProfile", "Processor"]
 
@@ -87,6 +87,18 @@ def dead_letter(record: InputRecord, reason: str) -> DeadLetter:
     return DeadLetter(record.key, orjson.dumps(payload), reason)
 
 
+class KeyValue(Protocol):
+    """The part of a state store the processor uses."""
+
+    def get(self, key: bytes) -> bytes | None:
+        """The stored value, or None."""
+        ...
+
+    def put(self, key: bytes, value: bytes) -> None:
+        """Store a value (persisted only by this call)."""
+        ...
+
+
 class Processor:
     """Applies batches of records to per-user state with one HUP model."""
 
@@ -112,7 +124,7 @@ class Processor:
         self.clock = clock
         self.require_user_key = require_user_key
 
-    def load_state(self, store: Store, key: bytes, outcomes: Counter[str]) -> ProfileState:
+    def load_state(self, store: KeyValue, key: bytes, outcomes: Counter[str]) -> ProfileState:
         """The user's state, or a fresh one when absent, foreign (other model) or corrupt."""
         raw = store.get(key)
         if raw is None:
@@ -126,7 +138,7 @@ class Processor:
             logger.warning("user %r: state unreadable, reset: %s", key, exc)
         return self.profiler.new_state()
 
-    def process(self, records: Sequence[InputRecord], store: Store) -> BatchResult:
+    def process(self, records: Sequence[InputRecord], store: KeyValue) -> BatchResult:
         """Apply a batch; see the module docstring for the guarantees."""
         result = BatchResult()
         per_user: dict[str, list[tuple[InputRecord, Event]]] = defaultdict(list)

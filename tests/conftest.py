@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+import torch
 
 from stream.broker import start_broker
 
@@ -17,3 +18,9 @@ def kafka_bootstrap() -> Iterator[str]:
     """
     with start_broker() as handle:
         yield handle.bootstrap_servers
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread() -> None:
+    """Tiny matmuls: extra threads only contend with the broker and workers for 2 cores."""
+    torch.set_num_threads(1)
