@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from hup.zoo.base import SequenceModel
 from hup.zoo.bpr_mf import BprMf
+from hup.zoo.dhan import Dhan
 from hup.zoo.dupn import Dupn
 from hup.zoo.gru4rec import Gru4Rec
 from hup.zoo.mind import Mind
@@ -26,6 +27,7 @@ ZOO_CLASSES: dict[str, type[SequenceModel]] = {
     "dupn": Dupn,
     "sdm": Sdm,
     "mind": Mind,
+    "dhan": Dhan,
 }
 """Neural/embedding models trained by `hup.zoo.fit.fit_zoo` and saved as zoo checkpoints."""
 
@@ -43,6 +45,7 @@ DISPLAY_NAMES: dict[str, str] = {
     "dupn": "DUPN",
     "sdm": "SDM",
     "mind": "MIND",
+    "dhan": "DHAN",
     "hup": "HUP",
     "hup-nomicro": "HUP-NoMicro",
     "hup-lstm": "HUP-LSTM",
