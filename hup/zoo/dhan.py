@@ -99,7 +99,7 @@ class Dhan(SequenceModel):
         """Target-aware scores of every sku ([N, V]); categories by their softmax heads."""
         if head != "item":
             return super().scores(profiles, head)
-        weight, bias = self.output_table("item")
+        weight, bias = self.out.table("item")
         return self._candidate_scores(profiles, weight) + bias
 
     def loss(
@@ -107,7 +107,7 @@ class Dhan(SequenceModel):
     ) -> Tensor:
         """Sampled softmax of the target-aware item scores + category cross-entropy."""
         profiles = self(batch, positions)
-        weight, bias = self.output_table("item")
+        weight, bias = self.out.table("item")
         target = targets["item"]
         negatives = torch.randint(1, self.config.n_items, (self.config.negatives,))
         candidates = torch.unique(torch.cat([target[target > 0], negatives.to(target.device)]))

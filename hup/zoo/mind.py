@@ -62,6 +62,7 @@ class Mind(SequenceModel):
 
     config_class = MindConfig
     config: MindConfig
+    routing_start: Tensor  # [n_items, K] buffer
 
     def __init__(self, config: MindConfig) -> None:
         """Build the layers and the fixed routing start."""
@@ -126,7 +127,7 @@ class Mind(SequenceModel):
         profiles = self(batch, positions)
         total = positions.new_zeros((), dtype=torch.float)
         for head in self.heads:
-            weight, bias = self.output_table(head)
+            weight, bias = self.out.table(head)
             if head == "item":
                 target, scale = targets["item"], 1.0
             else:
