@@ -16,7 +16,7 @@ from mode import CrashingSupervisor
 from hup.exceptions import EventValidationError
 from hup.schema import parse_event_json
 from state.store import Store
-from stream.metrics import Metrics
+from stream.metrics import MeteredKeyValue, Metrics, install_metric_updates
 from stream.processor import BatchResult, InputRecord, Processor
 from stream.tablestore import BatchStore, TableKeyValue
 
@@ -33,8 +33,9 @@ Send = Callable[[bytes | None, bytes], Awaitable[Awaitable[object]]]
 
 
 def install_agent(app: faust.App, topics: Topics, context: WorkerContext) -> AgentT:
-    """Install the profile agent on ``app``'s input topic."""
+    """Install the profile agent on ``app``'s input topic, and the updates of its gauges."""
     settings = context.settings
+    install_metric_updates(app, topics.state, settings.input_topic, context.metrics)
 
     async def send_profile(key: bytes | None, value: bytes) -> Awaitable[object]:
         # force=True: publish now instead of attaching to the source offset's commit.
@@ -59,7 +60,10 @@ def install_agent(app: faust.App, topics: Topics, context: WorkerContext) -> Age
         async for batch in source.noack_take(settings.batch_size, within=settings.batch_within_s):
             events = cast(list[EventT], list(batch))  # noack_take yields events, not values
             records = [to_record(event, time.time(), time.monotonic()) for event in events]
-            store = BatchStore(TableKeyValue(topics.state, events))
+            # Each user key's partition, for the users-in-state gauge (keys are user ids).
+            partitions = {e.key: e.message.partition for e in events if isinstance(e.key, bytes)}
+            table = TableKeyValue(topics.state, events)
+            store = BatchStore(MeteredKeyValue(table, partitions, context.metrics))
             await process_and_publish(
                 records,
                 store,

@@ -2,23 +2,43 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+from collections.abc import Iterable, Mapping
+from typing import cast
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, Info
+import faust
+from faust.transport.consumer import Consumer
+from faust.types import TableT
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from stream.processor import BatchResult, OutputProfile
+from stream.tablestore import KeyValue
 
-__all__ = ["Metrics"]
+__all__ = [
+    "LAG_INTERVAL_S",
+    "MeteredKeyValue",
+    "Metrics",
+    "consumer_lag",
+    "install_metric_updates",
+    "users_by_partition",
+]
+
+logger = logging.getLogger(__name__)
 
 # Event time to publish spans producer delay, batching and the model step; the
 # profile is "real time" when it lands in the sub-second buckets.
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _STEP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+# An encoded HUP state is a few KiB (item/category windows of a few hundred floats).
+_STATE_BUCKETS = (256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
+# How often the consumer lag is refreshed: cheap (no broker round trip), and a
+# Prometheus scrape every 5-15 s sees a value at most this old.
+LAG_INTERVAL_S = 5.0
 
 
 class Metrics:
-    """Every metric the worker exports. Labels never carry user ids."""
+    """Every metric the worker exports. Labels never carry user ids, only partitions."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         """Register the metrics on ``registry`` (one registry per app, so tests can make many)."""
@@ -55,6 +75,28 @@ class Metrics:
             "hup_batch_size", "Records per batch.", buckets=_BATCH_BUCKETS, registry=registry
         )
         self.model = Info("hup_model", "The loaded model checkpoint.", registry=registry)
+        self.users_in_state = Gauge(
+            "hup_users_in_state",
+            "Users with a stored state in an assigned input partition: counted once per "
+            "rebalance, then raised by each user seen for the first time.",
+            ["partition"],
+            registry=registry,
+        )
+        self.state_size = Histogram(
+            "hup_state_size_bytes",
+            "Encoded size of each user state written to the table (and its changelog).",
+            buckets=_STATE_BUCKETS,
+            registry=registry,
+        )
+        self.consumer_lag = Gauge(
+            "hup_consumer_lag",
+            "Input records of an assigned partition not committed yet: high watermark "
+            "minus committed offset (under-reported on tansu, docs/operations.md).",
+            ["partition"],
+            registry=registry,
+        )
+        # Partitions that carry a label now, so a revoked partition's series is removed.
+        self._labelled: dict[str, set[int]] = {"users": set(), "lag": set()}
 
     def set_model(self, version: str, path: str) -> None:
         """Record which checkpoint the worker runs."""
@@ -77,3 +119,126 @@ class Metrics:
             if profile.received_ts:
                 self.processing.observe(max(0.0, now - profile.received_ts))
         self.profiles_published.inc(n)
+
+    def set_users_in_state(self, counts: Mapping[int, int]) -> None:
+        """Replace the per-partition user counts (partitions not in ``counts`` are dropped)."""
+        self._replace(self.users_in_state, "users", counts)
+
+    def add_user(self, partition: int) -> None:
+        """Count a user whose first state was just written to ``partition``."""
+        self.users_in_state.labels(str(partition)).inc()
+        self._labelled["users"].add(partition)
+
+    def set_consumer_lag(self, lags: Mapping[int, int]) -> None:
+        """Replace the per-partition lag (partitions not in ``lags`` are dropped)."""
+        self._replace(self.consumer_lag, "lag", lags)
+
+    def _replace(self, gauge: Gauge, name: str, values: Mapping[int, int]) -> None:
+        for partition in self._labelled[name] - set(values):
+            gauge.remove(str(partition))
+        for partition, value in values.items():
+            gauge.labels(str(partition)).set(value)
+        self._labelled[name] = set(values)
+
+
+class MeteredKeyValue:
+    """A `KeyValue` that meters the state writes going through it.
+
+    Placed under the agent's `BatchStore`, it sees each user's read once per batch
+    and only the writes that are committed. A user whose read found nothing and
+    who is then written is new to its partition: `hup_users_in_state` rises by one,
+    so the gauge stays current without scanning the table.
+    """
+
+    def __init__(
+        self, backing: KeyValue, partitions: Mapping[bytes, int], metrics: Metrics
+    ) -> None:
+        """Wrap ``backing``; ``partitions`` maps each user key of the batch to its partition."""
+        self._backing = backing
+        self._partitions = partitions
+        self._metrics = metrics
+        self._absent: set[bytes] = set()
+
+    def get(self, key: bytes) -> bytes | None:
+        """The stored value, remembering keys that have none."""
+        value = self._backing.get(key)
+        if value is None:
+            self._absent.add(key)
+        return value
+
+    def put(self, key: bytes, value: bytes) -> None:
+        """Write through, observing the state's size and counting a new user."""
+        self._backing.put(key, value)
+        self._metrics.state_size.observe(len(value))
+        if key in self._absent:
+            self._absent.discard(key)
+            partition = self._partitions.get(key)
+            if partition is not None:
+                self._metrics.add_user(partition)
+
+
+def users_by_partition(table: TableT) -> dict[int, int] | None:
+    """Count the stored users of each active partition of ``table``, or None if unknown.
+
+    Walks every key of the active partitions, so it is meant for once per rebalance
+    (faust calls the table's recover callbacks with the input partitions still
+    paused), not per event. Only faust's RocksDB store keeps one database per
+    partition; on other stores the count is unknown.
+    """
+    store = table.data
+    # faust's RocksDB store has no public per-partition view: read its DB map.
+    dbs = getattr(store, "_dbs", None)
+    if not isinstance(dbs, Mapping):
+        return None
+    topic = table.changelog_topic.get_topic_name()
+    actives = {tp.partition for tp in table.app.assignor.assigned_actives() if tp.topic == topic}
+    # The store keeps its changelog offset under this key in each partition DB.
+    offset_key = getattr(store, "offset_key", None)
+    counts = {}
+    for partition in actives:
+        db = dbs.get(partition)
+        counts[partition] = 0 if db is None else sum(1 for k in db.keys() if k != offset_key)
+    return counts
+
+
+def consumer_lag(app: faust.App, topic: str) -> dict[int, int]:
+    """Per assigned partition of ``topic``: high watermark minus committed offset.
+
+    Both come from the consumer's own bookkeeping, without a broker round trip:
+    the high watermark from the last fetch response, the committed offset from
+    the group at each rebalance and from each commit since. A partition whose
+    high watermark is not known yet (nothing fetched) is left out. On tansu the
+    high watermark after a multi-record batch is too low (docs/broker-notes.md,
+    T1), so the lag is under-reported there; it is clamped at 0, not corrected.
+    """
+    consumer = cast(Consumer, app.consumer)
+    # The consumer's record, not app.monitor's: that one is stale after a rebalance.
+    committed = consumer._committed_offset  # noqa: SLF001
+    lags = {}
+    for tp in consumer.assignment():
+        if tp.topic != topic:
+            continue
+        highwater = consumer.highwater(tp)
+        if highwater is None:
+            continue
+        # None: the group has no committed offset (or it is 0); it reads from the start.
+        lags[tp.partition] = max(0, highwater - (committed.get(tp) or 0))
+    return lags
+
+
+def install_metric_updates(app: faust.App, table: TableT, topic: str, metrics: Metrics) -> None:
+    """Refresh the gauges faust knows: users per partition after recovery, lag on a timer."""
+
+    @table.on_recover
+    async def count_users() -> None:
+        counts = users_by_partition(table)
+        if counts is not None:
+            metrics.set_users_in_state(counts)
+
+    @app.timer(LAG_INTERVAL_S)
+    async def refresh_lag() -> None:
+        try:
+            metrics.set_consumer_lag(consumer_lag(app, topic))
+        except Exception as exc:  # a metric must never stop the worker
+            # Mid-rebalance the consumer may refuse (partition not assigned, not started).
+            logger.debug("consumer lag not refreshed: %r", exc)
