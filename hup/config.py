@@ -4,15 +4,45 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
-__all__ = ["VARIANTS", "CellKind", "HupConfig"]
+__all__ = ["VARIANTS", "CellKind", "HupConfig", "SavedConfig"]
 
 CellKind = Literal["behavior", "time", "lstm"]
 
 
+class SavedConfig:
+    """JSON round trip and level count of a frozen model config with `n_categories`.
+
+    Shared by HUP's config and the comparison models' configs, which are saved in
+    checkpoints the same way.
+    """
+
+    n_categories: tuple[int, ...]
+
+    @property
+    def n_levels(self) -> int:
+        """Number of category levels."""
+        return len(self.n_categories)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict."""
+        data = dataclasses.asdict(self)  # type: ignore[call-overload]
+        data["n_categories"] = list(self.n_categories)
+        return dict(data)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        """Inverse of `to_dict`; unknown keys are an error (a config from a newer version)."""
+        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
+        return cls(**{**data, "n_categories": tuple(data["n_categories"])})
+
+
 @dataclass(frozen=True)
-class HupConfig:
+class HupConfig(SavedConfig):
     """Sizes and switches of one HUP model. Defaults are the paper's."""
 
     n_items: int  # item vocabulary size, OOV included
@@ -38,26 +68,6 @@ class HupConfig:
     softmax_weight: float = 0.0  # auxiliary softmax over cosine scores (off = the paper's loss)
     softmax_temperature: float = 0.1
     softmax_negatives: int = 0  # sampled negatives per batch; 0 = the full vocabulary
-
-    @property
-    def n_levels(self) -> int:
-        """Number of category levels."""
-        return len(self.n_categories)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict."""
-        data = dataclasses.asdict(self)
-        data["n_categories"] = list(self.n_categories)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> HupConfig:
-        """Inverse of `to_dict`; unknown keys are an error (a config from a newer version)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown config keys: {sorted(unknown)}")
-        return cls(**{**data, "n_categories": tuple(data["n_categories"])})
 
 
 VARIANTS: dict[str, dict[str, Any]] = {

@@ -162,7 +162,8 @@ def _summary_sizes(model: HupModel) -> tuple[int, list[int]]:
     if not model.config.attention:
         return 0, [0] * len(model.layer_names)
     sizes = [
-        sum(model.heads[h].out_features for h in model.heads_of(name)) for name in model.layer_names
+        sum(model.head_of(h).out_features for h in model.heads_of(name))
+        for name in model.layer_names
     ]
     return model.config.attention_hidden, sizes
 
@@ -223,7 +224,7 @@ def step(
                 values[row][layer] = _push(
                     values[row][layer], closed_values[n : n + 1].numpy(), back
                 )
-        h_new, c_new = model.cells[name](inputs.x, inputs.dt, inputs.a, h_committed, c_committed)
+        h_new, c_new = model.cell_of(name)(inputs.x, inputs.dt, inputs.a, h_committed, c_committed)
         recompute = inputs.recompute.unsqueeze(-1)
         h_open = torch.where(recompute, h_new, h_open)
         c_open = torch.where(recompute, c_new, c_open)

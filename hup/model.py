@@ -11,7 +11,7 @@ in `hup.incremental` one event at a time (the stream); the parity test holds the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -125,6 +125,24 @@ class HupModel(nn.Module):
             return cfg.item_dim + (cfg.hidden if cfg.use_micro else 0)
         return cfg.category_dim + cfg.hidden
 
+    # ---- typed access to the module containers ------------------------------------------------
+
+    def cell_of(self, name: str) -> BehaviorLSTMCell:
+        """The recurrent cell of layer `name`."""
+        return cast(BehaviorLSTMCell, self.cells[name])
+
+    def pool_of(self, name: str) -> AttentionPool:
+        """The attention pooling of layer `name`."""
+        return cast(AttentionPool, self.pools[name])
+
+    def head_of(self, name: str) -> nn.Linear:
+        """The dense profile head `name`."""
+        return cast(nn.Linear, self.heads[name])
+
+    def category_embedding(self, level: int) -> nn.Embedding:
+        """The category embedding table of `level` (0 = coarsest)."""
+        return cast(nn.Embedding, self.category_embeddings[level])
+
     # ---- shared by the sequence forward and the incremental step -------------------------
 
     def layer_input(self, name: str, f: dict[str, Tensor], finer: Tensor | None) -> LayerInput:
@@ -166,7 +184,7 @@ class HupModel(nn.Module):
         assert finer is not None, "a category layer always has a finer layer"  # noqa: S101
         dwell = f["category_dwell"][..., k]
         return LayerInput(
-            torch.cat([self.category_embeddings[k](f["categories"][..., k]), finer], dim=-1),
+            torch.cat([self.category_embedding(k)(f["categories"][..., k]), finer], dim=-1),
             self.gap_embedding(f["category_gap"][..., k]),
             self.dwell_embedding(dwell),
             f["category_change"][..., k].bool(),
@@ -190,20 +208,20 @@ class HupModel(nn.Module):
         projections without bias ([*, sum of head sizes]). Storing these instead of the
         output itself makes a user's state several times smaller.
         """
-        keys = self.pools[name].keys(ys, self.signal_embedding(name, signals))
-        values = torch.cat([F.linear(ys, self.heads[h].weight) for h in self.heads_of(name)], -1)
+        keys = self.pool_of(name).keys(ys, self.signal_embedding(name, signals))
+        values = torch.cat([F.linear(ys, self.head_of(h).weight) for h in self.heads_of(name)], -1)
         return keys, values
 
     def pooled_profiles(
         self, name: str, keys: Tensor, values: Tensor, mask: Tensor, last: Tensor
     ) -> dict[str, Tensor]:
         """Profiles of the heads of `name` from a window of entry summaries [N, W, *]."""
-        weights = self.pools[name].weights(keys, mask, last)
+        weights = self.pool_of(name).weights(keys, mask, last)
         pooled = torch.einsum("nw,nwv->nv", weights, values)
         heads = self.heads_of(name)
-        sizes = [self.heads[h].out_features for h in heads]
+        sizes = [self.head_of(h).out_features for h in heads]
         return {
-            h: torch.tanh(part + self.heads[h].bias)
+            h: torch.tanh(part + self.head_of(h).bias)
             for h, part in zip(heads, pooled.split(sizes, dim=-1), strict=True)
         }
 
@@ -244,7 +262,7 @@ class HupModel(nn.Module):
         zeros = inputs.x.new_zeros(batch_size, self.config.hidden)
         h_committed, c_committed, h_open, c_open = zeros, zeros, zeros, zeros
         outputs = []
-        cell = self.cells[name]
+        cell = self.cell_of(name)
         x_gates, scale = cell.input_part(inputs.x, inputs.dt, inputs.a)  # [B, T, 4H], [B, T, H]
         commits = (inputs.change & valid).unsqueeze(-1)
         steps_mask = (inputs.recompute & valid).unsqueeze(-1)
@@ -284,9 +302,9 @@ class HupModel(nn.Module):
         window_times = torch.cat([past_times, times.unsqueeze(1)], dim=1)  # [N, W]
         mask = torch.cat([has_past, has_past.new_ones(has_past.shape[0], 1)], dim=1)
         window_times = torch.where(mask, window_times, 0)
-        keys = self.pools[name].keys(ys, self.signal_embedding(name, inputs.signal))  # [B, T, A]
+        keys = self.pool_of(name).keys(ys, self.signal_embedding(name, inputs.signal))  # [B, T, A]
         window = (rows.unsqueeze(1), window_times)
-        return self.pools[name].pool(keys[window], ys[window], mask, last)
+        return self.pool_of(name).pool(keys[window], ys[window], mask, last)
 
     # ---- training ----------------------------------------------------------------------------
 
@@ -301,10 +319,13 @@ class HupModel(nn.Module):
         """
         cfg = self.config
         profiles = self(batch, positions)
-        levels = [("item", self.item_embedding, targets["item"], cfg.lambda_item)]
+        levels: list[tuple[str, nn.Embedding, Tensor, float]] = [
+            ("item", self.item_embedding, targets["item"], cfg.lambda_item)
+        ]
         if "micro" in profiles and cfg.lambda_micro:
             levels.append(("micro", self.item_embedding, targets["item"], cfg.lambda_micro))
-        for k, emb in enumerate(self.category_embeddings):
+        for k in range(cfg.n_levels):
+            emb = self.category_embedding(k)
             levels.append((f"category{k}", emb, targets["categories"][:, k], cfg.lambda_category))
         total = profiles["item"].new_zeros(())
         for head, table, target, weight in levels:

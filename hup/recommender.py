@@ -157,9 +157,12 @@ class HupRecommender:
             )
             per_level = [
                 top_k_excluding(
-                    profiles[f"category{k}"], emb.weight, k_categories, [None] * len(points)
+                    profiles[f"category{k}"],
+                    model.category_embedding(k).weight,
+                    k_categories,
+                    [None] * len(points),
                 )
-                for k, emb in enumerate(model.category_embeddings)
+                for k in range(model.config.n_levels)
             ]
         return rankings_from_ids(vocab, item_ids, per_level)
 

@@ -51,7 +51,7 @@ class Profiler:
         self._finest_head = f"category{finest}"
         self._finest_tokens = checkpoint.vocabularies.categories[finest].tokens
         with torch.no_grad():
-            table = self.model.category_embeddings[finest].weight[1:]  # OOV is never a result
+            table = self.model.category_embedding(finest).weight[1:]  # OOV is never a result
             self._finest_unit = torch.nn.functional.normalize(table, dim=-1)
 
     @classmethod

@@ -44,15 +44,15 @@ an [N, W, D] memory with its [N, W] mask).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
+from hup.config import SavedConfig
 from hup.data import Session
 from hup.sequences import FeaturizedSession, batches, count_batches
 from hup.vocab import Vocabularies
@@ -64,7 +64,7 @@ Batch = tuple[dict[str, Tensor], Tensor, dict[str, Tensor]]
 
 
 @dataclass(frozen=True)
-class ZooConfig:
+class ZooConfig(SavedConfig):
     """Sizes every zoo model has; saved in its checkpoint. Subclasses add their own fields."""
 
     n_items: int  # item vocabulary size, OOV (id 0) included
@@ -89,26 +89,6 @@ class ZooConfig:
     # Initialise ``item_embedding`` with HUP's skip-gram vectors (HUP's default): off by
     # default, as the baselines' papers train theirs; on, it is a control for the comparison.
     pretrained_items: bool = False
-
-    @property
-    def n_levels(self) -> int:
-        """Number of category levels."""
-        return len(self.n_categories)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict."""
-        data = dataclasses.asdict(self)
-        data["n_categories"] = list(self.n_categories)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ZooConfig:
-        """Inverse of `to_dict`; unknown keys are an error (a config from a newer version)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
-        return cls(**{**data, "n_categories": tuple(data["n_categories"])})
 
 
 class OutputHeads(nn.Module):
