@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -266,3 +268,22 @@ def wait_ready(worker: WorkerProcess, timeout: float = START_TIMEOUT_S) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"worker not ready after {timeout:.0f}s\n{worker.log()}")
         time.sleep(0.1)
+
+
+def free_port() -> int:
+    """A TCP port free right now on 127.0.0.1 (for a worker's metrics endpoint)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def scrape(port: int) -> dict[str, float]:
+    """A worker's Prometheus samples, keyed by series name with labels."""
+    url = f"http://127.0.0.1:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as page:  # noqa: S310 - a local test worker
+        text = page.read().decode()
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
