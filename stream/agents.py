@@ -18,7 +18,7 @@ from hup.schema import parse_event_json
 from state.store import Store
 from stream.metrics import MeteredKeyValue, Metrics, install_metric_updates
 from stream.processor import BatchResult, InputRecord, Processor
-from stream.tablestore import BatchStore, TableKeyValue
+from stream.tablestore import BatchStore, KeyValue, TableKeyValue
 
 if TYPE_CHECKING:
     from stream.app import Topics
@@ -71,6 +71,7 @@ def install_agent(app: faust.App, topics: Topics, context: WorkerContext) -> Age
                 send_profile,
                 send_dead_letter,
                 context.metrics,
+                latest=TableKeyValue(topics.latest, events),
             )
             for event in events:
                 await source.ack(event)
@@ -124,6 +125,8 @@ async def process_and_publish(
     send_dead_letter: Send,
     metrics: Metrics,
     clock: Callable[[], float] = time.time,
+    *,
+    latest: KeyValue | None = None,
 ) -> BatchResult:
     """Process one batch, deliver its outputs, then save its state; raise if any step fails.
 
@@ -132,8 +135,12 @@ async def process_and_publish(
     1. the processor steps the model; bad records become dead letters and are
        not errors, so whatever raises here is a bug;
     2. every profile and dead letter is sent and its delivery awaited;
-    3. only then is the new state written to the table (``store.commit()``),
-       and only after this returns does the agent ack the batch.
+    3. only then is each user's last profile of the batch written to ``latest``
+       (the table behind ``GET /profiles/{user_id}``), then the new state to
+       its table (``store.commit()``), and only after this returns does the
+       agent ack the batch. Latest before state: a crash between the two leaves
+       the old state, so the batch is processed and ``latest`` written again;
+       the other order could skip the events by offset with ``latest`` stale.
 
     If any step raises, the error is logged with the batch's
     ``topic[partition]@offsets`` and re-raised, and the batch is never acked.
@@ -154,6 +161,10 @@ async def process_and_publish(
         deliveries += [await send_dead_letter(d.key, d.value) for d in result.dead_letters]
         await asyncio.gather(*deliveries)
         delivered_at = clock()
+        if latest is not None:
+            # Last wins: profiles are in per-user order, coalesced or not.
+            for key, value in {p.key: p.value for p in result.profiles}.items():
+                latest.put(key, value)
         store.commit()
     except Exception:
         logger.exception(

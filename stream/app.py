@@ -20,8 +20,17 @@ from stream.broker import TopicSpec
 from stream.metrics import Metrics
 from stream.settings import Settings
 from stream.startup import WorkerContext
+from stream.views import install_views
 
-__all__ = ["Topics", "app", "broker_credentials", "create_app", "faust_options", "topic_specs"]
+__all__ = [
+    "LATEST_TABLE",
+    "Topics",
+    "app",
+    "broker_credentials",
+    "create_app",
+    "faust_options",
+    "topic_specs",
+]
 
 
 @dataclass(frozen=True)
@@ -32,6 +41,11 @@ class Topics:
     profiles: TopicT
     dead_letters: TopicT
     state: TableT
+    latest: TableT  # the last profile message published per user (stream.views)
+
+
+# Named here rather than in Settings: nothing about it is configurable.
+LATEST_TABLE = "latest-profile"
 
 
 def faust_options(settings: Settings) -> dict[str, Any]:
@@ -98,6 +112,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         spec(settings.dlq_topic, retention),
         # The changelog is the state's backup: compacted, never deleted by age.
         spec(settings.changelog_topic, {"cleanup.policy": "compact"}),
+        spec(f"{settings.app_id}-{LATEST_TABLE}-changelog", {"cleanup.policy": "compact"}),
     ]
 
 
@@ -139,6 +154,10 @@ def create_app(
             value_type=bytes,
             partitions=settings.partitions,
         ),
+        # Keyed like the state, so co-partitioned with it and with the input.
+        latest=app.Table(
+            LATEST_TABLE, key_type=bytes, value_type=bytes, partitions=settings.partitions
+        ),
     )
     context = WorkerContext(
         settings, Metrics(registry or CollectorRegistry()), topic_specs(settings), profiler
@@ -147,6 +166,7 @@ def create_app(
     app.on_worker_init.connect(context.prepare)  # type: ignore[arg-type]
     app.task(context.serve_metrics)
     install_agent(app, topics, context)
+    install_views(app, topics.latest)
     return app
 
 
