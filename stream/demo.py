@@ -52,7 +52,7 @@ class ReplayError(RuntimeError):
 class DemoOptions:
     """What the demo does; the defaults finish in about two minutes on two cores."""
 
-    train_data: str = "synthetic:users=300,seed=7"
+    train_data: str = "synthetic:users=400,seed=7"
     epochs: int = 3
     model_dir: Path = Path("runs/demo-model")  # reused when it holds a VERSION file
     replay_data: str = "synthetic:users=40,seed=8"  # ~3,400 click and dwell events

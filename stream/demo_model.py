@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +13,35 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from hup.data import load_dataset, split_sessions
 
-__all__ = ["ensure_model"]
+__all__ = ["ensure_model", "keep_freed_memory"]
+
+# mallopt(3) parameters, from glibc's malloc.h.
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed memory instead of returning it to the kernel at once.
+
+    Training allocates and frees the same large tensors every step. By default glibc
+    serves them with mmap and unmaps them when freed, so each step faults them in again
+    page by page: 15 M minor page faults in one epoch of synthetic:users=100, with
+    system time 60 % of the CPU time. Keeping the memory made that epoch 2.5x faster
+    (65 -> 26 s) with identical results. Returns whether glibc took the settings.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        return all(
+            libc.mallopt(param, value) == 1
+            for param, value in (
+                (_M_MMAP_THRESHOLD, 32 << 20),  # glibc's maximum: 32 MiB
+                (_M_TRIM_THRESHOLD, 1 << 30),
+                (_M_TOP_PAD, 256 << 20),
+            )
+        )
+    except (OSError, AttributeError):  # not glibc (e.g. musl has no mallopt)
+        return False
 
 
 def ensure_model(
@@ -31,6 +61,7 @@ def ensure_model(
     from hup.vocab import Taxonomy
 
     say(f"model: training on {train_data}, {epochs} epochs ...")
+    keep_freed_memory()
     started = time.perf_counter()
     dataset = load_dataset(train_data)
     train, valid, _ = split_sessions(dataset.sessions)

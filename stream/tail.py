@@ -16,6 +16,7 @@ __all__ = ["KafkaConsumerLike", "consumer_config", "follow", "format_profile"]
 _POLL_S = 0.5
 # A group join takes about half the session timeout on tansu (broker notes, T3).
 _JOIN_ALLOWANCE_S = 10.0
+_FETCH_WAIT_MS = 100
 
 
 class KafkaConsumerLike(Protocol):
@@ -51,6 +52,9 @@ def consumer_config(
         "session.timeout.ms": session_timeout_ms,
         "heartbeat.interval.ms": min(1000, session_timeout_ms // 3),
         "auto.offset.reset": "earliest" if from_beginning else "latest",
+        # tansu answers a fetch only when its wait expires, even if data arrives meanwhile
+        # (measured: a message waits ~fetch.wait.max.ms), so keep the wait short.
+        "fetch.wait.max.ms": _FETCH_WAIT_MS,
         "enable.auto.commit": group is not None,
     }
 
