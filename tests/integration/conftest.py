@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 from harness import Reference, offline_reference
 
-from hup.checkpoint import save_checkpoint
-from hup.config import HupConfig
 from hup.data import Dataset
-from hup.features import FeatureSpec
-from hup.model import HupModel
 from hup.runtime import Profiler
 from hup.synthetic import SyntheticConfig, generate
-from hup.vocab import Taxonomy, build_vocabularies
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -32,22 +28,9 @@ def it_traffic() -> Dataset:
 
 
 @pytest.fixture(scope="session")
-def it_model(tmp_path_factory: pytest.TempPathFactory, it_traffic: Dataset) -> Path:
+def it_model(make_random_checkpoint: Callable[[Dataset, str], Path], it_traffic: Dataset) -> Path:
     """An untrained checkpoint whose vocabulary covers half the users (the rest hit OOV)."""
-    taxonomy = Taxonomy(it_traffic.taxonomy)
-    half = it_traffic.sessions[: len(it_traffic.sessions) // 2]
-    vocab = build_vocabularies((e for s in half for e in s.events), taxonomy.n_levels, taxonomy)
-    torch.manual_seed(0)
-    model = HupModel(
-        HupConfig(
-            n_items=len(vocab.items),
-            n_categories=tuple(len(v) for v in vocab.categories),
-            window=8,
-        )
-    )
-    directory = tmp_path_factory.mktemp("it-model")
-    save_checkpoint(directory, model, FeatureSpec(n_levels=taxonomy.n_levels), vocab)
-    return directory
+    return make_random_checkpoint(it_traffic, "it-model")
 
 
 @pytest.fixture(scope="session")
