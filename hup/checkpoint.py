@@ -8,11 +8,13 @@ interchangeable and a state written under another version is detectably foreign.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -20,7 +22,7 @@ from hup.config import HupConfig
 from hup.exceptions import CheckpointError
 from hup.features import FeatureSpec
 from hup.model import HupModel
-from hup.vocab import Vocabularies
+from hup.vocab import Taxonomy, Vocabularies, build_vocabularies
 
 __all__ = [
     "Checkpoint",
@@ -29,6 +31,7 @@ __all__ = [
     "read_config",
     "read_files",
     "save_checkpoint",
+    "save_untrained_checkpoint",
     "spec_from_json",
     "spec_to_json",
     "write_files",
@@ -127,6 +130,34 @@ def save_checkpoint(
         "info": info or {},
     }
     return write_files(directory, config, vocabularies, model.state_dict())
+
+
+def save_untrained_checkpoint(
+    directory: Path,
+    events: Iterable[Any],
+    taxonomy: Taxonomy | None = None,
+    *,
+    seed: int = 0,
+    **config: Any,
+) -> str:
+    """Write a checkpoint with seeded random weights over the vocabulary of ``events``.
+
+    For what does not depend on the weights: the stream's plumbing, exact parity of
+    the incremental step, throughput and state size. Training a model for these would
+    cost minutes and prove nothing more. ``config`` overrides `HupConfig` fields.
+    """
+    n_levels = taxonomy.n_levels if taxonomy is not None else 1
+    vocabularies = build_vocabularies(events, n_levels, taxonomy)
+    torch.manual_seed(seed)
+    model = HupModel(
+        HupConfig(
+            n_items=len(vocabularies.items),
+            n_categories=tuple(len(v) for v in vocabularies.categories),
+            **config,
+        )
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    return save_checkpoint(directory, model, FeatureSpec(n_levels=n_levels), vocabularies)
 
 
 def read_files(

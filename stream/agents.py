@@ -16,6 +16,7 @@ from mode import CrashingSupervisor
 from hup.exceptions import EventValidationError
 from hup.schema import parse_event_json
 from state.store import Store
+from stream.acks import AckGuard
 from stream.metrics import MeteredKeyValue, Metrics, install_metric_updates
 from stream.processor import BatchResult, InputRecord, Processor
 from stream.tablestore import BatchStore, KeyValue, TableKeyValue
@@ -55,6 +56,9 @@ def install_agent(app: faust.App, topics: Topics, context: WorkerContext) -> Age
             name = f"{settings.app_id}-by-user"
             grouped = source.group_by(user_key, name=name, partitions=settings.partitions)
             source = cast(faust.Stream[bytes], grouped)
+        # Offsets of the topic batches come from are committed only once processed (F5).
+        topic = cast(faust.types.TopicT, source.channel).get_topic_name()
+        guard = AckGuard(app.consumer, [topic])
         # noack_take, not take_events: take_events acks a batch even when the body
         # raises (broker notes F4); here a batch is acked only once it is done.
         async for batch in source.noack_take(settings.batch_size, within=settings.batch_within_s):
@@ -73,7 +77,10 @@ def install_agent(app: faust.App, topics: Topics, context: WorkerContext) -> Age
                 context.metrics,
                 latest=TableKeyValue(topics.latest, events),
             )
+            # The state must be on the broker before its events count as consumed.
+            await asyncio.gather(topics.state.confirm(), topics.latest.confirm())
             for event in events:
+                guard.processed(event)
                 await source.ack(event)
 
     return profiles
@@ -137,8 +144,8 @@ async def process_and_publish(
     2. every profile and dead letter is sent and its delivery awaited;
     3. only then is each user's last profile of the batch written to ``latest``
        (the table behind ``GET /profiles/{user_id}``), then the new state to
-       its table (``store.commit()``), and only after this returns does the
-       agent ack the batch. Latest before state: a crash between the two leaves
+       its table (``store.commit()``); the agent then waits until the broker has
+       the state's changelog records, and only then acks the batch. Latest before state: a crash between the two leaves
        the old state, so the batch is processed and ``latest`` written again;
        the other order could skip the events by offset with ``latest`` stale.
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import ssl
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import faust
-from faust.types import TableT, TopicT
+from faust.types import TopicT
 from prometheus_client import CollectorRegistry
 
 from hup.runtime import Profiler
@@ -20,6 +20,7 @@ from stream.broker import TopicSpec
 from stream.metrics import Metrics
 from stream.settings import Settings
 from stream.startup import WorkerContext
+from stream.tablestore import ConfirmedTable
 from stream.views import install_views
 
 __all__ = [
@@ -40,8 +41,8 @@ class Topics:
     events: TopicT
     profiles: TopicT
     dead_letters: TopicT
-    state: TableT
-    latest: TableT  # the last profile message published per user (stream.views)
+    state: ConfirmedTable
+    latest: ConfirmedTable  # the last profile message published per user (stream.views)
 
 
 # Named here rather than in Settings: nothing about it is configurable.
@@ -74,6 +75,8 @@ def faust_options(settings: Settings) -> dict[str, Any]:
         "web_enabled": settings.web_port != 0,
         "web_port": settings.web_port or 6066,
         "autodiscover": False,
+        # Changelog writes the agent can await before acking (faust's own flush gives up).
+        "Table": ConfirmedTable,
     }
 
 
@@ -148,15 +151,21 @@ def create_app(
         profiles=app.topic(settings.output_topic, **raw),
         dead_letters=app.topic(settings.dlq_topic, **raw),
         # bytes keys and values travel raw in the changelog too (broker notes, finding 2).
-        state=app.Table(
-            settings.table_name,
-            key_type=bytes,
-            value_type=bytes,
-            partitions=settings.partitions,
+        state=cast(
+            ConfirmedTable,
+            app.Table(
+                settings.table_name,
+                key_type=bytes,
+                value_type=bytes,
+                partitions=settings.partitions,
+            ),
         ),
         # Keyed like the state, so co-partitioned with it and with the input.
-        latest=app.Table(
-            LATEST_TABLE, key_type=bytes, value_type=bytes, partitions=settings.partitions
+        latest=cast(
+            ConfirmedTable,
+            app.Table(
+                LATEST_TABLE, key_type=bytes, value_type=bytes, partitions=settings.partitions
+            ),
         ),
     )
     context = WorkerContext(

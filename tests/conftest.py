@@ -8,12 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from hup.checkpoint import save_checkpoint
-from hup.config import HupConfig
+from hup.checkpoint import save_untrained_checkpoint
 from hup.data import Dataset
-from hup.features import FeatureSpec
-from hup.model import HupModel
-from hup.vocab import Taxonomy, build_vocabularies
+from hup.vocab import Taxonomy
 from stream.broker import start_broker
 
 
@@ -45,19 +42,10 @@ def make_random_checkpoint(
 
     def write(dataset: Dataset, name: str) -> Path:
         assert dataset.taxonomy is not None, "synthetic datasets carry a taxonomy"
-        taxonomy = Taxonomy(dataset.taxonomy)
         half = dataset.sessions[: len(dataset.sessions) // 2]
-        vocab = build_vocabularies((e for s in half for e in s.events), taxonomy.n_levels, taxonomy)
-        torch.manual_seed(0)
-        model = HupModel(
-            HupConfig(
-                n_items=len(vocab.items),
-                n_categories=tuple(len(v) for v in vocab.categories),
-                window=8,
-            )
-        )
         directory = tmp_path_factory.mktemp(name)
-        save_checkpoint(directory, model, FeatureSpec(n_levels=taxonomy.n_levels), vocab)
+        events = (e for s in half for e in s.events)
+        save_untrained_checkpoint(directory, events, Taxonomy(dataset.taxonomy), window=8)
         return directory
 
     return write

@@ -10,7 +10,7 @@ import orjson
 import pytest
 import torch
 
-from hup.checkpoint import load_checkpoint, save_checkpoint
+from hup.checkpoint import load_checkpoint, save_checkpoint, save_untrained_checkpoint
 from hup.config import HupConfig
 from hup.exceptions import CheckpointError
 from hup.features import FeatureSpec, Featurizer
@@ -192,3 +192,18 @@ def test_truncated_weights(saved: Path) -> None:
     path = saved / "weights.safetensors"
     path.write_bytes(path.read_bytes()[:100])
     _assert_error_names(saved, "weights|unreadable")
+
+
+def test_untrained_checkpoint_is_seeded_and_covers_the_given_events(tmp_path: Path) -> None:
+    dataset = generate(SyntheticConfig(users=20, seed=3))
+    assert dataset.taxonomy is not None
+    taxonomy = Taxonomy(dataset.taxonomy)
+    events = [e for s in dataset.sessions for e in s.events]
+    first = save_untrained_checkpoint(tmp_path / "a", events, taxonomy, seed=1, window=4)
+    again = save_untrained_checkpoint(tmp_path / "b", events, taxonomy, seed=1, window=4)
+    other = save_untrained_checkpoint(tmp_path / "c", events, taxonomy, seed=2, window=4)
+    assert first == again != other
+    checkpoint = load_checkpoint(tmp_path / "a")
+    assert checkpoint.model.config.window == 4
+    assert checkpoint.spec.n_levels == taxonomy.n_levels
+    assert all(e.item_id in checkpoint.vocabularies.items for e in events)
