@@ -17,9 +17,10 @@ Tractability (the reason for the reduced read-out): both attentions are bilinear
 q_v, so everything the score needs is a sum over behaviours of [W, V] matrices
 (``e_i W . q_v`` for all candidates in one matmul); the cluster sums are scatter-adds over
 window slots. `scores` does this for every sku, in chunks of points that keep
-[chunk, W, V] small. Training uses a sampled softmax: the batch's target skus plus
-``negatives`` uniform skus, shared by the batch (full scoring of ~10k skus per point
-would hold [N, W, V] activations for the backward pass).
+[chunk, W, V] small. Training uses a sampled softmax: each point's own target sku against
+``negatives`` uniform skus shared by the batch. Scoring every target of the batch at
+every point instead held [N, W, V] activations for the backward pass with V in the
+thousands: 22 GB, killed by the OOM killer on JD_Computers.
 
 Other adaptations:
 
@@ -54,7 +55,7 @@ class DhanConfig(ZooConfig):
     """DHAN's sizes on top of ZooConfig's embeddings."""
 
     window: int = 20  # item runs attended at a point
-    negatives: int = 500  # uniform negative skus of the training softmax, shared per batch
+    negatives: int = 100  # uniform negative skus of the training softmax, shared per batch
 
 
 class Dhan(SequenceModel):
@@ -108,11 +109,18 @@ class Dhan(SequenceModel):
         """Sampled softmax of the target-aware item scores + category cross-entropy."""
         profiles = self(batch, positions)
         weight, bias = self.out.table("item")
-        target = targets["item"]
+        target = targets["item"]  # [N], 0 = no target
         negatives = torch.randint(1, self.config.n_items, (self.config.negatives,))
-        candidates = torch.unique(torch.cat([target[target > 0], negatives.to(target.device)]))
-        labels = torch.where(target > 0, torch.searchsorted(candidates, target), -100)
+        candidates = torch.cat(
+            [target.clamp_min(0).unsqueeze(1), negatives.to(target.device).expand(len(target), -1)],
+            dim=1,
+        )  # [N, 1 + K]: the point's own target first
         logits = self._candidate_scores(profiles, weight[candidates]) + bias[candidates]
+        # A negative that happens to be the target is not a negative.
+        clash = candidates == target.unsqueeze(1)
+        clash[:, 0] = False
+        logits = logits.masked_fill(clash, -1e9)
+        labels = torch.where(target > 0, 0, -100)
         total = F.cross_entropy(logits, labels) if bool((labels >= 0).any()) else logits.sum() * 0
         for head in self.heads[1:]:
             k = int(head.removeprefix("category"))
@@ -121,26 +129,32 @@ class Dhan(SequenceModel):
         return total
 
     def _candidate_scores(self, profiles: dict[str, Tensor], queries: Tensor) -> Tensor:
-        """(P_h u_v + P_d d_v) . q_v for every point and candidate query [V, D] -> [N, V]."""
+        """(P_h u_v + P_d d_v) . q_v per point and candidate -> [N, V].
+
+        ``queries`` is [V, D] (the same candidates at every point) or [N, V, D] (each
+        point its own).
+        """
         memory, mask, slots = profiles["memory"], profiles["memory_mask"], profiles["memory_slots"]
         n, w = mask.shape
-        chunk = max(1, _CELLS // max(1, w * queries.shape[0]))
+        per_point = queries.dim() == 3
+        chunk = max(1, _CELLS // max(1, w * queries.shape[-2]))
         out = []
         for start in range(0, n, chunk):
             part = slice(start, start + chunk)
             mem = memory[part]
-            hier, flat = self._weights(mem, slots[part], mask[part], queries)  # [n, W, V]
-            hier_read = torch.einsum("nwd,vd->nwv", self.read_hier(mem), queries)
-            flat_read = torch.einsum("nwd,vd->nwv", self.read_flat(mem), queries)
+            q = queries[part] if per_point else queries
+            hier, flat = self._weights(mem, slots[part], mask[part], q)  # [n, W, V]
+            hier_read = _bilinear(self.read_hier(mem), q)
+            flat_read = _bilinear(self.read_flat(mem), q)
             out.append((hier * hier_read + flat * flat_read).sum(dim=1))
-        return torch.cat(out) if out else memory.new_zeros(0, queries.shape[0])
+        return torch.cat(out) if out else memory.new_zeros(0, queries.shape[-2])
 
     def _weights(
         self, memory: Tensor, slots: Tensor, mask: Tensor, queries: Tensor
     ) -> tuple[Tensor, Tensor]:
         """Behaviour weights [N, W, V] per candidate: hierarchical (alpha * beta) and flat (DIN)."""
         scale = memory.shape[-1] ** -0.5
-        first = torch.einsum("nwd,vd->nwv", self.first(memory), queries) * scale
+        first = _bilinear(self.first(memory), queries) * scale
         flat = torch.softmax(first.masked_fill(~mask.unsqueeze(-1), float("-inf")), dim=1)
         index = slots.unsqueeze(-1).expand_as(first)
         safe = first.masked_fill(~mask.unsqueeze(-1), 0.0)  # no inf: exp/where would make NaN grads
@@ -148,11 +162,18 @@ class Dhan(SequenceModel):
         ex = torch.exp(safe - group_max.gather(1, index).detach()) * mask.unsqueeze(-1)
         group_sum = torch.zeros_like(ex).scatter_add(1, index, ex)
         alpha = ex / group_sum.gather(1, index).clamp_min(1e-12)  # within-cluster softmax
-        second = torch.einsum("nwd,vd->nwv", self.second(memory), queries) * scale
+        second = _bilinear(self.second(memory), queries) * scale
         cluster_logit = torch.zeros_like(second).scatter_add(1, index, alpha * second)  # at slots
         is_slot = mask & (slots == torch.arange(mask.shape[1], device=mask.device))  # [N, W]
         beta = torch.softmax(cluster_logit.masked_fill(~is_slot.unsqueeze(-1), float("-inf")), 1)
         return alpha * beta.gather(1, index), flat
+
+
+def _bilinear(behaviours: Tensor, queries: Tensor) -> Tensor:
+    """[N, W, D] x candidates ([V, D] shared, or [N, V, D] per point) -> [N, W, V]."""
+    if queries.dim() == 2:
+        return torch.einsum("nwd,vd->nwv", behaviours, queries)
+    return torch.einsum("nwd,nvd->nwv", behaviours, queries)
 
 
 def _cluster_slots(groups: Tensor, mask: Tensor) -> Tensor:

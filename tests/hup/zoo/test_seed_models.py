@@ -83,8 +83,16 @@ def test_dhan_scores_every_candidate_like_a_subset_and_in_chunks(tiny, monkeypat
     with torch.no_grad():
         part = model._candidate_scores(profiles, weight[subset]) + bias[subset]
     torch.testing.assert_close(part, full[:, subset])
+    # Per-point candidates (training: each point's target + shared negatives) agree too.
+    per_point = torch.stack([torch.arange(len(full)) % 9 + 1, torch.full((len(full),), 5)], 1)
+    with torch.no_grad():
+        own = model._candidate_scores(profiles, weight[per_point]) + bias[per_point]
+    torch.testing.assert_close(own, full.gather(1, per_point))
     monkeypatch.setattr(dhan_module, "_CELLS", 1)  # one point per chunk
     torch.testing.assert_close(model.scores(profiles, "item"), full)
+    with torch.no_grad():
+        chunked = model._candidate_scores(profiles, weight[per_point]) + bias[per_point]
+    torch.testing.assert_close(chunked, own)
 
 
 def test_dhan_clusters_are_the_first_slot_of_each_category() -> None:
