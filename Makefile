@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_PIN ?= torch==2.13.0
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint format typecheck train eval up down clean
+.PHONY: help install demo test test-fast bench lint format typecheck train eval up down clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -15,7 +15,7 @@ $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH_PIN)
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	touch $@
 
 install: $(BIN)/.installed ## Create .venv and install the project with dev tools
@@ -28,6 +28,9 @@ test: install ## Run the whole test suite (slow tests included)
 
 test-fast: install ## Run the suite without slow tests
 	$(BIN)/python -m pytest -q -m 'not slow'
+
+bench: install ## Stream benchmark (worker vs faust no-op vs core alone); table + bench/results/
+	$(BIN)/python bench/stream_bench.py --profile bench/results/worker-profile.speedscope.json
 
 lint: install ## ruff lint and format check
 	$(BIN)/ruff check hup state stream tests bench
