@@ -33,6 +33,7 @@ class AckGuard:
 
     def __init__(self, consumer: ConsumerT, topics: Iterable[str]) -> None:
         """Install the guard on ``consumer`` (replacing its ``ack`` on the instance)."""
+        self._consumer = consumer
         self.topics = frozenset(topics)
         self.refused = 0
         self._processed: set[tuple[TP, int]] = set()
@@ -43,6 +44,21 @@ class AckGuard:
         """Mark ``event`` as processed: its ack, which should follow, is let through."""
         message = event.message
         self._processed.add((message.tp, message.offset))
+
+    def abandon(self, event: EventT) -> None:
+        """Release ``event`` unprocessed: faust stops waiting for it, its offset stays uncommitted.
+
+        A rebalance waits until every message handed to a stream is acked. An event the
+        agent must not process (its partition is being moved) is never acked, so it is
+        taken out of faust's set of unacked messages instead; the seek after the
+        rebalance fetches it again for whoever owns the partition then.
+        """
+        unacked = getattr(self._consumer, "_unacked_messages", None)  # faust 0.15 internals
+        if unacked is not None:
+            unacked.discard(event.message)
+        waiter = getattr(self._consumer, "_waiting_for_ack", None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _guarded_ack(self, message: Message, *args: Any) -> bool:
         if message.topic in self.topics:

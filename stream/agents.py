@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, cast
 
 import faust
 import orjson
-from faust.types import AgentT, EventT, StreamT
+from faust.types import TP, AgentT, EventT, StreamT
 from mode import CrashingSupervisor
 
 from hup.exceptions import EventValidationError
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from stream.app import Topics
     from stream.startup import WorkerContext
 
-__all__ = ["Send", "describe", "install_agent", "process_and_publish", "to_record"]
+__all__ = ["Send", "describe", "install_agent", "owns", "process_and_publish", "to_record"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,13 +63,28 @@ def install_agent(app: faust.App, topics: Topics, context: WorkerContext) -> Age
         # noack_take, not take_events: take_events acks a batch even when the body
         # raises (broker notes F4); here a batch is acked only once it is done.
         async for batch in source.noack_take(settings.batch_size, within=settings.batch_within_s):
-            events = cast(list[EventT], list(batch))  # noack_take yields events, not values
+            taken = cast(list[EventT], list(batch))  # noack_take yields events, not values
+            events = [e for e in taken if owns(app, [e.message.tp])]
+            if len(events) < len(taken):
+                # Taken during a rebalance, or of a partition it moved away: the owner
+                # after the rebalance consumes them from the committed offset. Processing
+                # them here could write state the new owner has already moved past.
+                kept = {id(e) for e in events}
+                for event in taken:
+                    if id(event) not in kept:
+                        guard.abandon(event)
+                logger.info(
+                    "left %d events to the partitions' next owner", len(taken) - len(events)
+                )
+            if not events:
+                continue
+            tps = {e.message.tp for e in events}
             records = [to_record(event, time.time(), time.monotonic()) for event in events]
             # Each user key's partition, for the users-in-state gauge (keys are user ids).
             partitions = {e.key: e.message.partition for e in events if isinstance(e.key, bytes)}
             table = TableKeyValue(topics.state, events)
             store = BatchStore(MeteredKeyValue(table, partitions, context.metrics))
-            await process_and_publish(
+            result = await process_and_publish(
                 records,
                 store,
                 context.processor,
@@ -76,14 +92,27 @@ def install_agent(app: faust.App, topics: Topics, context: WorkerContext) -> Age
                 send_dead_letter,
                 context.metrics,
                 latest=TableKeyValue(topics.latest, events),
+                still_owned=partial(owns, app, tps),
             )
             # The state must be on the broker before its events count as consumed.
             await asyncio.gather(topics.state.confirm(), topics.latest.confirm())
+            if result is None:  # a rebalance took a partition mid-batch: nothing written
+                for event in events:
+                    guard.abandon(event)
+                continue
             for event in events:
                 guard.processed(event)
                 await source.ack(event)
 
     return profiles
+
+
+def owns(app: faust.App, tps: Iterable[TP]) -> bool:
+    """Whether this worker may still write the state of every partition in ``tps``."""
+    if app.rebalancing:
+        return False
+    assigned = app.consumer.assignment()
+    return all(tp in assigned for tp in tps)
 
 
 def user_key(value: bytes | None) -> bytes | None:
@@ -134,7 +163,8 @@ async def process_and_publish(
     clock: Callable[[], float] = time.time,
     *,
     latest: KeyValue | None = None,
-) -> BatchResult:
+    still_owned: Callable[[], bool] | None = None,
+) -> BatchResult | None:
     """Process one batch, deliver its outputs, then save its state; raise if any step fails.
 
     Order matters for at-least-once output with exactly-once state:
@@ -148,6 +178,10 @@ async def process_and_publish(
        the state's changelog records, and only then acks the batch. Latest before state: a crash between the two leaves
        the old state, so the batch is processed and ``latest`` written again;
        the other order could skip the events by offset with ``latest`` stale.
+
+    Returns None, having written nothing, when ``still_owned`` says a rebalance took
+    one of the batch's partitions while its profiles were delivered: the agent then
+    leaves the batch unacked for the partition's new owner.
 
     If any step raises, the error is logged with the batch's
     ``topic[partition]@offsets`` and re-raised, and the batch is never acked.
@@ -168,6 +202,12 @@ async def process_and_publish(
         deliveries += [await send_dead_letter(d.key, d.value) for d in result.dead_letters]
         await asyncio.gather(*deliveries)
         delivered_at = clock()
+        if still_owned is not None and not still_owned():
+            # A rebalance moved a partition of this batch while its profiles were being
+            # delivered: its new owner processes the events again (the profiles repeat,
+            # as after a crash); writing the state here could overwrite newer state.
+            logger.info("batch from %s not saved: partition revoked", describe(records))
+            return None
         if latest is not None:
             # Last wins: profiles are in per-user order, coalesced or not.
             for key, value in {p.key: p.value for p in result.profiles}.items():
