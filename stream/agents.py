@@ -26,15 +26,7 @@ if TYPE_CHECKING:
     from stream.app import Topics
     from stream.startup import WorkerContext
 
-__all__ = [
-    "Send",
-    "describe",
-    "install_agent",
-    "owned_partitions",
-    "owns",
-    "process_and_publish",
-    "to_record",
-]
+__all__ = ["Send", "describe", "install_agent", "owns", "process_and_publish", "to_record"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +64,7 @@ def install_agent(app: faust.App, topics: Topics, context: WorkerContext) -> Age
         # raises (broker notes F4); here a batch is acked only once it is done.
         async for batch in source.noack_take(settings.batch_size, within=settings.batch_within_s):
             taken = cast(list[EventT], list(batch))  # noack_take yields events, not values
-            owned = owned_partitions(app)
-            events = [e for e in taken if e.message.tp in owned]
+            events = [e for e in taken if owns(app, [e.message.tp])]
             if len(events) < len(taken):
                 # Taken during a rebalance, or of a partition it moved away: the owner
                 # after the rebalance consumes them from the committed offset. Processing
@@ -116,14 +107,12 @@ def install_agent(app: faust.App, topics: Topics, context: WorkerContext) -> Age
     return profiles
 
 
-def owned_partitions(app: faust.App) -> frozenset[TP]:
-    """The partitions whose state this worker may write now: none while rebalancing."""
-    return frozenset() if app.rebalancing else frozenset(app.consumer.assignment())
-
-
 def owns(app: faust.App, tps: Iterable[TP]) -> bool:
     """Whether this worker may still write the state of every partition in ``tps``."""
-    return owned_partitions(app).issuperset(tps)
+    if app.rebalancing:
+        return False
+    assigned = app.consumer.assignment()
+    return all(tp in assigned for tp in tps)
 
 
 def user_key(value: bytes | None) -> bytes | None:
