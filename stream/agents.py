@@ -5,19 +5,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, cast
 
 import faust
 import orjson
-from faust.types import TP, AgentT, EventT, StreamT
+from faust.types import AgentT, EventT, StreamT
 from mode import CrashingSupervisor
 
 from hup.exceptions import EventValidationError
 from hup.schema import parse_event_json
 from state.store import Store
-from stream.acks import AckGuard
+from stream.acks import AckGuard, keep_queue_on_resume
+from stream.fence import RebalanceFence
 from stream.metrics import MeteredKeyValue, Metrics, install_metric_updates
 from stream.processor import BatchResult, InputRecord, Processor
 from stream.tablestore import BatchStore, KeyValue, TableKeyValue
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from stream.app import Topics
     from stream.startup import WorkerContext
 
-__all__ = ["Send", "describe", "install_agent", "owns", "process_and_publish", "to_record"]
+__all__ = ["Send", "describe", "install_agent", "process_and_publish", "to_record"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,68 +52,67 @@ def install_agent(app: faust.App, topics: Topics, context: WorkerContext) -> Age
     @app.agent(topics.events, name="profiles", supervisor_strategy=CrashingSupervisor)
     async def profiles(stream: StreamT[bytes]) -> None:
         source = cast(faust.Stream[bytes], stream)
+        keep_queue_on_resume(app, source)
         if settings.repartition:
             # faust names the topic {agent}-{input}-{name}-repartition, without the app
             # id: put it in the name so two apps on one input never share the topic.
             name = f"{settings.app_id}-by-user"
             grouped = source.group_by(user_key, name=name, partitions=settings.partitions)
             source = cast(faust.Stream[bytes], grouped)
+            keep_queue_on_resume(app, source)
         # Offsets of the topic batches come from are committed only once processed (F5).
         topic = cast(faust.types.TopicT, source.channel).get_topic_name()
         guard = AckGuard(app.consumer, [topic])
+        fence = RebalanceFence(app, source)
         # noack_take, not take_events: take_events acks a batch even when the body
         # raises (broker notes F4); here a batch is acked only once it is done.
         async for batch in source.noack_take(settings.batch_size, within=settings.batch_within_s):
             taken = cast(list[EventT], list(batch))  # noack_take yields events, not values
-            events = [e for e in taken if owns(app, [e.message.tp])]
-            if len(events) < len(taken):
-                # Taken during a rebalance, or of a partition it moved away: the owner
-                # after the rebalance consumes them from the committed offset. Processing
-                # them here could write state the new owner has already moved past.
-                kept = {id(e) for e in events}
-                for event in taken:
-                    if id(event) not in kept:
-                        guard.abandon(event)
-                logger.info(
-                    "left %d events to the partitions' next owner", len(taken) - len(events)
+            async with fence.batch() as epoch:
+                events = [e for e in taken if fence.current(e)]
+                if len(events) < len(taken):
+                    # Fetched before this worker gave partitions up: the seek that ended
+                    # that rebalance fetches them again for the partitions' owner.
+                    kept = {id(e) for e in events}
+                    for event in taken:
+                        if id(event) not in kept:
+                            guard.abandon(event)
+                    logger.info(
+                        "released %d events fetched before a rebalance; they are consumed "
+                        "again from the committed offset",
+                        len(taken) - len(events),
+                    )
+                if not events:
+                    continue
+                tps = {e.message.tp for e in events}
+                records = [to_record(event, time.time(), time.monotonic()) for event in events]
+                # Each user key's partition, for the users-in-state gauge (keys are user ids).
+                partitions = {
+                    e.key: e.message.partition for e in events if isinstance(e.key, bytes)
+                }
+                table = TableKeyValue(topics.state, events)
+                store = BatchStore(MeteredKeyValue(table, partitions, context.metrics))
+                result = await process_and_publish(
+                    records,
+                    store,
+                    context.processor,
+                    send_profile,
+                    send_dead_letter,
+                    context.metrics,
+                    latest=TableKeyValue(topics.latest, events),
+                    still_owned=partial(fence.may_write, epoch, tps),
                 )
-            if not events:
-                continue
-            tps = {e.message.tp for e in events}
-            records = [to_record(event, time.time(), time.monotonic()) for event in events]
-            # Each user key's partition, for the users-in-state gauge (keys are user ids).
-            partitions = {e.key: e.message.partition for e in events if isinstance(e.key, bytes)}
-            table = TableKeyValue(topics.state, events)
-            store = BatchStore(MeteredKeyValue(table, partitions, context.metrics))
-            result = await process_and_publish(
-                records,
-                store,
-                context.processor,
-                send_profile,
-                send_dead_letter,
-                context.metrics,
-                latest=TableKeyValue(topics.latest, events),
-                still_owned=partial(owns, app, tps),
-            )
-            # The state must be on the broker before its events count as consumed.
-            await asyncio.gather(topics.state.confirm(), topics.latest.confirm())
-            if result is None:  # a rebalance took a partition mid-batch: nothing written
+                # The state must be on the broker before its events count as consumed.
+                await asyncio.gather(topics.state.confirm(), topics.latest.confirm())
+                if result is None:  # stopping, or a partition given up mid-batch: nothing written
+                    for event in events:
+                        guard.abandon(event)
+                    continue
                 for event in events:
-                    guard.abandon(event)
-                continue
-            for event in events:
-                guard.processed(event)
-                await source.ack(event)
+                    await guard.processed(event)
+                    await source.ack(event)
 
     return profiles
-
-
-def owns(app: faust.App, tps: Iterable[TP]) -> bool:
-    """Whether this worker may still write the state of every partition in ``tps``."""
-    if app.rebalancing:
-        return False
-    assigned = app.consumer.assignment()
-    return all(tp in assigned for tp in tps)
 
 
 def user_key(value: bytes | None) -> bytes | None:
@@ -179,9 +179,9 @@ async def process_and_publish(
        the old state, so the batch is processed and ``latest`` written again;
        the other order could skip the events by offset with ``latest`` stale.
 
-    Returns None, having written nothing, when ``still_owned`` says a rebalance took
-    one of the batch's partitions while its profiles were delivered: the agent then
-    leaves the batch unacked for the partition's new owner.
+    Returns None, having written nothing, when ``still_owned`` says the worker gave
+    one of the batch's partitions up, or began to stop, while its profiles were
+    delivered: the agent then leaves the batch unacked for the partition's next owner.
 
     If any step raises, the error is logged with the batch's
     ``topic[partition]@offsets`` and re-raised, and the batch is never acked.
@@ -203,10 +203,13 @@ async def process_and_publish(
         await asyncio.gather(*deliveries)
         delivered_at = clock()
         if still_owned is not None and not still_owned():
-            # A rebalance moved a partition of this batch while its profiles were being
-            # delivered: its new owner processes the events again (the profiles repeat,
-            # as after a crash); writing the state here could overwrite newer state.
-            logger.info("batch from %s not saved: partition revoked", describe(records))
+            # The partitions' next owner processes the events again (the profiles
+            # repeat, as after a crash); writing the state here could overwrite the
+            # newer state it recovers.
+            logger.info(
+                "batch from %s not saved: the worker is stopping or gave a partition up",
+                describe(records),
+            )
             return None
         if latest is not None:
             # Last wins: profiles are in per-user order, coalesced or not.

@@ -74,6 +74,7 @@ def faust_options(settings: Settings) -> dict[str, Any]:
         "table_standby_replicas": settings.standby_replicas,
         "web_enabled": settings.web_port != 0,
         "web_port": settings.web_port or 6066,
+        **({"web_host": settings.web_host} if settings.web_host else {}),
         "autodiscover": False,
         # Changelog writes the agent can await before acking (faust's own flush gives up).
         "Table": ConfirmedTable,

@@ -102,6 +102,10 @@ class Settings(BaseSettings):
     metrics_port: int = Field(default=9108, ge=0, le=65535)
     # faust's web server port (its /metrics-free status pages); 0 disables it.
     web_port: int = Field(default=6066, ge=0, le=65535)
+    # The host name other workers use to reach this one's web port: a query for a user
+    # whose partition another worker owns is forwarded to that worker's advertised
+    # http://{web_host}:{web_port}. Empty means faust's default, the machine's host name.
+    web_host: str = ""
     # Log level of the worker (faust -l).
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
 

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections import defaultdict
@@ -128,7 +129,16 @@ def produce(
     bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, bytes | None]]
 ) -> int:
     """Send (key, value) pairs in order and wait for all deliveries."""
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all"})
+    # murmur2, as Kafka's Java clients and `hup-stream produce`: the worker's query API
+    # finds a user's partition that way (faust routes by murmur2 of the key).
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 5,
+            "acks": "all",
+            "partitioner": "murmur2_random",
+        }
+    )
     failures: list[KafkaError] = []
 
     def on_delivery(error: KafkaError | None, _message: object) -> None:
@@ -313,3 +323,29 @@ def scrape(port: int) -> dict[str, float]:
         for line in text.splitlines()
         if line and not line.startswith("#")
     }
+
+
+def http_get(url: str) -> tuple[int, bytes]:
+    """GET ``url``: (status, body), also for 4xx/5xx answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - local test URL
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def poll_http(
+    url: str, until: int, worker: WorkerProcess, timeout: float = 60.0
+) -> tuple[int, bytes]:
+    """GET ``url`` until it answers with status ``until`` (the worker may not listen yet)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            status, body = http_get(url)
+        except OSError:  # not listening yet
+            status, body = 0, b""
+        if status == until:
+            return status, body
+        assert worker.alive(), f"worker exited\n{worker.log()}"
+        assert time.monotonic() < deadline, f"{url}: {status} {body!r}\n{worker.log()}"
+        time.sleep(0.2)

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import socket
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import orjson
@@ -16,6 +13,9 @@ from harness import (
     WorkerProcess,
     create_topics,
     event_bytes,
+    free_port,
+    http_get,
+    poll_http,
     produce,
     wait_ready,
     worker_env,
@@ -26,34 +26,6 @@ from hup.data import Dataset, iter_events
 pytestmark = pytest.mark.integration
 
 USERS = 8
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - local test URL
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
-
-
-def poll(url: str, until: int, worker: WorkerProcess, timeout: float = 60.0) -> tuple[int, bytes]:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            status, body = get(url)
-        except OSError:  # not listening yet
-            status, body = 0, b""
-        if status == until:
-            return status, body
-        assert worker.alive(), f"worker exited\n{worker.log()}"
-        assert time.monotonic() < deadline, f"{url}: {status} {body!r}\n{worker.log()}"
-        time.sleep(0.2)
 
 
 def test_the_api_serves_the_last_published_profile_of_each_user(
@@ -73,7 +45,7 @@ def test_the_api_serves_the_last_published_profile_of_each_user(
     reader = Reader(kafka_bootstrap, env["HUP_OUTPUT_TOPIC"])
     try:
         wait_ready(worker)
-        assert poll(f"{base}/ready", 200, worker)[0] == 200
+        assert poll_http(f"{base}/ready", 200, worker)[0] == 200
         produce(
             kafka_bootstrap,
             env["HUP_INPUT_TOPIC"],
@@ -86,18 +58,18 @@ def test_the_api_serves_the_last_published_profile_of_each_user(
 
         for user, message in last.items():
             # The table is written right after delivery: allow the agent a moment.
-            status, body = poll(f"{base}/profiles/{user}", 200, worker)
+            status, body = poll_http(f"{base}/profiles/{user}", 200, worker)
             deadline = time.monotonic() + 10
             while body != message and time.monotonic() < deadline:
                 time.sleep(0.2)
-                status, body = get(f"{base}/profiles/{user}")
+                status, body = http_get(f"{base}/profiles/{user}")
             assert orjson.loads(body) == orjson.loads(message), user
             assert body == message
 
-        status, body = get(f"{base}/profiles/nobody-{port}")
+        status, body = http_get(f"{base}/profiles/nobody-{port}")
         assert (status, orjson.loads(body)) == (404, {"error": "unknown user"})
-        assert get(f"{base}/health")[0] == 200
-        ready_status, ready = get(f"{base}/ready")
+        assert http_get(f"{base}/health")[0] == 200
+        ready_status, ready = http_get(f"{base}/ready")
         assert ready_status == 200 and orjson.loads(ready)["ready"] is True
     finally:
         code = worker.stop()

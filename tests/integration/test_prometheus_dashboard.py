@@ -12,7 +12,6 @@ import json
 import math
 import os
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -24,7 +23,15 @@ from pathlib import Path
 import pytest
 import yaml
 from confluent_kafka import Producer
-from harness import REPO, WorkerProcess, create_topics, event_bytes, wait_ready, worker_env
+from harness import (
+    REPO,
+    WorkerProcess,
+    create_topics,
+    event_bytes,
+    free_port,
+    wait_ready,
+    worker_env,
+)
 
 from hup.data import Dataset, iter_events
 
@@ -37,12 +44,6 @@ VARIABLES = {"$__rate_interval": "30s", "$instance": ".*"}
 EVENTS_PER_S = 40
 BAD_EVERY = 10  # one malformed message after every 10 good ones
 SCRAPE_WARMUP_S = 20.0  # the rate windows fill while events keep flowing
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def dashboard_queries(path: Path = DASHBOARD) -> list[tuple[str, str]]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import socket
 import urllib.request
 from collections import defaultdict
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from harness import (
     WorkerProcess,
     create_topics,
     event_bytes,
+    free_port,
     produce,
     profile_diff,
     wait_ready,
@@ -49,12 +49,6 @@ def by_user(profiles: list[dict]) -> dict[str, list[dict]]:
     for message in profiles:
         grouped[message["user_id"]].append(message)
     return grouped
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

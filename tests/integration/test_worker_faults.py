@@ -65,14 +65,6 @@ def check_at_least_once(messages: list[tuple[bytes | None, bytes]], reference: R
     return repeats
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "known defect, not yet fixed: in about 1 of 4 full-suite runs one event of a user "
-        "is lost across the SIGTERM / SIGKILL / changelog-recovery sequence and the user's "
-        "later profiles are off by one (docs/broker-notes.md, F5, 'still open')"
-    ),
-)
 def test_sigkill_mid_stream_then_restart_loses_and_repeats_nothing(
     kafka_bootstrap: str,
     it_model: Path,
