@@ -99,6 +99,15 @@ class AckGuard:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    async def on_partitions_revoked(self, sender: Any, revoked: Iterable[TP], **_: Any) -> None:
+        """Forget where processing stood in partitions given up (a faust signal receiver).
+
+        Another worker may process a partition while it is away; when it comes back,
+        the offsets in between are no hole.
+        """
+        for tp in revoked:
+            self._last_processed.pop(tp, None)
+
     async def _guarded_add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
         # faust's fetch loop calls this for every jump in the offsets it read, which
         # can cover records it handed over but that were dropped before processing.

@@ -63,6 +63,7 @@ def install_agent(app: faust.App, topics: Topics, context: WorkerContext) -> Age
         # Offsets of the topic batches come from are committed only once processed (F5).
         topic = cast(faust.types.TopicT, source.channel).get_topic_name()
         guard = AckGuard(app.consumer, [topic])
+        app.on_partitions_revoked.connect(guard.on_partitions_revoked)
         fence = RebalanceFence(app, source)
         # noack_take, not take_events: take_events acks a batch even when the body
         # raises (broker notes F4); here a batch is acked only once it is done.

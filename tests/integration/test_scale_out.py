@@ -177,6 +177,8 @@ def test_scaling_out_and_back_during_a_replay_loses_and_repeats_nothing(
     assert {orjson.loads(v)["user_id"] for _, v in reader.messages} == set(final)
     assert all(applied > 0 for applied in joiners_applied.values()), joiners_applied
     assert a_applied < total  # the others really did part of it
+    for name in names:  # no input record was dropped on its way to an agent (F5, 4)
+        assert "never reached the agent" not in (tmp_path / f"worker-{name}.log").read_text()
     print(
         f"\nscale-out to {peak} workers, standby={standby}: {len(events)} events, {total} "
         f"profiles, {len(reader.messages)} published ({repeats} identical repeats), "

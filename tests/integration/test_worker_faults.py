@@ -106,6 +106,8 @@ def test_sigkill_mid_stream_then_restart_loses_and_repeats_nothing(
         reader.close()
     check_at_least_once(reader.messages, reference)
     assert "Recovery" in (tmp_path / "worker-3.log").read_text()
+    for n in (1, 2, 3):  # no input record was dropped on its way to the agent (F5, 4)
+        assert "never reached the agent" not in (tmp_path / f"worker-{n}.log").read_text()
 
 
 # Runs the real worker with Processor.process failing once, on the first batch that

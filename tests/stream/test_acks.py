@@ -100,6 +100,10 @@ def test_a_hole_between_processed_offsets_is_marked_as_a_gap_and_logged(
     assert consumer.gaps == [("events", 0, 12, 13)]
     assert guard.holes == 1
     assert "events[0]@12..13 never reached the agent" in caplog.text
+    # Partition 0 away and back: others processed 16..99 meanwhile, which is no hole.
+    asyncio.run(guard.on_partitions_revoked(None, {TP("events", 0)}))
+    asyncio.run(process(100))
+    assert guard.holes == 1
 
 
 def test_the_stream_queue_survives_the_resume_that_ends_a_rebalance() -> None:
