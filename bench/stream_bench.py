@@ -479,8 +479,6 @@ def worker_env(
     )
     if options.producer_max_batch_size is not None:
         env["HUP_PRODUCER_MAX_BATCH_SIZE"] = str(options.producer_max_batch_size)
-    elif broker.kind == "embedded":
-        env["HUP_PRODUCER_MAX_BATCH_SIZE"] = "1"  # tansu bug T1, docs/broker-notes.md
     return env
 
 
@@ -545,7 +543,7 @@ def main(
     ] = None,
     producer_max_batch_size: Annotated[
         int | None,
-        typer.Option(help="HUP_PRODUCER_MAX_BATCH_SIZE; default 1 on the embedded broker (T1)"),
+        typer.Option(help="HUP_PRODUCER_MAX_BATCH_SIZE for the worker; default the worker's"),
     ] = None,
 ) -> None:
     """Run the benchmark and print its table."""

@@ -17,6 +17,7 @@ from mode import CrashingSupervisor
 from hup.exceptions import EventValidationError
 from hup.schema import parse_event_json
 from state.store import Store
+from stream import highwater
 from stream.acks import AckGuard, keep_queue_on_resume
 from stream.fence import RebalanceFence
 from stream.metrics import MeteredKeyValue, Metrics, install_metric_updates
@@ -63,6 +64,7 @@ def install_agent(app: faust.App, topics: Topics, context: WorkerContext) -> Age
         # Offsets of the topic batches come from are committed only once processed (F5).
         topic = cast(faust.types.TopicT, source.channel).get_topic_name()
         guard = AckGuard(app.consumer, [topic])
+        highwater.install(app)  # before the first recovery, which reads the changelogs
         app.on_partitions_revoked.connect(guard.on_partitions_revoked)
         fence = RebalanceFence(app, source)
         # noack_take, not take_events: take_events acks a batch even when the body

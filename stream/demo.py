@@ -123,8 +123,6 @@ def _worker_env(options: DemoOptions, broker: BrokerHandle, model: Path, port: i
         "HUP_OUTPUT_TOPIC": options.output_topic,
         "HUP_DLQ_TOPIC": options.dlq_topic,
     }
-    if broker.kind == "embedded":
-        env["HUP_PRODUCER_MAX_BATCH_SIZE"] = "1"  # tansu bug T1, docs/broker-notes.md
     return env
 
 

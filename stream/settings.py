@@ -88,10 +88,11 @@ class Settings(BaseSettings):
     # Consumer group session timeout. tansu takes half of it to complete a join, and
     # a restarted worker waits for the dead member's session to expire; 6 is enough there.
     session_timeout_s: float = Field(default=10.0, gt=0, le=90)
-    # aiokafka's max_batch_size in bytes. MUST be 1 on the embedded tansu broker: it
-    # reports a wrong high watermark after a multi-record batch, which makes faust's
-    # changelog recovery crash-loop or silently drop state (docs/broker-notes.md, T1).
-    producer_max_batch_size: int = Field(default=16384, ge=1)
+    # aiokafka's max_batch_size in bytes: how much of one partition goes in one produce
+    # request. A state record is ~15 KB, so Kafka's usual 16 KB sends one per request;
+    # 1 MiB (under the brokers' default message.max.bytes) carries a batch's records of
+    # a partition at once. Safe on tansu too: recovery reads true end offsets (T1).
+    producer_max_batch_size: int = Field(default=1_048_576, ge=1)
     # Commit consumed offsets after this many acked events or seconds, whichever first.
     # Redelivered events are skipped by offset, so this only bounds re-reading.
     commit_every: int = Field(default=1000, ge=1)

@@ -54,9 +54,6 @@ def worker_env(bootstrap: str, model: Path, datadir: Path, **overrides: str) -> 
             "HUP_INPUT_TOPIC": f"mb-{tag}",
             "HUP_OUTPUT_TOPIC": f"profiles-{tag}",
             "HUP_DLQ_TOPIC": f"mb-dlq-{tag}",
-            # Required on tansu (broker notes T1); harmless on Kafka, and the suite
-            # cannot tell which broker KAFKA_BOOTSTRAP_SERVERS points at.
-            "HUP_PRODUCER_MAX_BATCH_SIZE": "1",
             "HUP_SESSION_TIMEOUT_S": "6",
             "HUP_METRICS_PORT": "0",
             "HUP_WEB_PORT": "0",

@@ -264,7 +264,7 @@ def test_settings_defaults_and_environment(monkeypatch: pytest.MonkeyPatch) -> N
         "micro-behaviors-dlq",
     )
     assert defaults.partitions == 3 and defaults.batch_size == 256
-    assert defaults.producer_max_batch_size == 16384 and defaults.metrics_port == 9108
+    assert defaults.producer_max_batch_size == 1_048_576 and defaults.metrics_port == 9108
     assert defaults.retention_ms == 7 * 24 * 3600 * 1000
     assert defaults.bootstrap_servers == "127.0.0.1:9092"
     monkeypatch.setenv("HUP_MODEL", "/models/x")
