@@ -65,7 +65,7 @@ def install_agent(app: faust.App, topics: Topics, context: WorkerContext) -> Age
         topic = cast(faust.types.TopicT, source.channel).get_topic_name()
         guard = AckGuard(app.consumer, [topic])
         highwater.install(app)  # before the first recovery, which reads the changelogs
-        app.on_partitions_revoked.connect(guard.on_partitions_revoked)
+        app.on_partitions_revoked.connect(guard.on_partitions_revoked)  # type: ignore[arg-type]
         fence = RebalanceFence(app, source)
         # noack_take, not take_events: take_events acks a batch even when the body
         # raises (broker notes F4); here a batch is acked only once it is done.

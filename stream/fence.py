@@ -58,7 +58,8 @@ class RebalanceFence:
         self._in_flight = asyncio.Lock()
         self._revoke_wait_s = float(app.conf.broker_session_timeout) / 2
         stream.add_processor(self._stamp)
-        app.on_partitions_revoked.connect(self._on_partitions_revoked)
+        # mode types receivers as (sender, *args, signal=..., **kwargs); faust sends the set.
+        app.on_partitions_revoked.connect(self._on_partitions_revoked)  # type: ignore[arg-type]
 
     def current(self, event: EventT) -> bool:
         """Whether ``event`` was fetched since this worker last gave partitions up, and is ours."""
