@@ -140,8 +140,8 @@ def produce(
         int | None,
         typer.Option(
             min=1,
-            envvar="HUP_PRODUCER_MAX_BATCH_SIZE",
-            help="Messages per produce batch (1 on embedded tansu, see docs/broker-notes.md)",
+            envvar="HUP_PRODUCE_MAX_BATCH",
+            help="Messages per produce batch (1 keeps the input lag gauge right on embedded tansu, docs/broker-notes.md T1)",
         ),
     ] = None,
     timeout: TimeoutOption = 30.0,
