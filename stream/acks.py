@@ -13,8 +13,8 @@ each lost events (docs/broker-notes.md, F5):
   a rebalance while the fetch loop is still handing over records fetched before it,
   and resuming flow control then empties the stream's queue: records already handed
   over but not yet taken are dropped, and the jump from the reset position to the
-  next record marks them as a gap, committable as if processed. The SIGKILL test
-  lost one or two events this way in about one run in four.
+  next record marks them as a gap, committable as if processed. The SIGKILL test,
+  repeated under load, lost one or two events this way in half of its runs.
 
 The guard refuses the ack of any message on the guarded topics that the agent did
 not mark as processed, and ignores faust's gaps on those topics. A refused offset
