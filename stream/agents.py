@@ -72,18 +72,19 @@ def install_agent(app: faust.App, topics: Topics, context: WorkerContext) -> Age
         async for batch in source.noack_take(settings.batch_size, within=settings.batch_within_s):
             taken = cast(list[EventT], list(batch))  # noack_take yields events, not values
             async with fence.batch() as epoch:
-                events = [e for e in taken if fence.current(e)]
-                if len(events) < len(taken):
+                events: list[EventT] = []
+                stale: list[EventT] = []
+                for event in taken:
+                    (events if fence.current(event) else stale).append(event)
+                if stale:
                     # Fetched before this worker gave partitions up: the seek that ended
                     # that rebalance fetches them again for the partitions' owner.
-                    kept = {id(e) for e in events}
-                    for event in taken:
-                        if id(event) not in kept:
-                            guard.abandon(event)
+                    for event in stale:
+                        guard.abandon(event)
                     logger.info(
                         "released %d events fetched before a rebalance; they are consumed "
                         "again from the committed offset",
-                        len(taken) - len(events),
+                        len(stale),
                     )
                 if not events:
                     continue

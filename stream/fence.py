@@ -104,9 +104,7 @@ class RebalanceFence:
                 len(revoked),
                 self._revoke_wait_s,
             )
+            self.epoch += 1  # the running batch sees it at its write and writes nothing
+        else:
             self.epoch += 1
-            return
-        try:
-            self.epoch += 1
-        finally:
             self._in_flight.release()

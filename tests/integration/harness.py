@@ -26,6 +26,7 @@ from hup.runtime import Profiler
 from hup.schema import Event
 from stream.app import topic_specs
 from stream.broker import ensure_topics
+from stream.producer import producer_config
 from stream.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -126,16 +127,8 @@ def produce(
     bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, bytes | None]]
 ) -> int:
     """Send (key, value) pairs in order and wait for all deliveries."""
-    # murmur2, as Kafka's Java clients and `hup-stream produce`: the worker's query API
-    # finds a user's partition that way (faust routes by murmur2 of the key).
-    producer = Producer(
-        {
-            "bootstrap.servers": bootstrap,
-            "linger.ms": 5,
-            "acks": "all",
-            "partitioner": "murmur2_random",
-        }
-    )
+    # The CLI's settings: murmur2 keys, as faust's query routing assumes, acks=all.
+    producer = Producer(producer_config(bootstrap))
     failures: list[KafkaError] = []
 
     def on_delivery(error: KafkaError | None, _message: object) -> None:
