@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from hup.data import iter_events, load_dataset
 from hup.runtime import Profiler
 from state.store import MemoryStore
+from stream import cli
 from stream.cli import app
 from stream.processor import InputRecord, Processor
 from stream.profile_schema import (
@@ -338,3 +339,24 @@ def test_schema_rejects_broken_profiles(broken: dict) -> None:
     validator = jsonschema.Draft202012Validator(profile_json_schema())
     assert validator.is_valid(_profile("u1", 1))
     assert not validator.is_valid(_profile("u1", 1) | broken)
+
+
+def test_produce_batches_by_its_own_variable_not_the_workers(
+    runner: CliRunner, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HUP_PRODUCER_MAX_BATCH_SIZE is the worker's (bytes); the CLI has HUP_PRODUCE_MAX_BATCH."""
+    seen: list[int | None] = []
+    real = cli.producer_config
+
+    def recording(server: str, max_batch: int | None = None) -> dict:
+        seen.append(max_batch)
+        return real(server, max_batch)
+
+    monkeypatch.setattr(cli, "producer_config", recording)
+    args = ["produce", "--data", DATA, "--rate", "0", "--limit", "3"]
+    args += ["--bootstrap", kafka_bootstrap, "--topic", _topic("batch")]
+    result = runner.invoke(
+        app, args, env={"HUP_PRODUCER_MAX_BATCH_SIZE": "1048576", "HUP_PRODUCE_MAX_BATCH": "7"}
+    )
+    assert result.exit_code == 0, result.output
+    assert seen == [7]
