@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["BrokerChoice", "SaslMechanism", "SecurityProtocol", "Settings"]
@@ -109,6 +109,23 @@ class Settings(BaseSettings):
     web_host: str = ""
     # Log level of the worker (faust -l).
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+
+    @field_validator(
+        "kafka_bootstrap_servers",
+        "broker_log",
+        "kafka_sasl_username",
+        "kafka_sasl_password",
+        "kafka_ssl_cafile",
+        "model",
+        mode="before",
+    )
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        # `HUP_MODEL=` (say, a compose file's unset ${VAR}) would otherwise be Path(""),
+        # which is ".", and the worker would report "." as a checkpoint without config.json.
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
 
     @model_validator(mode="after")
     def _sasl_needs_credentials(self) -> Settings:

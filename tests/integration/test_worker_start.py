@@ -40,9 +40,13 @@ def test_missing_model_is_refused_with_the_path(argv: list[str], tmp_path: Path)
     assert not (tmp_path / "data").exists()  # refused before faust opened any state
 
 
-def test_unset_model_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("value", [None, "", "  "], ids=["unset", "empty", "blank"])
+def test_unset_model_is_refused(value: str | None, tmp_path: Path) -> None:
     env = worker_env(_NO_BROKER, tmp_path, tmp_path / "data")
-    del env["HUP_MODEL"]
+    if value is None:
+        del env["HUP_MODEL"]
+    else:  # `HUP_MODEL=` is unset too, not the current directory
+        env["HUP_MODEL"] = value
     done = subprocess.run(
         [sys.executable, "-m", "stream.worker"],
         env=env,
@@ -53,4 +57,5 @@ def test_unset_model_is_refused(tmp_path: Path) -> None:
     )
     assert done.returncode != 0
     assert "HUP_MODEL is not set" in done.stderr
+    assert "config.json" not in done.stderr
     assert "Traceback" not in done.stderr

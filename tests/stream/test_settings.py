@@ -1,0 +1,54 @@
+"""Settings from the environment: blank values, and the worker's refusal without a model."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from stream.metrics import Metrics
+from stream.settings import Settings
+from stream.startup import WorkerContext
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("KAFKA_BOOTSTRAP_SERVERS", "HUP_KAFKA_BOOTSTRAP_SERVERS", "HUP_MODEL"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "HUP_MODEL",
+        "HUP_BROKER_LOG",
+        "HUP_KAFKA_SSL_CAFILE",
+        "HUP_KAFKA_SASL_USERNAME",
+        "HUP_KAFKA_SASL_PASSWORD",
+        "KAFKA_BOOTSTRAP_SERVERS",
+    ],
+)
+@pytest.mark.parametrize("blank", ["", "   "])
+def test_a_blank_optional_variable_is_unset(
+    name: str, blank: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(name, blank)
+    settings = Settings()
+    field = {"KAFKA_BOOTSTRAP_SERVERS": "kafka_bootstrap_servers"}.get(
+        name, name.removeprefix("HUP_").lower()
+    )
+    assert getattr(settings, field) is None
+    assert settings.bootstrap_servers == "127.0.0.1:9092"
+
+
+@pytest.mark.parametrize("value", [None, "", " "], ids=["unset", "empty", "blank"])
+def test_the_worker_refuses_to_start_without_a_model(
+    value: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if value is not None:
+        monkeypatch.setenv("HUP_MODEL", value)
+    context = WorkerContext(Settings(), Metrics(CollectorRegistry()), [])
+    with pytest.raises(SystemExit) as refused:
+        context.prepare()
+    message = str(refused.value.code)
+    assert "HUP_MODEL is not set" in message
+    assert "config.json" not in message
