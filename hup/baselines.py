@@ -11,6 +11,7 @@ from typing import Protocol, runtime_checkable
 from hup.data import Session
 from hup.points import PredictionPoint
 from hup.schema import MicroEvent
+from hup.vocab import OOV_TOKEN
 
 __all__ = ["POP", "ItemKNN", "Rankings", "Recommender", "SPop", "TrainingPopularity"]
 
@@ -88,7 +89,10 @@ class TrainingPopularity:
 
     Popularity counts runs (page visits), not micro events: a target is a run start, and a long
     visit full of scrolling says no more about what is visited next than a short one. Ties go
-    to the id seen first in file order, which keeps the ranking deterministic.
+    to the id seen first in file order, which keeps the ranking deterministic. The levels are
+    those the events carry, so sessions are expanded through the model's taxonomy first
+    (`hup.data.with_category_paths`); the padding of a leaf the taxonomy does not know
+    (`OOV_TOKEN`) is not a category and is never counted.
     """
 
     item_order: tuple[str, ...]  # skus, most visited first
@@ -105,7 +109,8 @@ class TrainingPopularity:
                 while len(levels) < len(event.categories):
                     levels.append(Counter())
                 for level, category in enumerate(event.categories):
-                    levels[level][category] += 1
+                    if category != OOV_TOKEN:
+                        levels[level][category] += 1
         # Counter keeps first-insertion order and sorted() is stable: ties stay in file order.
         return cls(
             item_order=tuple(sorted(items, key=lambda key: -items[key])),

@@ -30,7 +30,14 @@ from hup.train import TrainOptions, train_model
 from hup.vocab import Taxonomy
 from hup.zoo.checkpoint import ZooCheckpoint
 from hup.zoo.fit import FitOptions, fit_zoo
-from hup.zoo.registry import MODELS, kind_of, load_recommender, resolve, settings_of
+from hup.zoo.registry import (
+    MODELS,
+    kind_of,
+    load_recommender,
+    recommender_taxonomy,
+    resolve,
+    settings_of,
+)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 err = Console(stderr=True)
@@ -215,14 +222,32 @@ def evaluate(
     seed: int = 0,
     resamples: Annotated[int, typer.Option(help="Bootstrap resamples")] = 1000,
     baselines: Annotated[bool, typer.Option(help="Also run POP, S-POP and Item-KNN")] = True,
-    taxonomy: TaxonomyOption = None,
+    taxonomy: Annotated[
+        Path | None,
+        typer.Option(
+            help="Optional check: the checkpoint's taxonomy is always used; a different file "
+            "is an error"
+        ),
+    ] = None,
 ) -> None:
-    """Evaluate on the test split by the protocol (../shared/docs/evaluation.md)."""
+    """Evaluate on the test split by the protocol (../shared/docs/evaluation.md).
+
+    Sessions are expanded through the taxonomy the model was trained with (saved in its
+    checkpoint), so the model and the baselines rank the same category levels.
+    """
     try:
         recommender, version, info = load_recommender(model)
-        dataset, _ = _load(data, taxonomy)
+        given = Taxonomy.load(taxonomy) if taxonomy is not None else None
+        dataset = load_dataset(data)
     except (HupError, OSError) as exc:
         raise _fail(str(exc)) from exc
+    model_taxonomy = recommender_taxonomy(recommender)
+    if taxonomy is not None and given != model_taxonomy:
+        trained_with = "without a taxonomy" if model_taxonomy is None else "with another taxonomy"
+        raise _fail(
+            f"--taxonomy {taxonomy}: {model} was trained {trained_with}, and evaluation uses "
+            "the checkpoint's; drop the option"
+        )
     trained_on = info.get("options", {}).get("data")
     if trained_on and trained_on != data:
         # The protocol ranks over the training split's vocabulary, which is the model's
@@ -244,6 +269,7 @@ def evaluate(
         seed=seed,
         n_resamples=resamples,
         command=command,
+        taxonomy=model_taxonomy,
     )
     typer.echo(to_markdown(report))
     if json_out is not None:

@@ -13,7 +13,8 @@ from pathlib import Path
 import orjson
 
 from hup.exceptions import DataFormatError, EventValidationError
-from hup.schema import Event, parse_event_json
+from hup.schema import Event, MicroEvent, parse_event_json
+from hup.vocab import Taxonomy, normalize_categories
 
 __all__ = [
     "Dataset",
@@ -22,6 +23,7 @@ __all__ = [
     "load_dataset",
     "read_jsonl",
     "split_sessions",
+    "with_category_paths",
     "write_jsonl",
 ]
 
@@ -72,6 +74,33 @@ def split_sessions(
         list(sessions[train_end:valid_end]),
         list(sessions[valid_end:]),
     )
+
+
+def with_category_paths(sessions: Sequence[Session], taxonomy: Taxonomy | None) -> list[Session]:
+    """The sessions with every micro event's categories as the taxonomy's K levels, coarse..leaf.
+
+    A model trained with a taxonomy sees K category levels (its featurizer expands each leaf);
+    the evaluation must score targets and fit the baselines on the same K levels, or a
+    leaf-only dataset (JD) would give the model K levels and everything else one. The
+    expansion is the featurizer's (`normalize_categories`): a leaf the taxonomy does not know
+    keeps the levels it carries, padded at the coarse end with `OOV_TOKEN`, which no ranking
+    holds (so such a target is a miss at those levels). Without a taxonomy the sessions are
+    returned unchanged.
+    """
+    if taxonomy is None:
+        return list(sessions)
+    n_levels = taxonomy.n_levels
+    expanded = []
+    for session in sessions:
+        events: list[Event] = []
+        for event in session.events:
+            if isinstance(event, MicroEvent):
+                path, _ = normalize_categories(event.categories, n_levels, taxonomy)
+                if list(path) != event.categories:
+                    event = event.model_copy(update={"categories": list(path)})
+            events.append(event)
+        expanded.append(dataclasses.replace(session, events=tuple(events)))
+    return expanded
 
 
 def iter_events(sessions: Iterable[Session]) -> Iterator[Event]:

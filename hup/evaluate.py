@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from hup.baselines import Rankings, Recommender, TrainingPopularity
-from hup.data import Session
+from hup.data import Session, with_category_paths
 from hup.metrics import (
     bootstrap_ci,
     hits_at_k,
@@ -21,6 +21,7 @@ from hup.metrics import (
     reciprocal_ranks_at_k,
 )
 from hup.points import PredictionPoint, prediction_points
+from hup.vocab import Taxonomy
 
 __all__ = [
     "MODES",
@@ -175,6 +176,7 @@ def evaluate(
     seed: int = 0,
     n_resamples: int = 1000,
     command: str | None = None,
+    taxonomy: Taxonomy | None = None,
 ) -> EvaluationReport:
     """Fit each recommender on train (+valid), rank every test prediction point, and score it.
 
@@ -193,10 +195,16 @@ def evaluate(
         seed: Bootstrap seed.
         n_resamples: Bootstrap replicates.
         command: The command line that produced the run, recorded in the report.
+        taxonomy: The taxonomy the models were trained with (the checkpoint's). Every
+            session is expanded through it before anything else, so targets, baselines and
+            models all see the same K category levels (`with_category_paths`).
 
     Returns:
         The report; render it with `to_markdown` or `to_json`.
     """
+    train = with_category_paths(train, taxonomy)
+    valid = with_category_paths(valid, taxonomy)
+    test = with_category_paths(test, taxonomy)
     pop = TrainingPopularity.from_sessions(train)
     points = prediction_points(test)
     groups = np.asarray([p.session_index for p in points], dtype=np.int64)

@@ -20,7 +20,9 @@ class PredictionPoint:
         n_input: The model input is ``session.events[:n_input]``; it ends with the last micro
             event before the target run, so the dwell event closing that visit is excluded.
         target_item: The sku of the run that starts right after the input.
-        target_categories: The target's categories, coarse to fine.
+        target_categories: The target's categories, coarse to fine, as its event carries them;
+            the evaluation expands sessions through the model's taxonomy first, so these are
+            then the K levels the model ranks (`hup.data.with_category_paths`).
         last_input_item: The sku of the last input micro event (never equal to the target).
         is_last: True when the target run is the session's final run (the paper's `last` mode).
     """

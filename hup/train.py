@@ -300,7 +300,9 @@ def _validation_recall(
     if not valid:
         return 0.0
     recommender: Recommender = HupRecommender("hup", checkpoint=checkpoint)
-    report = evaluate([recommender], train, [], valid, n_resamples=1)
+    report = evaluate(
+        [recommender], train, [], valid, n_resamples=1, taxonomy=checkpoint.vocabularies.taxonomy
+    )
     return report_metric(report, "every", "item Recall@20")
 
 

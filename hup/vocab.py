@@ -12,12 +12,21 @@ import orjson
 
 from hup.exceptions import DataFormatError
 
-__all__ = ["OOV", "Taxonomy", "Vocabularies", "Vocabulary", "build_vocabularies"]
+__all__ = [
+    "OOV",
+    "OOV_TOKEN",
+    "Taxonomy",
+    "Vocabularies",
+    "Vocabulary",
+    "build_vocabularies",
+    "normalize_categories",
+]
 
 OOV = 0
 """Id of every token unseen in training (or seen fewer than min_count times)."""
 
-_OOV_TOKEN = "<oov>"  # noqa: S105 - a vocabulary token, not a secret
+OOV_TOKEN = "<oov>"  # noqa: S105 - a vocabulary token, not a secret
+"""Token of id 0; also pads the coarse levels of a leaf the taxonomy does not know."""
 
 
 @dataclass(frozen=True)
@@ -36,7 +45,7 @@ class Vocabulary:
         kept = sorted(
             (t for t, n in counts.items() if n >= min_count), key=lambda t: (-counts[t], t)
         )
-        return cls((_OOV_TOKEN, *kept))
+        return cls((OOV_TOKEN, *kept))
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -46,7 +55,7 @@ class Vocabulary:
         return self._index.get(token, OOV)
 
     def __contains__(self, token: object) -> bool:
-        return token in self._index and token != _OOV_TOKEN
+        return token in self._index and token != OOV_TOKEN
 
 
 @dataclass(frozen=True)
@@ -106,7 +115,7 @@ def normalize_categories(
             return path, False
     if len(categories) >= n_levels:
         return tuple(categories[-n_levels:]), False
-    padding = (_OOV_TOKEN,) * (n_levels - len(categories))
+    padding = (OOV_TOKEN,) * (n_levels - len(categories))
     return (*padding, *categories), True
 
 
@@ -166,7 +175,7 @@ def build_vocabularies(
         for counter, cat in zip(level_counts, cats, strict=True):
             counter[cat] += 1
     for counter in level_counts:
-        counter.pop(_OOV_TOKEN, None)
+        counter.pop(OOV_TOKEN, None)
     return Vocabularies(
         items=Vocabulary.build(item_counts, min_item_count),
         categories=tuple(Vocabulary.build(c, min_category_count) for c in level_counts),

@@ -100,7 +100,14 @@ def run_comparison(
     train, valid, test = split_sessions(dataset.sessions)
     timed = [_Timed(MODELS[n](options, taxonomy), on_fit) for n in ordered]
     report = evaluate(
-        timed, train, valid, test, seed=seed, n_resamples=n_resamples, command=command
+        timed,
+        train,
+        valid,
+        test,
+        seed=seed,
+        n_resamples=n_resamples,
+        command=command,
+        taxonomy=taxonomy,
     )
     return Comparison(
         report=report,

@@ -61,7 +61,12 @@ def validation_recall(
     if not valid:
         return 0.0
     report = evaluate(
-        [ZooRecommender(checkpoint.name, checkpoint=checkpoint)], train, [], valid, n_resamples=1
+        [ZooRecommender(checkpoint.name, checkpoint=checkpoint)],
+        train,
+        [],
+        valid,
+        n_resamples=1,
+        taxonomy=checkpoint.vocabularies.taxonomy,
     )
     return report_metric(report, "every", "item Recall@20")
 

@@ -39,6 +39,7 @@ __all__ = [
     "hup_train_options",
     "kind_of",
     "load_recommender",
+    "recommender_taxonomy",
     "resolve",
     "settings_of",
 ]
@@ -137,6 +138,17 @@ def load_recommender(
     variant = str(hup.info.get("options", {}).get("variant", "hup"))
     name = DISPLAY_NAMES.get(variant, variant.upper())
     return HupRecommender(name, checkpoint=hup), hup.version, hup.info
+
+
+def recommender_taxonomy(recommender: Recommender) -> Taxonomy | None:
+    """The taxonomy a loaded model was trained with (in its vocabularies); None without one.
+
+    Its evaluation must expand sessions through the same taxonomy, so that targets and
+    baselines have the model's K category levels.
+    """
+    if isinstance(recommender, HupRecommender | ZooRecommender) and recommender.checkpoint:
+        return recommender.checkpoint.vocabularies.taxonomy
+    return None
 
 
 def kind_of(name: str) -> str:

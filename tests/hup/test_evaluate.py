@@ -7,11 +7,12 @@ from pathlib import Path
 import orjson
 import pytest
 
-from hup.baselines import POP, ItemKNN, Rankings, SPop
-from hup.data import Session
+from hup.baselines import POP, ItemKNN, Rankings, SPop, TrainingPopularity
+from hup.data import Session, with_category_paths
 from hup.evaluate import evaluate, to_json, to_markdown
 from hup.points import PredictionPoint
 from hup.schema import DwellEvent, Event, MicroEvent
+from hup.vocab import OOV_TOKEN, Taxonomy
 
 JD_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "jd"
 
@@ -73,6 +74,47 @@ def test_hand_checked_figures() -> None:
     # A single test session: every resample is that session, so the interval collapses.
     m = every.metrics["item Recall@20"]
     assert m.lo == pytest.approx(m.mean) and m.hi == pytest.approx(m.mean)
+
+
+LEAF_TAXONOMY = Taxonomy(
+    {"a1": ("A", "Aa", "a1"), "a2": ("A", "Aa", "a2"), "b1": ("B", "Bb", "b1")}
+)
+
+
+def leaf_only(sid: str, *items: str) -> Session:
+    """A session whose events carry the leaf category only, as JD's do."""
+    leaves = {"p": "a1", "q": "a2", "r": "b1", "u": "unknown-leaf"}
+    return make_session(sid, [(item, [leaves[item]]) for item in items])
+
+
+def test_sessions_are_expanded_through_the_taxonomy() -> None:
+    (expanded,) = with_category_paths([leaf_only("s", "p", "r", "u")], LEAF_TAXONOMY)
+    micro = [e for e in expanded.events if isinstance(e, MicroEvent)]
+    assert [e.categories for e in micro] == [
+        ["A", "Aa", "a1"],
+        ["B", "Bb", "b1"],
+        [OOV_TOKEN, OOV_TOKEN, "unknown-leaf"],  # the featurizer's padding for an unknown leaf
+    ]
+    assert with_category_paths([expanded], None) == [expanded]
+    # The padding is not a category: popularity never ranks it.
+    pop = TrainingPopularity.from_sessions([expanded])
+    assert pop.category_orders == (("A", "B"), ("Aa", "Bb"), ("a1", "b1", "unknown-leaf"))
+
+
+def test_leaf_only_sessions_are_scored_on_every_taxonomy_level() -> None:
+    train = [leaf_only("s1", "p", "q", "r"), leaf_only("s2", "q", "p"), leaf_only("s3", "r", "p")]
+    test = [leaf_only("t1", "p", "r", "q"), leaf_only("t2", "r", "u")]
+    report = evaluate(
+        [POP(), SPop(), ItemKNN()], train, [], test, n_resamples=20, taxonomy=LEAF_TAXONOMY
+    )
+    levels = [m for m in report.metric_names if m.startswith("category")]
+    assert levels == [
+        f"category L{k} {metric}@5" for k in (1, 2, 3) for metric in ("Recall", "MRR")
+    ]
+    every = {r.method: r for r in report.rows if r.mode == "every"}
+    # POP ranks A before B at the coarsest level: targets r (B), q (A), u (padding: a miss).
+    assert every["POP"].metrics["category L1 Recall@5"].mean == pytest.approx(2 / 3)
+    assert every["POP"].metrics["category L1 MRR@5"].mean == pytest.approx((1 / 2 + 1) / 3)
 
 
 def test_end_to_end_markdown_and_json() -> None:

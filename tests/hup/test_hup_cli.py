@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import shutil
 from pathlib import Path
 
@@ -160,3 +161,69 @@ def test_schema_writes_the_shipped_schema_file(tmp_path: Path) -> None:
     assert result.stdout.strip() == str(written)
     # Byte for byte: the shipped file is what `hup schema` writes today.
     assert written.read_bytes() == SHIPPED_SCHEMA.read_bytes()
+
+
+def _write_leaf_only_jd(directory: Path) -> tuple[Path, Path]:
+    """A small JD-format file (leaf categories only) and a 3-level taxonomy of its leaves."""
+    rng = random.Random(5)
+    leaves = [str(100 + n) for n in range(6)]
+    skus = {str(1000 + n): leaves[n % len(leaves)] for n in range(24)}
+    lines = []
+    for _ in range(40):
+        tokens = []
+        for _ in range(rng.randint(3, 8)):
+            sku, dwell = rng.choice(list(skus)), rng.randint(5, 200)
+            for _ in range(rng.randint(1, 3)):
+                behavior, interval = rng.randint(1, 10), rng.randint(0, 60)
+                tokens.append(f"{sku}+{behavior}+{skus[sku]}+{interval}+{dwell}")
+        lines.append(" ".join(tokens))
+    data, taxonomy = directory / "leafonly.txt", directory / "taxonomy.txt"
+    data.write_text("\n".join(lines) + "\n")
+    taxonomy.write_text("".join(f"top{n % 2}/mid{n % 3}/{leaf}\n" for n, leaf in enumerate(leaves)))
+    return data, taxonomy
+
+
+def test_taxonomy_on_leaf_only_data_trains_and_evaluates_every_level(tmp_path: Path) -> None:
+    """JD gives leaves only: with a taxonomy the model, targets and baselines have K = 3."""
+    data, taxonomy = _write_leaf_only_jd(tmp_path)
+    model, report_path = tmp_path / "model", tmp_path / "report.json"
+    spec = f"jd:{data}"
+    result = _run(
+        "train", "--data", spec, "--taxonomy", str(taxonomy), "--out", str(model),
+        "--epochs", "1", "--window", "5", "--no-skipgram", "--set", "hidden=8",
+    )  # fmt: skip
+    assert result.exit_code == 0, (result.output, result.exception)
+    result = _run(
+        "evaluate", "--model", str(model), "--data", spec, "--resamples", "5",
+        "--json", str(report_path),
+    )  # fmt: skip
+    assert result.exit_code == 0, (result.output, result.exception)
+    report = orjson.loads(report_path.read_bytes())
+    levels = [f"category L{k} {m}@5" for k in (1, 2, 3) for m in ("Recall", "MRR")]
+    assert [m for m in report["metric_names"] if m.startswith("category")] == levels
+    methods = {row["method"] for row in report["results"]}
+    assert {"HUP", "POP", "S-POP", "Item-KNN"} <= methods
+    for row in report["results"]:
+        assert set(levels) <= set(row["metrics"]), row["method"]
+    # The same taxonomy file passes the check; another one, or none at training, does not.
+    same = _run(
+        "evaluate", "--model", str(model), "--data", spec, "--taxonomy", str(taxonomy),
+        "--resamples", "5", "--no-baselines",
+    )  # fmt: skip
+    assert same.exit_code == 0, (same.output, same.exception)
+    other = tmp_path / "other-taxonomy.txt"
+    other.write_text(taxonomy.read_text().replace("top0/", "elsewhere/"))
+    result = _run("evaluate", "--model", str(model), "--data", spec, "--taxonomy", str(other))
+    _assert_clean_failure(result, str(other), "another taxonomy", "drop the option")
+
+
+def test_taxonomy_for_a_model_trained_without_one_is_refused(tmp_path: Path) -> None:
+    data, taxonomy = _write_leaf_only_jd(tmp_path)
+    model, spec = tmp_path / "model", f"jd:{data}"
+    result = _run(
+        "train", "--data", spec, "--out", str(model), "--epochs", "1", "--window", "5",
+        "--no-skipgram", "--set", "hidden=8",
+    )  # fmt: skip
+    assert result.exit_code == 0, (result.output, result.exception)
+    result = _run("evaluate", "--model", str(model), "--data", spec, "--taxonomy", str(taxonomy))
+    _assert_clean_failure(result, str(taxonomy), "without a taxonomy", "drop the option")
