@@ -15,7 +15,10 @@ State layout (`ProfileState.to_arrays`, encoded by `state.codec`), L layers, hid
   the layer feeds (empty for a model without attention);
 * `feature_f` float64 / `feature_i` int64 / `feature_s` utf-8: the featurizer's memory;
 * `last_ts` float64 0-d (read by expiry), `meta` int64 [3]: events applied, input
-  partition and offset of the last applied event (the stream's idempotency record).
+  partition and offset of the last applied event (the stream's idempotency record);
+* `sources` int64 [n, 2], only when the stream re-keys its input: per partition of the
+  original input topic, the offset of the last event applied from it (the idempotency
+  record when one user's events arrive from several partitions).
 """
 
 from __future__ import annotations
@@ -47,6 +50,18 @@ class ProfileState:
     applied: int = 0  # events applied so far (also the profile sequence number)
     input_partition: int = -1  # where the last applied event came from (idempotency)
     input_offset: int = -1
+    # Re-keyed input only: (original partition, offset of the last event applied from it).
+    source_offsets: tuple[tuple[int, int], ...] = ()
+
+    def source_offset(self, partition: int) -> int:
+        """Offset of the last event applied from ``partition`` of the original input, or -1."""
+        return dict(self.source_offsets).get(partition, -1)
+
+    def with_source(self, partition: int, offset: int) -> ProfileState:
+        """This state having applied the event at ``offset`` of original ``partition``."""
+        offsets = dict(self.source_offsets)
+        offsets[partition] = offset
+        return replace(self, source_offsets=tuple(sorted(offsets.items())))
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Plain named arrays (the layout in the module docstring)."""
@@ -87,6 +102,8 @@ class ProfileState:
                 [self.applied, self.input_partition, self.input_offset], dtype=np.int64
             ),
         }
+        if self.source_offsets:
+            arrays["sources"] = np.array(self.source_offsets, dtype=np.int64)
         for layer, (keys, values) in enumerate(
             zip(self.window_keys, self.window_values, strict=True)
         ):
@@ -127,6 +144,9 @@ class ProfileState:
                 category_dwell_closed=tuple(ff[6 + n_levels :]),
             )
             applied, partition, offset = arrays["meta"].tolist()
+            sources = arrays.get("sources", np.zeros((0, 2), dtype=np.int64))
+            if sources.ndim != 2 or sources.shape[1] != 2:
+                raise ValueError(f"sources has shape {sources.shape}, expected [n, 2]")
             return cls(
                 features=features,
                 hidden=hidden,
@@ -136,6 +156,7 @@ class ProfileState:
                 applied=applied,
                 input_partition=partition,
                 input_offset=offset,
+                source_offsets=tuple((int(p), int(o)) for p, o in sources.tolist()),
             )
         except (KeyError, ValueError, IndexError, UnicodeDecodeError) as exc:
             raise StateError(f"profile state arrays are inconsistent: {exc}") from exc

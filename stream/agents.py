@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, cast
 
@@ -14,21 +14,28 @@ import orjson
 from faust.types import AgentT, EventT, StreamT
 from mode import CrashingSupervisor
 
-from hup.exceptions import EventValidationError
-from hup.schema import parse_event_json
 from state.store import Store
 from stream import highwater
 from stream.acks import AckGuard, keep_queue_on_resume
 from stream.fence import RebalanceFence
 from stream.metrics import MeteredKeyValue, Metrics, install_metric_updates
-from stream.processor import BatchResult, InputRecord, Processor
+from stream.processor import BatchResult, DeadLetter, InputRecord, Processor
+from stream.rekey import origin_from_headers, rekey
 from stream.tablestore import BatchStore, KeyValue, TableKeyValue
 
 if TYPE_CHECKING:
     from stream.app import Topics
+    from stream.settings import Settings
     from stream.startup import WorkerContext
 
-__all__ = ["Send", "describe", "install_agent", "process_and_publish", "to_record"]
+__all__ = [
+    "Send",
+    "consume_guarded",
+    "describe",
+    "install_agent",
+    "process_and_publish",
+    "to_record",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +44,7 @@ Send = Callable[[bytes | None, bytes], Awaitable[Awaitable[object]]]
 
 
 def install_agent(app: faust.App, topics: Topics, context: WorkerContext) -> AgentT:
-    """Install the profile agent on ``app``'s input topic, and the updates of its gauges."""
+    """Install the profile agent (and the re-keying one, if enabled) and the gauges' updates."""
     settings = context.settings
     install_metric_updates(app, topics.state, settings.input_topic, context.metrics)
 
@@ -48,85 +55,135 @@ def install_agent(app: faust.App, topics: Topics, context: WorkerContext) -> Age
     async def send_dead_letter(key: bytes | None, value: bytes) -> Awaitable[object]:
         return await topics.dead_letters.send(key=key, value=value, force=True)
 
+    source_topic = topics.events
+    if topics.by_user is not None:
+        _install_rekey_agent(app, topics.events, topics.by_user, send_dead_letter, context)
+        source_topic = topics.by_user
+
     # CrashingSupervisor: a failed batch stops the worker instead of restarting the
     # agent, which would carry on with later events and commit past the failed ones.
-    @app.agent(topics.events, name="profiles", supervisor_strategy=CrashingSupervisor)
+    @app.agent(source_topic, name="profiles", supervisor_strategy=CrashingSupervisor)
     async def profiles(stream: StreamT[bytes]) -> None:
-        source = cast(faust.Stream[bytes], stream)
-        keep_queue_on_resume(app, source)
-        if settings.repartition:
-            # faust names the topic {agent}-{input}-{name}-repartition, without the app
-            # id: put it in the name so two apps on one input never share the topic.
-            name = f"{settings.app_id}-by-user"
-            grouped = source.group_by(user_key, name=name, partitions=settings.partitions)
-            source = cast(faust.Stream[bytes], grouped)
-            keep_queue_on_resume(app, source)
-        # Offsets of the topic batches come from are committed only once processed (F5).
-        topic = cast(faust.types.TopicT, source.channel).get_topic_name()
-        guard = AckGuard(app.consumer, [topic])
         highwater.install(app)  # before the first recovery, which reads the changelogs
-        app.on_partitions_revoked.connect(guard.on_partitions_revoked)  # type: ignore[arg-type]
-        fence = RebalanceFence(app, source)
-        # noack_take, not take_events: take_events acks a batch even when the body
-        # raises (broker notes F4); here a batch is acked only once it is done.
-        async for batch in source.noack_take(settings.batch_size, within=settings.batch_within_s):
-            taken = cast(list[EventT], list(batch))  # noack_take yields events, not values
-            async with fence.batch() as epoch:
-                events: list[EventT] = []
-                stale: list[EventT] = []
-                for event in taken:
-                    (events if fence.current(event) else stale).append(event)
-                if stale:
-                    # Fetched before this worker gave partitions up: the seek that ended
-                    # that rebalance fetches them again for the partitions' owner.
-                    for event in stale:
-                        guard.abandon(event)
-                    logger.info(
-                        "released %d events fetched before a rebalance; they are consumed "
-                        "again from the committed offset",
-                        len(stale),
-                    )
-                if not events:
-                    continue
-                tps = {e.message.tp for e in events}
-                records = [to_record(event, time.time(), time.monotonic()) for event in events]
-                # Each user key's partition, for the users-in-state gauge (keys are user ids).
-                partitions = {
-                    e.key: e.message.partition for e in events if isinstance(e.key, bytes)
-                }
-                table = TableKeyValue(topics.state, events)
-                store = BatchStore(MeteredKeyValue(table, partitions, context.metrics))
-                result = await process_and_publish(
-                    records,
-                    store,
-                    context.processor,
-                    send_profile,
-                    send_dead_letter,
-                    context.metrics,
-                    latest=TableKeyValue(topics.latest, events),
-                    still_owned=partial(fence.may_write, epoch, tps),
-                )
-                # The state must be on the broker before its events count as consumed.
-                await asyncio.gather(topics.state.confirm(), topics.latest.confirm())
-                if result is None:  # stopping, or a partition given up mid-batch: nothing written
-                    for event in events:
-                        guard.abandon(event)
-                    continue
-                for event in events:
-                    await guard.processed(event)
-                    await source.ack(event)
+
+        async def handle(events: list[EventT], still_owned: Callable[[], bool]) -> bool:
+            records = [to_record(event, time.time(), time.monotonic()) for event in events]
+            # Each user key's partition, for the users-in-state gauge (keys are user ids).
+            partitions = {e.key: e.message.partition for e in events if isinstance(e.key, bytes)}
+            table = TableKeyValue(topics.state, events)
+            store = BatchStore(MeteredKeyValue(table, partitions, context.metrics))
+            result = await process_and_publish(
+                records,
+                store,
+                context.processor,
+                send_profile,
+                send_dead_letter,
+                context.metrics,
+                latest=TableKeyValue(topics.latest, events),
+                still_owned=still_owned,
+            )
+            # The state must be on the broker before its events count as consumed.
+            await asyncio.gather(topics.state.confirm(), topics.latest.confirm())
+            return result is not None  # None: stopping, or a partition given up mid-batch
+
+        await consume_guarded(app, cast(faust.Stream[bytes], stream), settings, handle)
 
     return profiles
 
 
-def user_key(value: bytes | None) -> bytes | None:
-    """The repartitioning key: the event's user_id, or None for a message the DLQ will get."""
-    if value is None:
-        return None
-    try:
-        return parse_event_json(value).user_id.encode()
-    except EventValidationError:
-        return None
+def _install_rekey_agent(
+    app: faust.App,
+    source: faust.types.TopicT,
+    target: faust.types.TopicT,
+    send_dead_letter: Send,
+    context: WorkerContext,
+) -> AgentT:
+    """The re-keying stage (`stream.rekey`): input records forwarded to ``target`` by user."""
+    events_total = context.metrics.events
+
+    @app.agent(source, name="rekey", supervisor_strategy=CrashingSupervisor)
+    async def rekey_events(stream: StreamT[bytes]) -> None:
+        async def handle(events: list[EventT], still_owned: Callable[[], bool]) -> bool:
+            deliveries = []
+            dead = 0
+            for event in events:
+                out = rekey(to_record(event, time.time(), time.monotonic()))
+                if isinstance(out, DeadLetter):
+                    dead += 1
+                    logger.warning("%s dead-lettered: %s", describe_dead_letter(out), out.reason)
+                    deliveries.append(await send_dead_letter(out.key, out.value))
+                else:
+                    sent = target.send(
+                        key=out.key, value=out.value, headers=out.headers, force=True
+                    )
+                    deliveries.append(await sent)
+            await asyncio.gather(*deliveries)
+            # Dead letters are counted here; forwarded records when the profile agent takes them.
+            events_total.labels("consumed").inc(dead)
+            events_total.labels("dlq").inc(dead)
+            # A forward repeated by the partition's next owner is skipped by its origin.
+            return still_owned()
+
+        await consume_guarded(app, cast(faust.Stream[bytes], stream), context.settings, handle)
+
+    return rekey_events
+
+
+async def consume_guarded(
+    app: faust.App,
+    source: faust.Stream[bytes],
+    settings: Settings,
+    handle: Callable[[list[EventT], Callable[[], bool]], Awaitable[bool]],
+) -> None:
+    """Feed ``source``'s batches to ``handle`` and ack each event only once it is handled.
+
+    ``handle(events, still_owned)`` returns whether it finished the batch; False leaves
+    the events unacked for the partitions' next owner (``still_owned()`` tells it whether
+    this worker still owns them). Around it, the work-arounds of faust's at-least-once
+    holes (broker notes F5): the stream's queue survives the resume after a rebalance,
+    offsets count as committable only once handled, and events fetched before a revoke
+    are released rather than handled.
+    """
+    keep_queue_on_resume(app, source)
+    topic = cast(faust.types.TopicT, source.channel).get_topic_name()
+    guard = AckGuard(app.consumer, [topic])
+    app.on_partitions_revoked.connect(guard.on_partitions_revoked)  # type: ignore[arg-type]
+    fence = RebalanceFence(app, source)
+    # noack_take, not take_events: take_events acks a batch even when the body
+    # raises (broker notes F4); here a batch is acked only once it is done.
+    async for batch in source.noack_take(settings.batch_size, within=settings.batch_within_s):
+        taken = cast(list[EventT], list(batch))  # noack_take yields events, not values
+        async with fence.batch() as epoch:
+            events: list[EventT] = []
+            stale: list[EventT] = []
+            for event in taken:
+                (events if fence.current(event) else stale).append(event)
+            if stale:
+                # Fetched before this worker gave partitions up: the seek that ended
+                # that rebalance fetches them again for the partitions' owner.
+                for event in stale:
+                    guard.abandon(event)
+                logger.info(
+                    "released %d events fetched before a rebalance; they are consumed "
+                    "again from the committed offset",
+                    len(stale),
+                )
+            if not events:
+                continue
+            tps = {e.message.tp for e in events}
+            if not await handle(events, partial(fence.may_write, epoch, tps)):
+                for event in events:
+                    guard.abandon(event)
+                continue
+            for event in events:
+                await guard.processed(event)
+                await source.ack(event)
+
+
+def describe_dead_letter(dead: DeadLetter) -> str:
+    """Where a dead letter's record was written, e.g. ``micro-behaviors[2]@17``."""
+    origin = orjson.loads(dead.value)
+    return f"{origin['topic']}[{origin['partition']}]@{origin['offset']}"
 
 
 def to_record(event: EventT, now: float, now_monotonic: float) -> InputRecord:
@@ -138,6 +195,12 @@ def to_record(event: EventT, now: float, now_monotonic: float) -> InputRecord:
     message = event.message  # the topics use raw serializers: key and value are bytes
     time_in = message.time_in
     received = now if time_in is None else now - max(0.0, now_monotonic - time_in)
+    headers = message.headers
+    try:
+        origin = origin_from_headers(headers.items() if isinstance(headers, Mapping) else headers)
+    except ValueError as exc:
+        logger.warning("%s[%d]@%d: %s", message.topic, message.partition, message.offset, exc)
+        origin = None
     return InputRecord(
         value=event.value,
         topic=message.topic,
@@ -145,6 +208,7 @@ def to_record(event: EventT, now: float, now_monotonic: float) -> InputRecord:
         offset=message.offset,
         key=event.key,
         received_ts=received,
+        origin=origin,
     )
 
 
@@ -229,14 +293,7 @@ async def process_and_publish(
         )
         raise
     for dead in result.dead_letters:
-        origin = orjson.loads(dead.value)
-        logger.warning(
-            "%s[%d]@%d dead-lettered: %s",
-            origin["topic"],
-            origin["partition"],
-            origin["offset"],
-            dead.reason,
-        )
+        logger.warning("%s dead-lettered: %s", describe_dead_letter(dead), dead.reason)
     metrics.observe_batch(len(records), result)
     metrics.observe_published(result.profiles, delivered_at)
     return result

@@ -43,6 +43,7 @@ class Topics:
     dead_letters: TopicT
     state: ConfirmedTable
     latest: ConfirmedTable  # the last profile message published per user (stream.views)
+    by_user: TopicT | None = None  # the input re-keyed by user_id (HUP_REPARTITION=1)
 
 
 # Named here rather than in Settings: nothing about it is configurable.
@@ -110,7 +111,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     def spec(name: str, config: dict[str, str]) -> TopicSpec:
         return TopicSpec(name, settings.partitions, settings.replication, config)
 
-    return [
+    specs = [
         spec(settings.input_topic, retention),
         spec(settings.output_topic, retention),
         spec(settings.dlq_topic, retention),
@@ -118,6 +119,9 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         spec(settings.changelog_topic, {"cleanup.policy": "compact"}),
         spec(f"{settings.app_id}-{LATEST_TABLE}-changelog", {"cleanup.policy": "compact"}),
     ]
+    if settings.repartition:
+        specs.append(spec(settings.repartition_topic, retention))
+    return specs
 
 
 def create_app(
@@ -151,6 +155,7 @@ def create_app(
         events=app.topic(settings.input_topic, **raw),
         profiles=app.topic(settings.output_topic, **raw),
         dead_letters=app.topic(settings.dlq_topic, **raw),
+        by_user=app.topic(settings.repartition_topic, **raw) if settings.repartition else None,
         # bytes keys and values travel raw in the changelog too (broker notes, finding 2).
         state=cast(
             ConfirmedTable,

@@ -27,9 +27,19 @@ from hup.schema import Event, parse_event_json
 from state.codec import decode_state, encode_state
 from state.exceptions import StateDecodeError, StateVersionError
 
-__all__ = ["BatchResult", "DeadLetter", "InputRecord", "OutputProfile", "Processor"]
+__all__ = ["BatchResult", "DeadLetter", "InputRecord", "Origin", "OutputProfile", "Processor"]
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a re-keyed record was first consumed: its input topic position and key."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
 
 
 @dataclass(frozen=True)
@@ -42,6 +52,9 @@ class InputRecord:
     offset: int
     key: bytes | None = None
     received_ts: float = 0.0  # when the worker consumed it (processing latency)
+    # Set when the record was re-keyed (HUP_REPARTITION): its position in the input
+    # topic, which identifies the event across copies forwarded more than once.
+    origin: Origin | None = None
 
 
 @dataclass(frozen=True)
@@ -75,16 +88,20 @@ class BatchResult:
 
 
 def dead_letter(record: InputRecord, reason: str) -> DeadLetter:
-    """Wrap a bad record: base64 of its original bytes, topic, partition, offset, reason."""
+    """Wrap a bad record: base64 of its original bytes, topic, partition, offset, reason.
+
+    A re-keyed record is reported where its producer wrote it (``record.origin``).
+    """
+    where = record.origin or record
     payload = {
         "reason": reason,
-        "topic": record.topic,
-        "partition": record.partition,
-        "offset": record.offset,
-        "key": None if record.key is None else base64.b64encode(record.key).decode(),
+        "topic": where.topic,
+        "partition": where.partition,
+        "offset": where.offset,
+        "key": None if where.key is None else base64.b64encode(where.key).decode(),
         "value": None if record.value is None else base64.b64encode(record.value).decode(),
     }
-    return DeadLetter(record.key, orjson.dumps(payload), reason)
+    return DeadLetter(where.key, orjson.dumps(payload), reason)
 
 
 class KeyValue(Protocol):
@@ -166,12 +183,10 @@ class Processor:
         states: dict[str, ProfileState] = {}
         for user in per_user:
             state = self.load_state(store, user.encode(), result.outcomes)
+            seen = _Applied(state)
             fresh = []
             for record, event in per_user[user]:
-                if (
-                    record.partition == state.input_partition
-                    and record.offset <= state.input_offset
-                ):
+                if seen.check_and_add(record):
                     result.outcomes["skipped_duplicate"] += 1
                 else:
                     fresh.append((record, event))
@@ -243,5 +258,35 @@ class Processor:
         return OutputProfile(user.encode(), value, event.ts, record.received_ts)
 
 
+class _Applied:
+    """Which of a user's records were applied already: the state's record, then the batch's.
+
+    A record is identified by its input position: the consumed partition and offset or,
+    for a re-keyed record, its original one (a re-keying stage that crashes before its
+    commit forwards a record again, under a new offset, possibly into the same batch).
+    """
+
+    def __init__(self, state: ProfileState) -> None:
+        self._consumed = (state.input_partition, state.input_offset)
+        self._origins = dict(state.source_offsets)
+
+    def check_and_add(self, record: InputRecord) -> bool:
+        """Whether ``record`` was applied; if not, count it as applied from now on."""
+        if record.origin is not None:
+            partition, offset = record.origin.partition, record.origin.offset
+            if offset <= self._origins.get(partition, -1):
+                return True
+            self._origins[partition] = offset
+            return False
+        partition, last = self._consumed
+        if record.partition == partition and record.offset <= last:
+            return True
+        self._consumed = (record.partition, record.offset)
+        return False
+
+
 def _with_input(state: ProfileState, record: InputRecord) -> ProfileState:
-    return replace(state, input_partition=record.partition, input_offset=record.offset)
+    state = replace(state, input_partition=record.partition, input_offset=record.offset)
+    if record.origin is not None:
+        state = state.with_source(record.origin.partition, record.origin.offset)
+    return state

@@ -75,10 +75,11 @@ class Settings(BaseSettings):
     batch_within_s: float = Field(default=0.05, gt=0)
     # Publish only each user's last profile of a batch instead of one per event.
     coalesce: bool = False
-    # Re-key the input by the event's user_id (faust group_by) before touching state,
-    # for producers that do not key by user_id. A user's order is kept only if the
-    # producer's key still sends all of the user's events to one partition (a device
-    # or session id does; no key or a random one does not).
+    # Re-key the input by the event's user_id (stream.rekey, through the topic
+    # `repartition_topic`) before touching state, for producers that do not key by
+    # user_id. A user's order is kept only if the producer's key still sends all of
+    # the user's events to one partition (a device or session id does; no key or a
+    # random one does not).
     repartition: bool = False
     # Categories listed with every profile.
     top_n: int = Field(default=5, ge=1)
@@ -157,3 +158,11 @@ class Settings(BaseSettings):
     def changelog_topic(self) -> str:
         """The table's changelog topic, named the way faust names it."""
         return f"{self.app_id}-{self.table_name}-changelog"
+
+    @property
+    def repartition_topic(self) -> str:
+        """Where the re-keying stage forwards the input (``HUP_REPARTITION=1``).
+
+        The app id is in the name so that two apps reading one input never share it.
+        """
+        return f"{self.input_topic}-{self.app_id}-by-user"

@@ -71,6 +71,7 @@ def create_topics(bootstrap: str, env: Mapping[str, str]) -> None:
         input_topic=env["HUP_INPUT_TOPIC"],
         output_topic=env["HUP_OUTPUT_TOPIC"],
         dlq_topic=env["HUP_DLQ_TOPIC"],
+        repartition=env.get("HUP_REPARTITION") == "1",
     )
     ensure_topics(bootstrap, topic_specs(settings))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -176,34 +177,66 @@ def test_a_failing_batch_stops_the_worker_and_is_processed_after_restart(
     assert len(reader.messages) == reference.count()
 
 
-def test_repartitioning_rekeys_events_keyed_by_something_else(
+def test_repartitioning_rekeys_and_applies_once_across_a_sigkill(
     kafka_bootstrap: str,
     it_model: Path,
     it_reference: Reference,
     it_traffic: Dataset,
     tmp_path: Path,
 ) -> None:
-    """Keyed by device (one per user), not user_id: group_by re-keys before any state."""
-    sessions = it_traffic.sessions[:30]
+    """Keyed by device (one per user), not user_id: re-keyed before any state is touched.
+
+    No offset is committed before the SIGKILL (60 s commit interval), so the restarted
+    worker forwards every input record again under new offsets: each event then reaches
+    the profile stage twice and must be applied once. Malformed records are dead-lettered
+    where their producer wrote them, with their own key.
+    """
+    sessions = it_traffic.sessions[:60]
     reference = it_reference.restricted_to({s.user_id for s in sessions})
-    env = worker_env(kafka_bootstrap, it_model, tmp_path / "data", HUP_REPARTITION="1")
-    create_topics(kafka_bootstrap, env)
-    produce(
+    env = worker_env(
         kafka_bootstrap,
-        env["HUP_INPUT_TOPIC"],
-        ((f"device-{e.user_id}".encode(), event_bytes(e)) for e in iter_events(sessions)),
+        it_model,
+        tmp_path / "data",
+        HUP_REPARTITION="1",
+        HUP_COMMIT_INTERVAL_S="60",
+        HUP_COMMIT_EVERY="1000000",
     )
+    create_topics(kafka_bootstrap, env)
+    messages: list[tuple[bytes | None, bytes | None]] = [
+        (f"device-{e.user_id}".encode(), event_bytes(e)) for e in iter_events(sessions)
+    ]
+    bad = [b"{not json", b'{"user_id": "u-bad", "ts": 1}', b'{"ts": 2}']
+    for n, value in enumerate(bad):
+        messages.insert((n + 1) * len(messages) // (len(bad) + 1), (b"device-bad", value))
+    produce(kafka_bootstrap, env["HUP_INPUT_TOPIC"], messages)
+    total = reference.count()
     reader = Reader(kafka_bootstrap, env["HUP_OUTPUT_TOPIC"])
     dlq = Reader(kafka_bootstrap, env["HUP_DLQ_TOPIC"])
+    forwarded = Reader(kafka_bootstrap, f"{env['HUP_INPUT_TOPIC']}-{env['HUP_APP_ID']}-by-user")
     try:
-        worker = WorkerProcess(env, tmp_path / "worker.log")
-        reader.read_until(lambda m: len(m) >= reference.count(), 120, "every profile", worker)
-        reader.poll_for(1.0)
-        dlq.poll_for(0.5)
-        assert worker.stop() == 0
+        first = WorkerProcess(env, tmp_path / "worker-1.log")
+        reader.read_until(lambda m: len(m) >= total // 3, 120, "a third of the profiles", first)
+        first.kill()
+        assert sum(latest_seqs(reader.messages).values()) < total  # killed mid-stream
+
+        second = WorkerProcess(env, tmp_path / "worker-2.log")
+        reader.read_until(all_users_done(reference), 180, "every user's last profile", second)
+        reader.poll_for(2.0)
+        dlq.poll_for(1.0)
+        forwarded.poll_for(2.0)
+        assert second.stop() == 0
     finally:
         reader.close()
         dlq.close()
-    assert dlq.messages == []
-    assert check_at_least_once(reader.messages, reference) == 0
+        forwarded.close()
+    # The premise: records were forwarded more than once (else this tests nothing).
+    assert len(forwarded.messages) > len(messages) - len(bad)
+    check_at_least_once(reader.messages, reference)
     assert all(key == orjson.loads(value)["user_id"].encode() for key, value in reader.messages)
+    letters = [orjson.loads(value) for _, value in dlq.messages]
+    assert {base64.b64decode(d["value"]) for d in letters} == set(bad)
+    for letter in letters:
+        assert letter["topic"] == env["HUP_INPUT_TOPIC"]  # where the producer wrote it
+        assert base64.b64decode(letter["key"]) == b"device-bad"
+    for n in (1, 2):
+        assert "never reached the agent" not in (tmp_path / f"worker-{n}.log").read_text()

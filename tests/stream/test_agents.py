@@ -19,10 +19,11 @@ from prometheus_client import CollectorRegistry
 from hup.data import Dataset, iter_events
 from hup.runtime import Profiler
 from state.store import MemoryStore
-from stream.agents import describe, process_and_publish, to_record, user_key
+from stream.agents import describe, process_and_publish, to_record
 from stream.app import broker_credentials, create_app, faust_options, topic_specs
 from stream.metrics import Metrics
-from stream.processor import InputRecord, Processor
+from stream.processor import InputRecord, Origin, Processor
+from stream.rekey import ORIGIN_HEADER, Forward, rekey
 from stream.settings import Settings
 from stream.startup import WorkerContext
 from stream.tablestore import BatchStore, TableKeyValue
@@ -245,13 +246,20 @@ def test_to_record_keeps_where_the_event_came_from() -> None:
     assert to_record(event, 1000.0, 50.0).received_ts == 998.5
 
 
-def test_user_key_rekeys_by_user_id_and_leaves_bad_messages_unkeyed() -> None:
+def test_to_record_reads_the_origin_of_a_rekeyed_event() -> None:
+    event = _event(faust.App("test-record-origin"), b"u", 0, 8)
+    assert to_record(event, 0.0, 0.0).origin is None  # not forwarded by the re-keying stage
     value = orjson.dumps(
-        {"user_id": 42, "ts": 1, "item_id": "i", "categories": ["c"], "behavior": 1}
+        {"user_id": "u", "ts": 1, "item_id": "i", "categories": ["c"], "behavior": 1}
     )
-    assert user_key(value) == b"42"
-    assert user_key(b"{bad") is None
-    assert user_key(None) is None
+    forward = rekey(InputRecord(value, TOPIC, 1, 5, b"device-1"))
+    assert isinstance(forward, Forward)
+    event.message.headers = forward.headers
+    assert to_record(event, 0.0, 0.0).origin == Origin(TOPIC, 1, 5, b"device-1")
+    event.message.headers = dict(forward.headers)  # faust may hand headers over as a mapping
+    assert to_record(event, 0.0, 0.0).origin == Origin(TOPIC, 1, 5, b"device-1")
+    event.message.headers = [(ORIGIN_HEADER, b"garbage")]
+    assert to_record(event, 0.0, 0.0).origin is None  # logged, not raised
 
 
 def test_settings_defaults_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import orjson
@@ -15,7 +17,7 @@ from hup.runtime import Profiler
 from hup.sequences import featurize_session
 from state.codec import encode_state
 from state.store import MemoryStore
-from stream.processor import InputRecord, Processor
+from stream.processor import InputRecord, Origin, Processor
 
 
 def _records(events, partitions: int = 3) -> list[InputRecord]:
@@ -186,3 +188,73 @@ def test_records_keyed_by_something_else_are_dead_lettered_when_keys_are_require
     assert [orjson.loads(d.value)["offset"] for d in result.dead_letters] == [50, 51]
     assert "HUP_REPARTITION" in result.dead_letters[0].reason
     assert result.outcomes["applied"] + result.outcomes.get("dropped_dwell_not_open_item", 0) == 3
+
+
+def _rekeyed(records: list[InputRecord], partitions: int = 3) -> list[InputRecord]:
+    """``records`` as the re-keying stage forwards them: new positions, origin kept."""
+    offsets = [0] * partitions
+    forwarded = []
+    for record in records:
+        partition = (record.partition + 1) % partitions  # any other layout
+        origin = Origin(record.topic, record.partition, record.offset, b"device")
+        forwarded.append(
+            replace(
+                record,
+                topic="by-user",
+                partition=partition,
+                offset=offsets[partition],
+                origin=origin,
+            )
+        )
+        offsets[partition] += 1
+    return forwarded
+
+
+def test_a_rekeyed_event_forwarded_twice_is_applied_once(
+    profiler: Profiler, traffic: Dataset
+) -> None:
+    """A re-keying stage that crashes before its commit forwards records again."""
+    records = _rekeyed(_records(iter_events(traffic.sessions[:6])))
+    half = len(records) // 2
+    # Forwarded again under new offsets: the repeat of the first half lands in the same
+    # batch as its originals' tail, and again in a later batch.
+    copies = [replace(r, offset=r.offset + 10_000) for r in records[:half]]
+    once = Processor(profiler).process(records, MemoryStore())
+    store = MemoryStore()
+    processor = Processor(profiler)
+    first = processor.process(records[:half] + copies, store)
+    second = processor.process(copies + records[half:], store)
+    assert first.outcomes["skipped_duplicate"] == second.outcomes["skipped_duplicate"] == half
+    published = [orjson.loads(p.value) for p in first.profiles + second.profiles]
+    expected = {
+        (m["user_id"], m["seq"]): m for m in map(orjson.loads, (p.value for p in once.profiles))
+    }
+    assert sorted((m["user_id"], m["seq"]) for m in published) == sorted(expected)
+    for message in published:  # other batches, other waves: equal to float rounding
+        reference = expected[(message["user_id"], message["seq"])]
+        assert message["event_ts"] == reference["event_ts"]
+        got, want = message["profile"], reference["profile"]
+        for head in ("micro", "item"):
+            assert torch.allclose(torch.tensor(got[head]), torch.tensor(want[head]), atol=1e-5)
+
+
+def test_a_rekeyed_state_keeps_its_origins_through_the_codec(
+    profiler: Profiler, traffic: Dataset
+) -> None:
+    records = _rekeyed(_records(iter_events(traffic.sessions[:1])))
+    store = MemoryStore()
+    Processor(profiler).process(records, store)
+    (key,) = [k for k, _ in store.items()]
+    state = Processor(profiler).load_state(store, key, Counter())
+    last = records[-1].origin
+    assert last is not None and state.source_offset(last.partition) == last.offset
+    assert state.source_offset(99) == -1
+
+
+def test_a_bad_rekeyed_record_is_dead_lettered_at_its_origin(profiler: Profiler) -> None:
+    origin = Origin("micro-behaviors", 2, 40, b"device-7")
+    record = InputRecord(b'{"user_id": "u"}', "by-user", 0, 3, b"u", origin=origin)
+    (dead,) = Processor(profiler).process([record], MemoryStore()).dead_letters
+    letter = orjson.loads(dead.value)
+    assert (letter["topic"], letter["partition"], letter["offset"]) == ("micro-behaviors", 2, 40)
+    assert base64.b64decode(letter["key"]) == b"device-7"

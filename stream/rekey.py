@@ -1,0 +1,78 @@
+"""Re-keying by ``user_id`` for producers that do not key by it (``HUP_REPARTITION=1``).
+
+The first of two stages: each input record is forwarded, unchanged, to the worker's
+repartition topic under the key ``user_id``, so every user's events meet in one
+partition before any state is touched. The record's input position and key travel in a
+header, because the second stage needs them twice: a forward that is repeated (this
+stage crashed or lost a partition before committing) lands under a new offset, and only
+the original position tells the copies apart; and a dead letter must name where the
+producer wrote the record, not where this stage put it. Records without a valid event
+are dead-lettered here, with that position, and never forwarded.
+
+faust's own ``group_by`` does neither: it forwards with nothing of the origin.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import orjson
+
+from hup.exceptions import EventValidationError
+from hup.schema import parse_event_json
+from stream.processor import DeadLetter, InputRecord, Origin, dead_letter
+
+__all__ = ["ORIGIN_HEADER", "Forward", "origin_from_headers", "rekey"]
+
+ORIGIN_HEADER = "hup-origin"
+
+
+@dataclass(frozen=True)
+class Forward:
+    """A record for the repartition topic: keyed by user, with its origin in a header."""
+
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+
+def rekey(record: InputRecord) -> Forward | DeadLetter:
+    """The record re-keyed by its event's ``user_id``, or its dead letter if it has none."""
+    if record.value is None:
+        return dead_letter(record, "empty message (no value)")
+    try:
+        event = parse_event_json(record.value)
+    except EventValidationError as exc:
+        return dead_letter(record, str(exc))
+    origin = {
+        "topic": record.topic,
+        "partition": record.partition,
+        "offset": record.offset,
+        "key": None if record.key is None else base64.b64encode(record.key).decode(),
+    }
+    return Forward(event.user_id.encode(), record.value, [(ORIGIN_HEADER, orjson.dumps(origin))])
+
+
+def origin_from_headers(headers: Iterable[tuple[str, bytes]] | None) -> Origin | None:
+    """The origin a forwarded record carries, or None for a record this stage did not write.
+
+    Raises:
+        ValueError: the header is there but unreadable (not written by `rekey`).
+    """
+    for name, value in headers or ():
+        if name != ORIGIN_HEADER:
+            continue
+        try:
+            origin = orjson.loads(value)
+            key = origin["key"]
+            return Origin(
+                topic=str(origin["topic"]),
+                partition=int(origin["partition"]),
+                offset=int(origin["offset"]),
+                key=None if key is None else base64.b64decode(key),
+            )
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"unreadable {ORIGIN_HEADER} header {value!r}: {exc}") from exc
+    return None
