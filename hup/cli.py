@@ -123,8 +123,16 @@ def train(
         bool, typer.Option(help="Keep item embeddings fixed (the authors' setting)")
     ] = TrainOptions.freeze_items,
     softmax_weight: Annotated[
-        float, typer.Option(help="Weight of the auxiliary softmax loss; 0 = the paper's loss only")
+        float,
+        typer.Option(
+            help="Weight of the auxiliary softmax loss; 0 = the paper's loss only (the "
+            "default), 1 = what the README's runs use (docs/model.md)"
+        ),
     ] = TrainOptions.softmax_weight,
+    softmax_negatives: Annotated[
+        int,
+        typer.Option(help="Sampled negatives per batch of that softmax; 0 = the full vocabulary"),
+    ] = TrainOptions.softmax_negatives,
     min_item_count: int = TrainOptions.min_item_count,
     taxonomy: TaxonomyOption = None,
     set_: SetOption = None,
@@ -132,6 +140,8 @@ def train(
     """Train on the protocol's train split; the validation split picks the epoch."""
     if device not in ("cpu", "cuda"):
         raise _fail(f"--device must be cpu or cuda, got {device!r}")
+    if softmax_weight < 0 or softmax_negatives < 0:
+        raise _fail("--softmax-weight and --softmax-negatives must be >= 0")
     name = (model or variant).lower()
     if model is None and name not in VARIANTS:
         raise _fail(f"--variant {variant!r} is unknown; choose from {', '.join(VARIANTS)}")
@@ -174,6 +184,7 @@ def train(
             skipgram=skipgram,
             freeze_items=freeze_items,
             softmax_weight=softmax_weight,
+            softmax_negatives=softmax_negatives,
             min_item_count=min_item_count,
             data=data,
         )

@@ -62,6 +62,25 @@ def test_train_writes_a_checkpoint_and_reports_its_version(trained: Path) -> Non
     assert config["model"]["window"] == 5
     assert config["info"]["options"]["data"] == DATA
     assert config["info"]["options"]["epochs"] == 1
+    # The paper's loss by default: the auxiliary softmax is opt-in.
+    assert config["model"]["softmax_weight"] == 0.0
+
+
+def test_softmax_options_reach_the_model_config(tmp_path: Path) -> None:
+    out = tmp_path / "model"
+    result = _run(
+        "train", "--data", DATA, "--out", str(out), "--epochs", "1", "--window", "5",
+        "--no-skipgram", "--softmax-weight", "1", "--softmax-negatives", "7",
+    )  # fmt: skip
+    assert result.exit_code == 0, (result.output, result.exception)
+    config = orjson.loads((out / "config.json").read_bytes())
+    assert (config["model"]["softmax_weight"], config["model"]["softmax_negatives"]) == (1.0, 7)
+    options = config["info"]["options"]
+    assert (options["softmax_weight"], options["softmax_negatives"]) == (1.0, 7)
+    _assert_clean_failure(
+        _run("train", "--data", DATA, "--out", str(out), "--softmax-negatives", "-1"),
+        "--softmax-negatives",
+    )
 
 
 def test_evaluate_prints_a_table_and_writes_json(trained: Path, tmp_path: Path) -> None:
