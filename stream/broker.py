@@ -2,7 +2,7 @@
 
 One place shared by the demo, the Procfile ``broker`` process and the test
 fixtures, so they all agree on how a broker is found, started, awaited and
-stopped, and on how topics are created.
+stopped, and on how topics are created (`stream.topics`, re-exported here).
 """
 
 from __future__ import annotations
@@ -18,16 +18,16 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Literal
 
-from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
 
 from stream.settings import Settings
+from stream.topics import TopicSpec, ensure_topics  # re-exported: callers import them here
 
 __all__ = [
     "BrokerError",
@@ -59,22 +59,6 @@ class BrokerError(RuntimeError):
 
 class _BrokerExitedError(BrokerError):
     """The broker process died while starting (e.g. its port was taken meanwhile)."""
-
-
-@dataclass(frozen=True)
-class TopicSpec:
-    """A topic to create with explicit configs.
-
-    Explicit configs because tansu neither auto-creates topics with sane
-    settings nor reports broker defaults through DescribeConfigs.
-    """
-
-    name: str
-    partitions: int = 1
-    replication: int = 1
-    # Topic-level configs, e.g. {"retention.ms": "86400000"} or
-    # {"cleanup.policy": "compact"} for a changelog.
-    config: Mapping[str, str] = field(default_factory=dict)
 
 
 class BrokerHandle:
@@ -338,41 +322,6 @@ def _tcp_open(host: str, port: int, timeout: float) -> bool:
             return True
     except OSError:
         return False
-
-
-def ensure_topics(
-    bootstrap: str, specs: Iterable[TopicSpec], *, timeout: float = 30.0
-) -> list[str]:
-    """Create the topics that do not exist yet, with their explicit configs.
-
-    Idempotent: an existing topic is left as it is (its configs are not
-    altered). Every broker call is bounded by ``timeout``.
-
-    Returns:
-        The names of the topics this call created.
-
-    Raises:
-        KafkaException: for any error other than "topic already exists".
-    """
-    new_topics = [
-        NewTopic(s.name, s.partitions, s.replication, config=dict(s.config)) for s in specs
-    ]
-    if not new_topics:
-        return []
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    futures = admin.create_topics(new_topics, operation_timeout=timeout, request_timeout=timeout)
-    created: list[str] = []
-    for name, future in futures.items():
-        try:
-            future.result(timeout)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise
-            log.debug("topic %s already exists", name)
-        else:
-            created.append(name)
-    log.info("topics created: %s", created or "none")
-    return created
 
 
 def main() -> None:

@@ -12,10 +12,10 @@ from prometheus_client import start_http_server
 
 from hup.exceptions import CheckpointError
 from hup.runtime import Profiler
-from stream.broker import TopicSpec, ensure_topics
 from stream.metrics import Metrics
 from stream.processor import Processor
 from stream.settings import Settings
+from stream.topics import TopicSpec, client_security_config, ensure_topics
 
 __all__ = ["WorkerContext"]
 
@@ -84,17 +84,14 @@ class WorkerContext:
         self._create_topics()
 
     def _create_topics(self) -> None:
-        if self.settings.kafka_security_protocol != "PLAINTEXT":
-            # ensure_topics' admin client speaks PLAINTEXT only. faust itself declares
-            # just the changelog (and repartition) topic, with its credentials.
-            logger.warning(
-                "HUP_KAFKA_SECURITY_PROTOCOL=%s: not creating %s; they must exist",
-                self.settings.kafka_security_protocol,
-                ", ".join(spec.name for spec in self.topics),
-            )
-            return
+        # With the worker's own security settings: on a SASL/SSL cluster too, every topic
+        # gets its explicit configs (the changelogs compacted), unless it exists already.
         try:
-            ensure_topics(self.settings.bootstrap_servers, self.topics)
+            ensure_topics(
+                self.settings.bootstrap_servers,
+                self.topics,
+                client_config=client_security_config(self.settings),
+            )
         except KafkaException as exc:
             raise SystemExit(
                 f"hup worker: cannot create topics on {self.settings.bootstrap_servers}: {exc}"

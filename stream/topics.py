@@ -1,0 +1,203 @@
+"""Creating the worker's topics with explicit configs, on any cluster, and checking existing ones.
+
+The worker creates its topics itself at start-up, so that a changelog is compacted
+wherever it runs: a changelog deleted by age loses users' state for good. Topic
+creation therefore uses the same security settings as the worker's own clients
+(`client_security_config`), and a topic that already exists is checked for the one
+config that matters for correctness, ``cleanup.policy``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
+
+from stream.settings import Settings
+
+__all__ = [
+    "TopicSpec",
+    "check_cleanup_policies",
+    "client_security_config",
+    "ensure_topics",
+]
+
+log = logging.getLogger(__name__)
+
+# Creating a topic that exists, without the right to create topics: Kafka checks the
+# ACL first, so a pre-created topic on a locked-down cluster answers with one of these.
+_NOT_AUTHORIZED = (KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED)
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """A topic to create with explicit configs.
+
+    Explicit configs because tansu neither auto-creates topics with sane
+    settings nor reports broker defaults through DescribeConfigs.
+    """
+
+    name: str
+    partitions: int = 1
+    replication: int = 1
+    # Topic-level configs, e.g. {"retention.ms": "86400000"} or
+    # {"cleanup.policy": "compact"} for a changelog.
+    config: Mapping[str, str] = field(default_factory=dict)
+
+
+def client_security_config(settings: Settings) -> dict[str, str]:
+    """The librdkafka properties for the HUP_KAFKA_* security settings (empty for PLAINTEXT).
+
+    The same settings faust's clients get as ``broker_credentials`` (`stream.app`), in
+    confluent-kafka's vocabulary. Without HUP_KAFKA_SSL_CAFILE, TLS verifies the
+    brokers against the system CAs (``probe``), as faust's default SSL context does.
+    """
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return {}
+    config: dict[str, str] = {"security.protocol": protocol}
+    if protocol in ("SSL", "SASL_SSL"):
+        cafile = settings.kafka_ssl_cafile
+        config["ssl.ca.location"] = str(cafile) if cafile else "probe"
+    if protocol.startswith("SASL_"):
+        password = settings.kafka_sasl_password
+        config["sasl.mechanism"] = settings.kafka_sasl_mechanism
+        config["sasl.username"] = settings.kafka_sasl_username or ""
+        config["sasl.password"] = password.get_secret_value() if password else ""
+    return config
+
+
+class _DescribesConfigs(Protocol):
+    """The part of `AdminClient` that `check_cleanup_policies` uses."""
+
+    def describe_configs(
+        self, resources: list[ConfigResource], **kwargs: Any
+    ) -> Mapping[ConfigResource, Future[Any]]:
+        """Futures of each resource's config entries, by name."""
+        ...
+
+
+def ensure_topics(
+    bootstrap: str,
+    specs: Iterable[TopicSpec],
+    *,
+    timeout: float = 30.0,
+    client_config: Mapping[str, str] | None = None,
+) -> list[str]:
+    """Create the topics that do not exist yet, with their explicit configs.
+
+    Idempotent: an existing topic is left as it is (its configs are not altered), but
+    its ``cleanup.policy`` is checked against the spec's (`check_cleanup_policies`).
+    Every broker call is bounded by ``timeout``.
+
+    Args:
+        bootstrap: Kafka bootstrap servers.
+        specs: The topics.
+        timeout: Seconds for each broker call.
+        client_config: Extra admin client properties, e.g. `client_security_config`.
+
+    Returns:
+        The names of the topics this call created.
+
+    Raises:
+        KafkaException: for any error other than "topic already exists" (or "not
+            authorized" for a topic that exists).
+    """
+    specs = list(specs)
+    if not specs:
+        return []
+    admin = AdminClient({**(client_config or {}), "bootstrap.servers": bootstrap})
+    new_topics = [
+        NewTopic(s.name, s.partitions, s.replication, config=dict(s.config)) for s in specs
+    ]
+    futures = admin.create_topics(new_topics, operation_timeout=timeout, request_timeout=timeout)
+    created: list[str] = []
+    existing: list[str] = []
+    refused: dict[str, KafkaException] = {}
+    for name, future in futures.items():
+        try:
+            future.result(timeout)
+        except KafkaException as exc:
+            code = exc.args[0].code()
+            if code == KafkaError.TOPIC_ALREADY_EXISTS:
+                existing.append(name)
+            elif code in _NOT_AUTHORIZED:
+                refused[name] = exc
+            else:
+                raise
+        else:
+            created.append(name)
+    if refused:
+        present = set(admin.list_topics(timeout=timeout).topics)
+        for name, error in refused.items():
+            if name not in present:
+                raise error
+            log.info("topic %s exists (this client may not create topics)", name)
+            existing.append(name)
+    log.info("topics created: %s", created or "none")
+    check_cleanup_policies(admin, [s for s in specs if s.name in existing], timeout=timeout)
+    return created
+
+
+def check_cleanup_policies(
+    admin: _DescribesConfigs, specs: Iterable[TopicSpec], *, timeout: float = 30.0
+) -> list[str]:
+    """Warn about existing topics whose ``cleanup.policy`` differs from their spec's.
+
+    Only specs that set ``cleanup.policy`` (the changelogs: ``compact``) are checked. A
+    broker that does not report the config is not taken to be wrong: tansu reports only
+    configs set explicitly, never the broker's defaults (docs/broker-notes.md, T4), so a
+    missing value is unknown and only logged. Nothing here stops the worker: a failed
+    describe is logged too.
+
+    Returns:
+        The names of the topics whose policy is known to differ.
+    """
+    wanted = {s.name: s.config["cleanup.policy"] for s in specs if "cleanup.policy" in s.config}
+    if not wanted:
+        return []
+    resources = [ConfigResource(ResourceType.TOPIC, name) for name in wanted]
+    try:
+        futures = admin.describe_configs(resources, request_timeout=timeout)
+    except KafkaException as exc:
+        log.warning("could not check the cleanup.policy of %s: %s", ", ".join(wanted), exc)
+        return []
+    wrong: list[str] = []
+    for resource, future in futures.items():
+        name = resource.name
+        try:
+            entry = future.result(timeout).get("cleanup.policy")
+        except KafkaException as exc:
+            log.warning("could not check the cleanup.policy of topic %s: %s", name, exc)
+            continue
+        actual = getattr(entry, "value", None)
+        if actual is None:
+            log.info(
+                "topic %s exists; the broker does not report its cleanup.policy (it should "
+                "be %s), so it is not checked",
+                name,
+                wanted[name],
+            )
+        elif _policies(actual) != _policies(wanted[name]):
+            wrong.append(name)
+            log.warning(
+                "topic %s exists with cleanup.policy=%s, not %s: the broker may delete its "
+                "records by age or size, and state restored from it would lose users. "
+                "Fix it with: kafka-configs.sh --alter --entity-type topics --entity-name %s "
+                "--add-config cleanup.policy=%s",
+                name,
+                actual,
+                wanted[name],
+                name,
+                wanted[name],
+            )
+    return wrong
+
+
+def _policies(value: str) -> frozenset[str]:
+    return frozenset(p.strip() for p in value.split(",") if p.strip())
