@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from hup.config import HupConfig
 from hup.features import EventFeatures
 from hup.layers import AttentionPool, BehaviorLSTMCell
+from hup.vocab import OOV
 
 __all__ = ["FEATURE_KEYS", "HupModel", "LayerInput", "collate_features", "stack_features"]
 
@@ -313,6 +314,11 @@ class HupModel(nn.Module):
     ) -> Tensor:
         """Eq. 7: weighted cosine proximity of each level's profile to the next item/categories.
 
+        A target that is the OOV id (a sku or category below the vocabulary's min-count) is
+        left out of its level's term: the OOV embedding stands for every rare id at once, and
+        pulling profiles toward it teaches nothing about the next item. Each level averages
+        over its own remaining points.
+
         Args:
             batch, positions: as for `forward` (positions = the prediction points).
             targets: `item` [N] and `categories` [N, K] ids of what the user moved to next.
@@ -327,13 +333,16 @@ class HupModel(nn.Module):
         for k in range(cfg.n_levels):
             emb = self.category_embedding(k)
             levels.append((f"category{k}", emb, targets["categories"][:, k], cfg.lambda_category))
-        total = profiles["item"].new_zeros(())
+        # Zero, but attached to the graph, so a batch whose targets are all OOV still backprops.
+        total = profiles["item"].sum() * 0.0
         for head, table, target, weight in levels:
-            loss = _cosine_loss(profiles[head], table(target))
+            keep = target != OOV
+            if not bool(keep.any()):
+                continue
+            profile, target = profiles[head][keep], target[keep]
+            loss = _cosine_loss(profile, table(target))
             if cfg.softmax_weight:
-                loss = loss + cfg.softmax_weight * self._softmax_loss(
-                    profiles[head], table.weight, target
-                )
+                loss = loss + cfg.softmax_weight * self._softmax_loss(profile, table.weight, target)
             total = total + weight * loss
         return total
 

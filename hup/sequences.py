@@ -72,6 +72,8 @@ def batches(
     """Training batches: (collated features, positions [N, 2], targets) over sessions with points.
 
     Sessions are grouped by length so that padding stays small; batch order is shuffled.
+    Targets keep the OOV id 0 of skus and categories below the vocabulary's min-count; the
+    losses leave those points out of that level's term (`HupModel.loss`).
     """
     usable = [s for s in sessions if training_positions(s.features)]
     order = sorted(range(len(usable)), key=lambda i: len(usable[i].features))

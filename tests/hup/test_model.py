@@ -193,3 +193,41 @@ def test_sampled_softmax_gives_a_finite_loss_and_gradients(vocab_and_sequences) 
     with torch.no_grad():
         cosine_only = _model(vocab, softmax_weight=0.0).loss(batch, positions, targets)
     assert loss.item() >= cosine_only.item() - 1e-6
+
+
+def test_oov_targets_are_left_out_of_the_loss(vocab_and_sequences) -> None:
+    """An OOV target (id 0: below --min-item-count) must not pull profiles toward id 0."""
+    vocab, sequences = vocab_and_sequences
+    batch, positions, targets = _first_batch(sequences)
+    n = len(positions)
+    oov = torch.arange(n) % 3 == 0
+    keep = ~oov
+    assert oov.any() and keep.any()
+    # Every level OOV at the same points: the loss is the loss of the other points alone.
+    masked = {
+        "item": targets["item"].masked_fill(oov, 0),
+        "categories": targets["categories"].masked_fill(oov.unsqueeze(1), 0),
+    }
+    kept = {name: value[keep] for name, value in targets.items()}
+    model = _model(vocab, softmax_weight=1.0)
+    with torch.no_grad():
+        expected = model.loss(batch, positions[keep], kept)
+        assert model.loss(batch, positions, masked).item() == pytest.approx(expected.item())
+    # Per level: OOV item targets at some points, OOV finest categories at others. No
+    # gradient reaches the OOV rows (the inputs here never use id 0).
+    model = _model(vocab, softmax_weight=0.0, lambda_micro=0.3).train()
+    finest = model.config.n_levels - 1
+    per_level = {"item": targets["item"].masked_fill(oov, 0), "categories": targets["categories"]}
+    per_level["categories"] = per_level["categories"].clone()
+    per_level["categories"][keep, finest] = 0
+    assert (batch["item"] != 0).all() and (batch["categories"] != 0).all()
+    model.loss(batch, positions, per_level).backward()
+    assert model.item_embedding.weight.grad is not None
+    assert torch.count_nonzero(model.item_embedding.weight.grad[0]) == 0
+    assert torch.count_nonzero(model.category_embedding(finest).weight.grad[0]) == 0
+    assert torch.count_nonzero(model.item_embedding.weight.grad[1:]) > 0
+    # A batch whose targets are all OOV gives 0 and still backpropagates.
+    all_oov = {name: torch.zeros_like(value) for name, value in targets.items()}
+    loss = _model(vocab).train().loss(batch, positions, all_oov)
+    loss.backward()
+    assert loss.item() == 0.0
