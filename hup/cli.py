@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
+import torch
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -47,6 +48,14 @@ logger = logging.getLogger("hup")
 def _fail(message: str) -> typer.Exit:
     err.print(f"[bold red]error:[/] {escape(message)}")
     return typer.Exit(code=2)
+
+
+def _check_device(device: str) -> None:
+    """Fail cleanly on a device torch cannot use, before any data is read."""
+    if device not in ("cpu", "cuda"):
+        raise _fail(f"--device must be cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise _fail("--device cuda: torch sees no CUDA device on this machine (use --device cpu)")
 
 
 def _load(data: str, taxonomy: Path | None) -> tuple[Dataset, Taxonomy | None]:
@@ -138,8 +147,7 @@ def train(
     set_: SetOption = None,
 ) -> None:
     """Train on the protocol's train split; the validation split picks the epoch."""
-    if device not in ("cpu", "cuda"):
-        raise _fail(f"--device must be cpu or cuda, got {device!r}")
+    _check_device(device)
     if softmax_weight < 0 or softmax_negatives < 0:
         raise _fail("--softmax-weight and --softmax-negatives must be >= 0")
     name = (model or variant).lower()
@@ -233,6 +241,7 @@ def evaluate(
     seed: int = 0,
     resamples: Annotated[int, typer.Option(help="Bootstrap resamples")] = 1000,
     baselines: Annotated[bool, typer.Option(help="Also run POP, S-POP and Item-KNN")] = True,
+    device: Annotated[str, typer.Option(help="cpu or cuda: where the model is loaded")] = "cpu",
     taxonomy: Annotated[
         Path | None,
         typer.Option(
@@ -246,8 +255,9 @@ def evaluate(
     Sessions are expanded through the taxonomy the model was trained with (saved in its
     checkpoint), so the model and the baselines rank the same category levels.
     """
+    _check_device(device)
     try:
-        recommender, version, info = load_recommender(model)
+        recommender, version, info = load_recommender(model, device)
         given = Taxonomy.load(taxonomy) if taxonomy is not None else None
         dataset = load_dataset(data)
     except (HupError, OSError) as exc:
@@ -311,8 +321,7 @@ def compare(
     """Train every chosen model with its defaults under one budget, evaluate all on the same points."""
     from hup.zoo.compare import run_comparison, write_comparison  # matplotlib only here
 
-    if device not in ("cpu", "cuda"):
-        raise _fail(f"--device must be cpu or cuda, got {device!r}")
+    _check_device(device)
     try:
         names = resolve(models)
     except ValueError as exc:

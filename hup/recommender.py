@@ -21,6 +21,7 @@ from hup.vocab import Vocabularies
 __all__ = [
     "HupRecommender",
     "ProfileSource",
+    "model_device",
     "profiles_at_points",
     "rankings_from_ids",
     "top_k_excluding",
@@ -50,6 +51,13 @@ class ProfileSource(Protocol):
         ...
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where ``model`` lives (its first parameter's or buffer's device; CPU when it has none)."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
 def profiles_at_points(
     checkpoint: ProfileSource,
     sessions: Sequence[Session],
@@ -59,7 +67,8 @@ def profiles_at_points(
     """Profiles after each point's last input event, by the full-sequence forward pass.
 
     The forward pass is causal, so running it over the whole session and reading the
-    profile at the point's last input event sees only that input.
+    profile at the point's last input event sees only that input. Batches are built on the
+    CPU and moved to the model's device (``--device cuda``); the profiles stay there.
     """
     featurizer = Featurizer(checkpoint.spec, checkpoint.vocabularies)
     needed = sorted({p.session_index for p in points})
@@ -70,21 +79,23 @@ def profiles_at_points(
     for n, p in enumerate(points):
         by_session.setdefault(p.session_index, []).append(n)
     model = checkpoint.model.eval()
+    device = model_device(model)
     for start in range(0, len(needed), batch_size):
         chunk = needed[start : start + batch_size]
-        batch = collate_features([featurized[i].features for i in chunk])
+        collated = collate_features([featurized[i].features for i in chunk])
+        batch = {key: value.to(device) for key, value in collated.items()}
         positions = []
         for row, i in enumerate(chunk):
             for n in by_session[i]:
                 positions.append((row, featurized[i].feature_at_event[points[n].n_input - 1]))
                 order.append(n)
         with torch.no_grad():
-            profiles = model(batch, torch.tensor(positions, dtype=torch.long))
+            profiles = model(batch, torch.tensor(positions, dtype=torch.long, device=device))
         for name, value in profiles.items():
             out.setdefault(name, []).append(value)
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order))
-    return {name: torch.cat(parts)[inverse] for name, parts in out.items()}
+    return {name: torch.cat(parts)[inverse.to(parts[0].device)] for name, parts in out.items()}
 
 
 def top_k_excluding(

@@ -146,6 +146,14 @@ def test_bad_variant_and_device_exit_2(tmp_path: Path) -> None:
     _assert_clean_failure(_run("train", "--data", DATA, "--out", out, "--device", "tpu"), "tpu")
 
 
+def test_evaluate_device_is_checked_before_loading(trained: Path) -> None:
+    result = _run("evaluate", "--model", str(trained), "--data", DATA, "--device", "tpu")
+    _assert_clean_failure(result, "--device", "tpu")
+    if not torch.cuda.is_available():
+        result = _run("evaluate", "--model", str(trained), "--data", DATA, "--device", "cuda")
+        _assert_clean_failure(result, "--device cuda", "no CUDA device")
+
+
 def test_missing_model_dir_exits_2_with_the_path(tmp_path: Path) -> None:
     missing = tmp_path / "no-model-here"
     result = _run("evaluate", "--model", str(missing), "--data", DATA)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import random
 from pathlib import Path
 
@@ -166,3 +167,26 @@ def test_profiles_at_points_equal_the_incremental_stepping_profiles(
             torch.testing.assert_close(
                 offline[head][n], torch.from_numpy(vector), atol=1e-5, rtol=0, msg=head
             )
+
+
+def test_profiles_at_points_run_on_the_models_device(checkpoint: Checkpoint, dataset) -> None:
+    """Batches and positions go to the model's device (`--device cuda`); here the meta device.
+
+    No GPU runs these tests: the meta device has no data but checks devices like CUDA does, so
+    a batch left on the CPU fails the forward pass exactly as it would on a GPU.
+    """
+    model = copy.deepcopy(checkpoint.model).to("meta")
+    seen: list[set[torch.device]] = []
+
+    def record(module: torch.nn.Module, args: tuple) -> None:
+        batch, positions = args
+        seen.append({*(value.device for value in batch.values()), positions.device})
+
+    model.register_forward_pre_hook(record)
+    on_meta = Checkpoint(model, checkpoint.spec, checkpoint.vocabularies, "meta", {})
+    points = prediction_points(dataset.sessions)
+    profiles = profiles_at_points(on_meta, dataset.sessions, points, batch_size=4)
+    assert len(seen) > 1 and all(devices == {torch.device("meta")} for devices in seen)
+    for head, value in profiles.items():
+        assert value.device == torch.device("meta"), head
+        assert value.shape[0] == len(points), head
