@@ -206,13 +206,17 @@ class SPop(_Baseline):
 
 
 class ItemKNN(_Baseline):
-    """Session-based Item-KNN (Hidasi et al., GRU4Rec paper): neighbours of the last input sku.
+    """Item-KNN as the protocol defines it: session co-occurrence cosine with the input's skus.
 
     ``sim(i, j) = n_ij / sqrt(n_i * n_j)`` with ``n_i`` the training sessions containing i and
-    ``n_ij`` those containing both. Items are ranked by their similarity to the last input sku
-    (the standard choice; summing over all input skus would mostly re-rank S-POP); when that
-    sku never occurs in training, the most recent input sku that does is used instead. Ties and
-    the tail are filled by POP. Categories use "last category", like S-POP.
+    ``n_ij`` those containing both (Hidasi et al.'s Item-KNN similarity). A candidate's score
+    is the sum of its similarities to the distinct training skus of the input, the usual
+    item-kNN over a session: a sku revisited five times counts once, as it does in the
+    similarity's session sets, and no recency weighting (the protocol names none; S-POP
+    already ranks by recency). Candidates are the skus co-occurring with at least one input
+    sku, ties broken by POP order, the tail filled by POP; the last input sku is removed
+    like in every method's ranking (it may still add to the other candidates' scores).
+    Categories use "last category", like S-POP.
     """
 
     name = "Item-KNN"
@@ -221,7 +225,7 @@ class ItemKNN(_Baseline):
         super().__init__()
         self._sessions_with: Counter[str] = Counter()
         self._cooccur: dict[str, Counter[str]] = {}
-        self._neighbours: dict[str, tuple[str, ...]] = {}
+        self._similar: dict[str, dict[str, float]] = {}
         self._pop_rank: dict[str, int] = {}
 
     def fit(self, train: Sequence[Session], valid: Sequence[Session]) -> None:
@@ -236,21 +240,25 @@ class ItemKNN(_Baseline):
                 cooccur[i].update(j for j in unique if j != i)
         self._sessions_with = sessions_with
         self._cooccur = dict(cooccur)
-        self._neighbours = {}
+        self._similar = {}
         self._pop_rank = {key: r for r, key in enumerate(self.popularity.item_order)}
 
-    def neighbours(self, item: str) -> tuple[str, ...]:
-        """Skus co-occurring with ``item`` in training, most similar first (ties: POP order)."""
-        cached = self._neighbours.get(item)
+    def similar(self, item: str) -> dict[str, float]:
+        """Similarity of ``item`` to every sku it co-occurs with in training (cached)."""
+        cached = self._similar.get(item)
         if cached is None:
             n_i = self._sessions_with[item]
-            scores = {
+            cached = {
                 j: n_ij / math.sqrt(n_i * self._sessions_with[j])
                 for j, n_ij in self._cooccur.get(item, Counter()).items()
             }
-            cached = tuple(sorted(scores, key=lambda j: (-scores[j], self._pop_rank[j])))
-            self._neighbours[item] = cached
+            self._similar[item] = cached
         return cached
+
+    def neighbours(self, item: str) -> tuple[str, ...]:
+        """Skus co-occurring with ``item`` in training, most similar first (ties: POP order)."""
+        scores = self.similar(item)
+        return tuple(sorted(scores, key=lambda j: (-scores[j], self._pop_rank[j])))
 
     def similarity(self, i: str, j: str) -> float:
         """Cosine of the session sets of two training skus (0 when either is unknown)."""
@@ -259,9 +267,17 @@ class ItemKNN(_Baseline):
             return 0.0
         return self._cooccur.get(i, Counter())[j] / math.sqrt(n_i * n_j)
 
+    def scores(self, inputs: Iterable[str]) -> dict[str, float]:
+        """Each candidate's summed similarity to the distinct skus of ``inputs``."""
+        total: defaultdict[str, float] = defaultdict(float)
+        for item in dict.fromkeys(inputs):
+            for j, similarity in self.similar(item).items():
+                total[j] += similarity
+        return dict(total)
+
     def _item_head(self, inputs: Sequence[MicroEvent]) -> Iterable[str]:
-        anchor = next((e.item_id for e in reversed(inputs) if e.item_id in self._items), None)
-        return self.neighbours(anchor) if anchor is not None else ()
+        scores = self.scores(e.item_id for e in inputs)
+        return sorted(scores, key=lambda j: (-scores[j], self._pop_rank[j]))
 
     def _category_head(self, inputs: Sequence[MicroEvent], level: int) -> Iterable[str]:
         return self._recent_categories(inputs, level)

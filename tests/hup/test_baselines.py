@@ -74,7 +74,7 @@ def test_spop_ranks_input_skus_most_recent_first_then_pop() -> None:
     ]
 
 
-def test_item_knn_cosine_to_the_last_input_sku() -> None:
+def test_item_knn_sums_the_cosine_to_every_input_sku() -> None:
     model = ItemKNN()
     model.fit(TRAIN, VALID)
     assert model.similarity("A", "B") == pytest.approx(2 / math.sqrt(2 * 3))
@@ -85,10 +85,17 @@ def test_item_knn_cosine_to_the_last_input_sku() -> None:
     assert model.similarity("A", "V") == 0.0
     assert model.neighbours("A") == ("B", "C")
     assert model.neighbours("C") == ("D", "A", "B")
+    # Distinct input skus, each once; unknown ones (E) add nothing.
+    scores = model.scores(["A", "C", "C", "E"])
+    assert scores == pytest.approx(
+        {"B": 2 / math.sqrt(6) + 1 / math.sqrt(6), "D": 1 / math.sqrt(2), "C": 0.5, "A": 0.5}
+    )
     r = ranked(model)
-    # Point 1: A -> B .816, C .5, then POP D. Point 2: C -> D .707, A .5, B .408.
-    # Point 3: E never seen in training -> the most recent known input sku, C.
-    assert r.items == [["B", "C", "D"], ["D", "A", "B"], ["D", "A", "B"]]
+    # Point 1, input A: B .816, C .5, then POP D (A is the last input sku).
+    # Point 2, input A, C: B 1.225 (.816 + .408), D .707, A .5 (C, the last input sku, is
+    # removed). The last input sku alone would rank D, A, B: the sum changes the order.
+    # Point 3, input A, C, E: the same scores (E unseen); A and C tie at .5 -> POP order.
+    assert r.items == [["B", "C", "D"], ["B", "D", "A"], ["B", "D", "A"]]
     assert r.categories == ranked(SPop()).categories
 
 
