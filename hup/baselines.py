@@ -1,4 +1,7 @@
-"""The uniform `Recommender` contract and the protocol's non-learned baselines (POP, S-POP, Item-KNN)."""
+"""The uniform `Recommender` contract and the protocol's non-learned baselines.
+
+POP, S-POP and Item-KNN rank items and categories; "last category" ranks categories only.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +16,15 @@ from hup.points import PredictionPoint
 from hup.schema import MicroEvent
 from hup.vocab import OOV_TOKEN
 
-__all__ = ["POP", "ItemKNN", "Rankings", "Recommender", "SPop", "TrainingPopularity"]
+__all__ = [
+    "POP",
+    "ItemKNN",
+    "LastCategory",
+    "Rankings",
+    "Recommender",
+    "SPop",
+    "TrainingPopularity",
+]
 
 
 @dataclass
@@ -22,12 +33,13 @@ class Rankings:
 
     Attributes:
         items: Per point, at most ``k_items`` sku ids, best first; training skus only and never
-            the point's last input sku.
+            the point's last input sku. None for a method that ranks categories only ("last
+            category"): its item metrics are not applicable, which is not the same as zero.
         categories: Per point, per category level (coarse..fine), at most ``k_categories``
             training category ids, best first.
     """
 
-    items: list[list[str]]
+    items: list[list[str]] | None
     categories: list[list[list[str]]]
 
 
@@ -127,6 +139,7 @@ class _Baseline:
     """Fits `TrainingPopularity`; subclasses choose the item and category heads of a ranking."""
 
     name = "baseline"
+    ranks_items = True  # False: categories only, `Rankings.items` is None
 
     def __init__(self) -> None:
         self._pop: TrainingPopularity | None = None
@@ -172,15 +185,16 @@ class _Baseline:
         categories: list[list[list[str]]] = []
         for point in points:
             inputs = list(_micro(sessions[point.session_index].events[: point.n_input]))
-            head = self._item_head(inputs)
-            items.append(_fill(head, pop.item_order, point.last_input_item, k_items))
+            if self.ranks_items:
+                head = self._item_head(inputs)
+                items.append(_fill(head, pop.item_order, point.last_input_item, k_items))
             categories.append(
                 [
                     _fill(self._category_head(inputs, level), order, None, k_categories)
                     for level, order in enumerate(pop.category_orders)
                 ]
             )
-        return Rankings(items=items, categories=categories)
+        return Rankings(items=items if self.ranks_items else None, categories=categories)
 
 
 class POP(_Baseline):
@@ -200,6 +214,20 @@ class SPop(_Baseline):
 
     def _item_head(self, inputs: Sequence[MicroEvent]) -> Iterable[str]:
         return (e.item_id for e in reversed(inputs) if e.item_id in self._items)
+
+    def _category_head(self, inputs: Sequence[MicroEvent], level: int) -> Iterable[str]:
+        return self._recent_categories(inputs, level)
+
+
+class LastCategory(_Baseline):
+    """The protocol's "last category": the input's categories, most recent first, then POP.
+
+    It ranks categories only (every level), so its row in the table has no item figures. It
+    is also how S-POP and Item-KNN rank categories; the row shows it as a method of its own.
+    """
+
+    name = "Last category"
+    ranks_items = False
 
     def _category_head(self, inputs: Sequence[MicroEvent], level: int) -> Iterable[str]:
         return self._recent_categories(inputs, level)

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from hup.baselines import POP, ItemKNN, Recommender, SPop
+from hup.baselines import POP, ItemKNN, LastCategory, Recommender, SPop
 from hup.checkpoint import Checkpoint
 from hup.config import VARIANTS
 from hup.data import Dataset, load_dataset, split_sessions
@@ -240,7 +240,9 @@ def evaluate(
     ] = None,
     seed: int = 0,
     resamples: Annotated[int, typer.Option(help="Bootstrap resamples")] = 1000,
-    baselines: Annotated[bool, typer.Option(help="Also run POP, S-POP and Item-KNN")] = True,
+    baselines: Annotated[
+        bool, typer.Option(help='Also run POP, S-POP, Item-KNN and "last category"')
+    ] = True,
     device: Annotated[str, typer.Option(help="cpu or cuda: where the model is loaded")] = "cpu",
     taxonomy: Annotated[
         Path | None,
@@ -280,7 +282,7 @@ def evaluate(
     train_sessions, valid_sessions, test_sessions = split_sessions(dataset.sessions)
     recommenders: list[Recommender] = [recommender]
     if baselines:
-        recommenders += [POP(), SPop(), ItemKNN()]
+        recommenders += [POP(), SPop(), ItemKNN(), LastCategory()]
     command = "hup " + shlex.join(sys.argv[1:])
     report = run_evaluation(
         recommenders,

@@ -57,9 +57,9 @@ class ResultRow:
     mode: str
     n_points: int
     n_sessions: int
-    metrics: dict[
-        str, Estimate
-    ]  # metric name -> estimate, in `EvaluationReport.metric_names` order
+    # Metric name -> estimate, in `EvaluationReport.metric_names` order; a metric the method
+    # does not have (the items of "last category") is absent, not zero.
+    metrics: dict[str, Estimate]
 
 
 @dataclass(frozen=True)
@@ -115,14 +115,17 @@ def _check(
     k_categories: int,
 ) -> None:
     """Hold every method to the same protocol: training skus only, last input sku removed."""
-    if len(rankings.items) != len(points) or len(rankings.categories) != len(points):
+    item_rankings = rankings.items
+    n_items = len(points) if item_rankings is None else len(item_rankings)
+    if n_items != len(points) or len(rankings.categories) != len(points):
         raise ValueError(
-            f"{name}: rank() returned {len(rankings.items)} item and "
+            f"{name}: rank() returned {n_items} item and "
             f"{len(rankings.categories)} category rankings for {len(points)} points"
         )
     vocabulary = set(pop.item_order)
+    no_items: list[list[str]] = [[] for _ in points]
     for index, (point, items, levels) in enumerate(
-        zip(points, rankings.items, rankings.categories, strict=True)
+        zip(points, item_rankings or no_items, rankings.categories, strict=True)
     ):
         where = f"{name}: point {index} (test session {point.session_index})"
         if len(items) > k_items or point.last_input_item in items:
@@ -144,16 +147,19 @@ def _score(
     k_items: int,
     k_categories: int,
 ) -> dict[str, npt.NDArray[np.float64]]:
-    """Per-point hit and reciprocal-rank arrays of every metric, in table order."""
-    items = set(pop.item_order)
-    item_ranks = [
-        _rank_of(p.target_item if p.target_item in items else None, ranking)
-        for p, ranking in zip(points, rankings.items, strict=True)
-    ]
-    scores = {
-        f"item Recall@{k_items}": hits_at_k(item_ranks, k_items),
-        f"item MRR@{k_items}": reciprocal_ranks_at_k(item_ranks, k_items),
-    }
+    """Per-point hit and reciprocal-rank arrays of every metric, in table order.
+
+    A method that ranks no items (``rankings.items`` None) has no item metrics at all.
+    """
+    scores: dict[str, npt.NDArray[np.float64]] = {}
+    if rankings.items is not None:
+        items = set(pop.item_order)
+        item_ranks = [
+            _rank_of(p.target_item if p.target_item in items else None, ranking)
+            for p, ranking in zip(points, rankings.items, strict=True)
+        ]
+        scores[f"item Recall@{k_items}"] = hits_at_k(item_ranks, k_items)
+        scores[f"item MRR@{k_items}"] = reciprocal_ranks_at_k(item_ranks, k_items)
     for level, label in enumerate(_category_labels(pop.n_levels)):
         known = set(pop.category_orders[level])
         ranks = []
@@ -237,6 +243,8 @@ def evaluate(
     item_metrics = (f"item Recall@{k_items}", f"item MRR@{k_items}")
     for recommender, scores in zip(recommenders[1:], per_method[1:], strict=True):
         for metric in item_metrics:
+            if metric not in per_method[0] or metric not in scores:
+                continue  # a method without item rankings ("last category")
             diff = paired_bootstrap_diff(
                 per_method[0][metric], scores[metric], groups, n_resamples, seed, ALPHA
             )
@@ -245,7 +253,14 @@ def evaluate(
                     recommenders[0].name, recommender.name, "every", metric, Estimate(*diff)
                 )
             )
-    metric_names = tuple(per_method[0]) if per_method else item_metrics
+    metric_names = (
+        *item_metrics,
+        *(
+            f"{label} {metric}@{k_categories}"
+            for label in _category_labels(pop.n_levels)
+            for metric in ("Recall", "MRR")
+        ),
+    )
     return EvaluationReport(
         rows=tuple(rows),
         differences=tuple(differences),
@@ -261,7 +276,13 @@ def evaluate(
     )
 
 
-def _pct(estimate: Estimate) -> str:
+NOT_APPLICABLE = "–"
+"""Markdown cell of a metric a method does not have (items of "last category")."""
+
+
+def _pct(estimate: Estimate | None) -> str:
+    if estimate is None:
+        return NOT_APPLICABLE
     if math.isnan(estimate.mean):
         return "n/a"
     return f"{100 * estimate.mean:.2f} [{100 * estimate.lo:.2f}, {100 * estimate.hi:.2f}]"
@@ -273,7 +294,7 @@ def to_markdown(report: EvaluationReport) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in report.rows:
         cells = [row.method, row.mode, str(row.n_points), str(row.n_sessions)]
-        cells += [_pct(row.metrics[m]) for m in report.metric_names]
+        cells += [_pct(row.metrics.get(m)) for m in report.metric_names]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(
@@ -302,7 +323,11 @@ def _estimate_json(estimate: Estimate) -> dict[str, float | None]:
 
 
 def to_json(report: EvaluationReport) -> dict[str, Any]:
-    """The report as plain JSON types (fractions, not %), ready for `orjson.dumps`."""
+    """The report as plain JSON types (fractions, not %), ready for `orjson.dumps`.
+
+    A metric a method does not have (the items of "last category") is null; an empty mode
+    has estimates whose mean, lo and hi are null.
+    """
     return {
         "protocol": "docs/evaluation.md",
         "seed": report.seed,
@@ -319,7 +344,10 @@ def to_json(report: EvaluationReport) -> dict[str, Any]:
                 "mode": row.mode,
                 "n_points": row.n_points,
                 "n_sessions": row.n_sessions,
-                "metrics": {m: _estimate_json(e) for m, e in row.metrics.items()},
+                "metrics": {
+                    m: None if m not in row.metrics else _estimate_json(row.metrics[m])
+                    for m in report.metric_names
+                },
             }
             for row in report.rows
         ],

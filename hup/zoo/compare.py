@@ -22,7 +22,7 @@ import orjson
 
 from hup.baselines import Rankings, Recommender
 from hup.data import Dataset, Session, split_sessions
-from hup.evaluate import EvaluationReport, ResultRow, evaluate, to_json
+from hup.evaluate import NOT_APPLICABLE, Estimate, EvaluationReport, ResultRow, evaluate, to_json
 from hup.points import PredictionPoint
 from hup.vocab import Taxonomy
 from hup.zoo.catalog import DISPLAY_NAMES, ZOO_CLASSES
@@ -124,6 +124,8 @@ def _rows(comparison: Comparison) -> dict[tuple[str, str], ResultRow]:
 
 
 def _cell(row: ResultRow | None, metric: str) -> str:
+    if row is not None and metric not in row.metrics:
+        return NOT_APPLICABLE  # a method without that ranking ("last category" has no items)
     if row is None or math.isnan(row.metrics[metric].mean):
         return "n/a"
     e = row.metrics[metric]
@@ -254,7 +256,8 @@ def write_chart(comparison: Comparison, path: Path) -> None:
     )
     axes = fig.subplots(len(metrics), 1, sharex=True, squeeze=False)[:, 0]
     for ax, metric in zip(axes, metrics, strict=True):
-        estimates = [rows[(n, "every")].metrics[metric] for n in names]
+        missing = Estimate(math.nan, math.nan, math.nan)  # a bar of a metric a model lacks
+        estimates = [rows[(n, "every")].metrics.get(metric, missing) for n in names]
         means = [100 * e.mean for e in estimates]
         errors = [
             [100 * (e.mean - e.lo) for e in estimates],

@@ -4,7 +4,15 @@ import math
 
 import pytest
 
-from hup.baselines import POP, ItemKNN, Rankings, Recommender, SPop, TrainingPopularity
+from hup.baselines import (
+    POP,
+    ItemKNN,
+    LastCategory,
+    Rankings,
+    Recommender,
+    SPop,
+    TrainingPopularity,
+)
 from hup.data import Session
 from hup.points import prediction_points
 from hup.schema import DwellEvent, Event, MicroEvent
@@ -99,6 +107,12 @@ def test_item_knn_sums_the_cosine_to_every_input_sku() -> None:
     assert r.categories == ranked(SPop()).categories
 
 
+def test_last_category_ranks_categories_only() -> None:
+    r = ranked(LastCategory())
+    assert r.items is None  # not applicable, which is not an empty (all-miss) ranking
+    assert r.categories == ranked(SPop()).categories
+
+
 def test_nothing_is_fitted_on_validation_sessions() -> None:
     for model in (POP(), SPop(), ItemKNN()):
         r = ranked(model, k_items=10, k_categories=10)
@@ -109,8 +123,9 @@ def test_nothing_is_fitted_on_validation_sessions() -> None:
 
 
 def test_contract() -> None:
-    for model in (POP(), SPop(), ItemKNN()):
+    models = (POP(), SPop(), ItemKNN(), LastCategory())
+    for model in models:
         assert isinstance(model, Recommender)
-    assert [m.name for m in (POP(), SPop(), ItemKNN())] == ["POP", "S-POP", "Item-KNN"]
+    assert [m.name for m in models] == ["POP", "S-POP", "Item-KNN", "Last category"]
     with pytest.raises(RuntimeError, match="before fit"):
         POP().rank(TEST, prediction_points(TEST), 3, 2)

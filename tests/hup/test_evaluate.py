@@ -7,7 +7,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from hup.baselines import POP, ItemKNN, Rankings, SPop, TrainingPopularity
+from hup.baselines import POP, ItemKNN, LastCategory, Rankings, SPop, TrainingPopularity
 from hup.data import Session, with_category_paths
 from hup.evaluate import evaluate, to_json, to_markdown
 from hup.points import PredictionPoint
@@ -163,6 +163,42 @@ class Cheater(POP):
             [[p.last_input_item, *items[:-1]] for p, items in zip(points, r.items, strict=True)],
             r.categories,
         )
+
+
+def test_last_category_has_category_figures_and_no_item_figures() -> None:
+    sessions = synthetic(60, seed=3)
+    train, test = sessions[:40], sessions[40:]
+    for order in ([POP(), SPop(), LastCategory()], [LastCategory(), POP()]):
+        report = evaluate(order, train, [], test, n_resamples=20)
+        assert report.metric_names == (
+            "item Recall@20",
+            "item MRR@20",
+            "category Recall@5",
+            "category MRR@5",
+        )
+        rows = {(r.method, r.mode): r for r in report.rows}
+        for mode in ("last", "every"):
+            last_category, pop = rows["Last category", mode], rows["POP", mode]
+            assert set(last_category.metrics) == {"category Recall@5", "category MRR@5"}
+            assert last_category.n_points == pop.n_points
+        # Only item differences between methods that both rank items.
+        assert all("Last category" not in (d.reference, d.other) for d in report.differences)
+    # Its category figures are S-POP's (S-POP ranks categories the same way).
+    report = evaluate([SPop(), LastCategory()], train, [], test, n_resamples=20)
+    rows = {(r.method, r.mode): r for r in report.rows}
+    assert (
+        rows["Last category", "every"].metrics["category Recall@5"]
+        == (rows["S-POP", "every"].metrics["category Recall@5"])
+    )
+    line = next(x for x in to_markdown(report).splitlines() if x.startswith("| Last category"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[4:6] == ["–", "–"] and cells[6] != "–"
+    payload = to_json(report)
+    (row,) = (
+        r for r in payload["results"] if r["method"] == "Last category" and r["mode"] == "every"
+    )
+    assert row["metrics"]["item Recall@20"] is None and row["metrics"]["item MRR@20"] is None
+    assert row["metrics"]["category Recall@5"]["mean"] > 0
 
 
 def test_rankings_holding_the_last_input_sku_are_rejected() -> None:
