@@ -360,7 +360,8 @@ def test_prepare_loads_the_model_and_creates_the_topics(
 ) -> None:
     created, threads = [], []
     monkeypatch.setattr(
-        "stream.startup.ensure_topics", lambda bootstrap, specs: created.append(specs)
+        "stream.startup.ensure_topics",
+        lambda bootstrap, specs, client_config: created.append(specs),
     )
     monkeypatch.setattr(torch, "set_num_threads", threads.append)
     settings = Settings(model=checkpoint_dir, kafka_bootstrap_servers="k:9092")
@@ -387,13 +388,14 @@ def test_worker_argv_follows_the_web_port() -> None:
     ]
 
 
-def test_prepare_leaves_topics_alone_on_a_secured_cluster(
+def test_prepare_creates_the_topics_on_a_secured_cluster_too(
     checkpoint_dir: Path, metrics: Metrics, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def fail(*args, **kwargs):
-        raise AssertionError("ensure_topics speaks PLAINTEXT only")
-
-    monkeypatch.setattr("stream.startup.ensure_topics", fail)
+    calls = []
+    monkeypatch.setattr(
+        "stream.startup.ensure_topics",
+        lambda bootstrap, specs, client_config: calls.append((specs, client_config)),
+    )
     monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
     settings = Settings(
         model=checkpoint_dir,
@@ -402,3 +404,7 @@ def test_prepare_leaves_topics_alone_on_a_secured_cluster(
         kafka_sasl_password="secret",  # noqa: S106
     )
     WorkerContext(settings, metrics, topic_specs(settings)).prepare()
+    [(specs, client_config)] = calls
+    assert [s.name for s in specs] == [s.name for s in topic_specs(settings)]
+    assert client_config["security.protocol"] == "SASL_SSL"
+    assert client_config["sasl.username"] == "worker"
