@@ -218,9 +218,10 @@ def train(
 
         def on_epoch(record: dict[str, float]) -> None:
             err.print(
-                f"epoch {int(record['epoch'])}: loss {record['loss']:.4f}, "
-                f"valid item Recall@20 {100 * record['valid_recall20']:.2f} %, "
-                f"{record['seconds']:.0f} s"
+                f"epoch {int(record['epoch'])}: loss {record['loss']:.4f}, valid item "
+                f"Recall@20 {100 * record['valid_recall20']:.2f} % "
+                f"MRR@20 {100 * record['valid_mrr20']:.2f} %, category Recall@5 "
+                f"{100 * record['valid_category_recall5']:.2f} %, {record['seconds']:.0f} s"
             )
             progress.reset(task)
 

@@ -7,7 +7,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -32,15 +32,23 @@ if TYPE_CHECKING:
     from gensim.models import KeyedVectors
 
 __all__ = [
+    "EARLY_STOPPING_KEY",
+    "VALIDATION_KEYS",
     "TrainOptions",
     "fit_epochs",
     "seed_everything",
     "skipgram_vectors",
     "train_model",
     "training_vocabularies",
+    "validation_metrics",
 ]
 
 logger = logging.getLogger(__name__)
+
+EARLY_STOPPING_KEY = "valid_recall20"
+"""The validation figure early stopping watches: item Recall@20 of the `every` points."""
+VALIDATION_KEYS = (EARLY_STOPPING_KEY, "valid_mrr20", "valid_category_recall5")
+"""Each epoch's validation figures (`validation_metrics`), in the history records."""
 
 
 @dataclass(frozen=True)
@@ -149,7 +157,7 @@ def train_model(
         taxonomy: category paths when the data gives leaves only.
         out: where to save the checkpoint (a temporary directory is not made for you).
         progress: called with (batches done, batches per epoch) during each epoch.
-        on_epoch: called with each epoch's record (loss, validation recall, seconds).
+        on_epoch: called with each epoch's record (loss, validation figures, seconds).
 
     Returns:
         The best checkpoint and the per-epoch history.
@@ -178,7 +186,7 @@ def train_model(
     history, best_epoch = fit_epochs(
         model,
         lambda generator: batches(train_seqs, options.batch_size, generator),
-        lambda: _validation_recall(Checkpoint(model, spec, vocab, "unsaved", {}), train, valid),
+        lambda: _validation_metrics(Checkpoint(model, spec, vocab, "unsaved", {}), train, valid),
         epochs=options.epochs,
         patience=options.patience,
         learning_rate=options.learning_rate,
@@ -230,7 +238,7 @@ def fit_epochs(
     batch_source: Callable[
         [torch.Generator], Iterable[tuple[dict[str, Tensor], Tensor, dict[str, Tensor]]]
     ],
-    validate: Callable[[], float],
+    validate: Callable[[], Mapping[str, float]],
     *,
     epochs: int,
     patience: int,
@@ -244,12 +252,14 @@ def fit_epochs(
     """Adam epochs of ``model.loss`` with early stopping; HUP's recipe and the zoo share it.
 
     Each epoch draws its batches from ``batch_source(generator)`` (a generator seeded with
-    ``seed``), then scores the model with ``validate`` (higher is better). Training stops when
-    ``patience`` epochs pass without a better score; the best epoch's weights are loaded back
-    and the model is left in eval mode.
+    ``seed``), then scores the model with ``validate``, which returns the epoch's validation
+    figures (`validation_metrics`); early stopping watches ``EARLY_STOPPING_KEY`` (higher is
+    better). Training stops when ``patience`` epochs pass without a better score; the best
+    epoch's weights are loaded back and the model is left in eval mode.
 
     Returns:
-        The per-epoch records (loss, valid_recall20, seconds) and the best epoch (-1: none).
+        The per-epoch records (epoch, loss, the validation figures, seconds) and the best
+        epoch (-1: none).
     """
     optimizer = torch.optim.Adam(
         [p for p in model.parameters() if p.requires_grad], lr=learning_rate
@@ -273,11 +283,12 @@ def fit_epochs(
             if progress is not None:
                 progress(done, n_batches)
         model.eval()
-        score = validate()
+        metrics = dict(validate())
+        score = metrics[EARLY_STOPPING_KEY]
         record = {
             "epoch": epoch,
             "loss": float(np.mean(losses)) if losses else math.nan,
-            "valid_recall20": score,
+            **metrics,
             "seconds": time.perf_counter() - started,
         }
         history.append(record)
@@ -296,17 +307,38 @@ def fit_epochs(
     return history, best_epoch
 
 
-def _validation_recall(
+def _validation_metrics(
     checkpoint: Checkpoint, train: Sequence[Session], valid: Sequence[Session]
-) -> float:
-    """Item Recall@20 on the validation split's `every` points (what early stopping watches)."""
+) -> dict[str, float]:
+    """The validation split's figures of a HUP model under training (`validation_metrics`)."""
     if not valid:
-        return 0.0
+        return dict.fromkeys(VALIDATION_KEYS, 0.0)
     recommender: Recommender = HupRecommender("hup", checkpoint=checkpoint)
     report = evaluate(
         [recommender], train, [], valid, n_resamples=1, taxonomy=checkpoint.vocabularies.taxonomy
     )
-    return report_metric(report, "every", "item Recall@20")
+    return validation_metrics(report)
+
+
+def validation_metrics(report: Any) -> dict[str, float]:
+    """Per-epoch validation figures of the `every` points, from an `EvaluationReport`.
+
+    Item Recall@20 (what early stopping watches), item MRR@20 and category Recall@5 of the
+    finest level: the first says whether the right sku is near the top, the second how near,
+    the third whether the category profile learns, which item recall alone would hide.
+    """
+    finest = [m for m in report.metric_names if m.startswith("category") and "Recall@" in m][-1]
+    return dict(
+        zip(
+            VALIDATION_KEYS,
+            (
+                report_metric(report, "every", f"item Recall@{report.k_items}"),
+                report_metric(report, "every", f"item MRR@{report.k_items}"),
+                report_metric(report, "every", finest),
+            ),
+            strict=True,
+        )
+    )
 
 
 def report_metric(report: Any, mode: str, metric: str) -> float:

@@ -3,7 +3,7 @@
 It is HUP's recipe (`hup.train`) with another model: the same vocabularies and causal
 featurizer (`training_vocabularies`, `Featurizer`), the same epoch loop (`fit_epochs`:
 Adam, gradient clipping, early stopping on validation item Recall@20 of the `every` points,
-best epoch kept) and the same budget defaults (`TrainOptions`' epochs, patience, batch size).
+best epoch kept, the same per-epoch validation figures) and the same budget defaults (`TrainOptions`' epochs, patience, batch size).
 """
 
 from __future__ import annotations
@@ -22,18 +22,19 @@ from hup.evaluate import evaluate
 from hup.features import Featurizer
 from hup.sequences import featurize_session
 from hup.train import (
+    VALIDATION_KEYS,
     TrainOptions,
     fit_epochs,
-    report_metric,
     seed_everything,
     training_vocabularies,
+    validation_metrics,
 )
 from hup.vocab import Taxonomy
 from hup.zoo.catalog import ZOO_CLASSES
 from hup.zoo.checkpoint import ZooCheckpoint, load_zoo_checkpoint, save_zoo_checkpoint
 from hup.zoo.recommender import ZooRecommender
 
-__all__ = ["FitOptions", "fit_zoo", "validation_recall"]
+__all__ = ["FitOptions", "fit_zoo", "zoo_validation_metrics"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,12 +55,12 @@ class FitOptions:
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
-def validation_recall(
+def zoo_validation_metrics(
     checkpoint: ZooCheckpoint, train: Sequence[Session], valid: Sequence[Session]
-) -> float:
-    """Item Recall@20 on the validation split's `every` points (what early stopping watches)."""
+) -> dict[str, float]:
+    """The validation split's per-epoch figures (`hup.train.validation_metrics`)."""
     if not valid:
-        return 0.0
+        return dict.fromkeys(VALIDATION_KEYS, 0.0)
     report = evaluate(
         [ZooRecommender(checkpoint.name, checkpoint=checkpoint)],
         train,
@@ -68,7 +69,7 @@ def validation_recall(
         n_resamples=1,
         taxonomy=checkpoint.vocabularies.taxonomy,
     )
-    return report_metric(report, "every", "item Recall@20")
+    return validation_metrics(report)
 
 
 def fit_zoo(
@@ -90,7 +91,7 @@ def fit_zoo(
         taxonomy: category paths when the data gives leaves only.
         out: where to save the checkpoint (None: not saved).
         progress: called with (batches done, batches per epoch) during each epoch.
-        on_epoch: called with each epoch's record (loss, validation recall, seconds).
+        on_epoch: called with each epoch's record (loss, validation figures, seconds).
 
     Returns:
         The best checkpoint and the per-epoch history (one epoch-0 record for models that
@@ -118,7 +119,7 @@ def fit_zoo(
         history, best_epoch = fit_epochs(
             model,
             lambda generator: model.training_batches(train_seqs, options.batch_size, generator),
-            lambda: validation_recall(unsaved, train, valid),
+            lambda: zoo_validation_metrics(unsaved, train, valid),
             epochs=options.epochs,
             patience=options.patience,
             learning_rate=config.learning_rate,
@@ -131,11 +132,10 @@ def fit_zoo(
     else:
         started = time.perf_counter()
         model.eval()
-        score = validation_recall(unsaved, train, valid)
         record = {
             "epoch": 0,
             "loss": math.nan,
-            "valid_recall20": score,
+            **zoo_validation_metrics(unsaved, train, valid),
             "seconds": time.perf_counter() - started,
         }
         history, best_epoch = [record], 0

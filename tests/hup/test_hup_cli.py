@@ -46,6 +46,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert result.exit_code == 0, (result.output, result.exception)
     assert "saved hup-" in result.stderr
     assert str(out) in result.stderr
+    # Per epoch: item Recall@20 and MRR@20, category Recall@5 of the finest level.
+    assert "Recall@20" in result.stderr and "MRR@20" in result.stderr
+    assert "category Recall@5" in result.stderr
     return out
 
 
@@ -62,6 +65,8 @@ def test_train_writes_a_checkpoint_and_reports_its_version(trained: Path) -> Non
     assert config["model"]["window"] == 5
     assert config["info"]["options"]["data"] == DATA
     assert config["info"]["options"]["epochs"] == 1
+    (epoch,) = config["info"]["history"]
+    assert {"valid_recall20", "valid_mrr20", "valid_category_recall5"} <= set(epoch)
     # The paper's loss by default: the auxiliary softmax is opt-in.
     assert config["model"]["softmax_weight"] == 0.0
 

@@ -19,7 +19,14 @@ from hup.vocab import Taxonomy
 
 torch.set_num_threads(1)
 
-HISTORY_KEYS = {"epoch", "loss", "valid_recall20", "seconds"}
+HISTORY_KEYS = {
+    "epoch",
+    "loss",
+    "valid_recall20",
+    "valid_mrr20",
+    "valid_category_recall5",
+    "seconds",
+}
 TINY = {"hidden": 16, "window": 5, "batch_size": 8, "skipgram": False}
 
 
@@ -53,7 +60,10 @@ def test_one_epoch_writes_a_checkpoint_and_a_history(splits, tmp_path: Path) -> 
     assert len(history) == 1 and set(history[0]) == HISTORY_KEYS
     assert history[0]["epoch"] == 1
     assert math.isfinite(history[0]["loss"])
-    assert 0.0 <= history[0]["valid_recall20"] <= 1.0
+    for key in ("valid_recall20", "valid_mrr20", "valid_category_recall5"):
+        assert 0.0 <= history[0][key] <= 1.0, key
+    assert history[0]["valid_mrr20"] <= history[0]["valid_recall20"]
+    assert checkpoint.info["history"] == history  # kept in the checkpoint
     assert records == history
     assert progress and all(1 <= done <= total for done, total in progress)
     assert checkpoint.version == (out / "VERSION").read_text().strip()
@@ -81,11 +91,13 @@ def test_early_stopping_respects_patience_and_keeps_the_best_epoch(
     feed: Iterator[float] = iter(scores)
     snapshots = []
 
-    def fake_recall(checkpoint, train_sessions, valid_sessions) -> float:
+    def fake_metrics(checkpoint, train_sessions, valid_sessions) -> dict[str, float]:
         snapshots.append({k: v.clone() for k, v in checkpoint.model.state_dict().items()})
-        return next(feed)
+        # Only item Recall@20 decides; the other figures move the other way.
+        recall = next(feed)
+        return {"valid_recall20": recall, "valid_mrr20": 1 - recall, "valid_category_recall5": 0.5}
 
-    monkeypatch.setattr(hup.train, "_validation_recall", fake_recall)
+    monkeypatch.setattr(hup.train, "_validation_metrics", fake_metrics)
     options = TrainOptions(epochs=5, patience=patience, **TINY)
     checkpoint, history = train_model(train, valid, options, taxonomy=taxonomy)
     assert [r["epoch"] for r in history] == list(range(1, epochs_run + 1))
