@@ -228,7 +228,9 @@ def train(
         checkpoint, _ = fit(progress=on_batch, on_epoch=on_epoch)
     err.print(
         f"saved {checkpoint.version} to {out} "
-        f"(best epoch {checkpoint.info['best_epoch']}, {time.perf_counter() - started:.0f} s)"
+        f"(best epoch {checkpoint.info['best_epoch']}, {time.perf_counter() - started:.0f} s; "
+        f"{checkpoint.info['clamped_gaps']} training events with out-of-order timestamps, "
+        "gaps clamped to 0)"
     )
 
 

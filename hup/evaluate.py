@@ -21,6 +21,7 @@ from hup.metrics import (
     reciprocal_ranks_at_k,
 )
 from hup.points import PredictionPoint, prediction_points
+from hup.sequences import count_clamped_gaps
 from hup.vocab import Taxonomy
 
 __all__ = [
@@ -88,6 +89,9 @@ class EvaluationReport:
     n_valid: int
     n_test: int
     command: str | None = None
+    # Micro events of the test sessions with out-of-order timestamps, whose negative gaps the
+    # causal featurizer clamps to 0 (every model that featurizes sees them clamped).
+    clamped_gaps: int = 0
 
 
 def _category_labels(n_levels: int) -> list[str]:
@@ -213,6 +217,12 @@ def evaluate(
     test = with_category_paths(test, taxonomy)
     pop = TrainingPopularity.from_sessions(train)
     points = prediction_points(test)
+    clamped = count_clamped_gaps(test, max(pop.n_levels, 1), taxonomy)
+    if clamped:
+        logger.warning(
+            "%d test micro events have out-of-order timestamps; their gaps are clamped to 0",
+            clamped,
+        )
     groups = np.asarray([p.session_index for p in points], dtype=np.int64)
     last = np.asarray([p.is_last for p in points], dtype=bool)
     masks: dict[str, npt.NDArray[np.bool_] | None] = {"last": last, "every": None}
@@ -273,6 +283,7 @@ def evaluate(
         n_valid=len(valid),
         n_test=len(test),
         command=command,
+        clamped_gaps=clamped,
     )
 
 
@@ -300,7 +311,8 @@ def to_markdown(report: EvaluationReport) -> str:
     lines.append(
         f"Mean [95 % interval]: percentile bootstrap resampling whole test sessions "
         f"({report.n_resamples} resamples, seed {report.seed}); "
-        f"split {report.n_train}/{report.n_valid}/{report.n_test} sessions."
+        f"split {report.n_train}/{report.n_valid}/{report.n_test} sessions; "
+        f"{report.clamped_gaps} test events with out-of-order timestamps (gaps clamped to 0)."
     )
     for d in report.differences:
         e = d.estimate
@@ -337,6 +349,7 @@ def to_json(report: EvaluationReport) -> dict[str, Any]:
         "k_categories": report.k_categories,
         "command": report.command,
         "sessions": {"train": report.n_train, "valid": report.n_valid, "test": report.n_test},
+        "clamped_gaps": {"test": report.clamped_gaps},
         "metric_names": list(report.metric_names),
         "results": [
             {

@@ -9,13 +9,15 @@ import torch
 from torch import Tensor
 
 from hup.data import Session
-from hup.features import EventFeatures, Featurizer
+from hup.features import EventFeatures, FeatureSpec, Featurizer
 from hup.model import collate_features
+from hup.vocab import Taxonomy, build_vocabularies
 
 __all__ = [
     "FeaturizedSession",
     "batches",
     "count_batches",
+    "count_clamped_gaps",
     "featurize_session",
     "training_positions",
 ]
@@ -23,10 +25,16 @@ __all__ = [
 
 @dataclass(frozen=True)
 class FeaturizedSession:
-    """A session's features and, per event, the index of the latest feature at or before it."""
+    """A session's features and, per event, the index of the latest feature at or before it.
+
+    ``n_clamped`` counts the micro events whose negative time differences (out-of-order
+    timestamps) the featurizer clamped to 0, the offline twin of the stream's
+    ``clamped_gap`` counter.
+    """
 
     features: list[EventFeatures]
     feature_at_event: list[int]  # -1 until the first accepted event
+    n_clamped: int = 0
 
 
 def featurize_session(featurizer: Featurizer, session: Session) -> FeaturizedSession:
@@ -34,12 +42,27 @@ def featurize_session(featurizer: Featurizer, session: Session) -> FeaturizedSes
     state = featurizer.initial_state()
     features: list[EventFeatures] = []
     at_event: list[int] = []
+    clamped = 0
     for event in session.events:
-        state, feats, _ = featurizer.apply(state, event)
+        state, feats, flags = featurizer.apply(state, event)
+        clamped += flags.gap_clamped
         if feats is not None:
             features.append(feats)
         at_event.append(len(features) - 1)
-    return FeaturizedSession(features, at_event)
+    return FeaturizedSession(features, at_event, clamped)
+
+
+def count_clamped_gaps(
+    sessions: Sequence[Session], n_levels: int, taxonomy: Taxonomy | None = None
+) -> int:
+    """Micro events of ``sessions`` whose out-of-order timestamps the featurizer clamps.
+
+    Clamping depends on timestamps only, not on ids, so any vocabulary gives the count; this
+    one is built from the sessions themselves, for code (the evaluation) that has no model.
+    """
+    vocabularies = build_vocabularies((e for s in sessions for e in s.events), n_levels, taxonomy)
+    featurizer = Featurizer(FeatureSpec(n_levels=n_levels), vocabularies)
+    return sum(featurize_session(featurizer, s).n_clamped for s in sessions)
 
 
 def training_positions(features: Sequence[EventFeatures]) -> list[tuple[int, int]]:

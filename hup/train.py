@@ -25,7 +25,7 @@ from hup.features import FeatureSpec, Featurizer
 from hup.model import HupModel
 from hup.recommender import HupRecommender
 from hup.schema import MicroEvent
-from hup.sequences import batches, count_batches, featurize_session
+from hup.sequences import FeaturizedSession, batches, count_batches, featurize_session
 from hup.vocab import Taxonomy, Vocabularies, build_vocabularies
 
 if TYPE_CHECKING:
@@ -36,6 +36,7 @@ __all__ = [
     "VALIDATION_KEYS",
     "TrainOptions",
     "fit_epochs",
+    "log_clamped_gaps",
     "seed_everything",
     "skipgram_vectors",
     "train_model",
@@ -183,6 +184,7 @@ def train_model(
     model.item_embedding.weight.requires_grad_(not options.freeze_items)
     featurizer = Featurizer(spec, vocab)
     train_seqs = [featurize_session(featurizer, s) for s in train]
+    clamped = log_clamped_gaps(train_seqs)
     history, best_epoch = fit_epochs(
         model,
         lambda generator: batches(train_seqs, options.batch_size, generator),
@@ -196,11 +198,27 @@ def train_model(
         progress=progress,
         on_epoch=on_epoch,
     )
-    info = {"options": dataclasses.asdict(options), "history": history, "best_epoch": best_epoch}
+    info = {
+        "options": dataclasses.asdict(options),
+        "history": history,
+        "best_epoch": best_epoch,
+        "clamped_gaps": clamped,
+    }
     if out is None:
         return Checkpoint(model, spec, vocab, "unsaved", info), history
     save_checkpoint(out, model, spec, vocab, info)
     return load_checkpoint(out, options.device), history
+
+
+def log_clamped_gaps(sessions: Sequence[FeaturizedSession]) -> int:
+    """Count the training events whose out-of-order timestamps were clamped; warn when any."""
+    clamped = sum(s.n_clamped for s in sessions)
+    if clamped:
+        logger.warning(
+            "%d training micro events have out-of-order timestamps; their gaps are clamped to 0",
+            clamped,
+        )
+    return clamped
 
 
 class _Trainable(Protocol):

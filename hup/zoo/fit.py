@@ -25,6 +25,7 @@ from hup.train import (
     VALIDATION_KEYS,
     TrainOptions,
     fit_epochs,
+    log_clamped_gaps,
     seed_everything,
     training_vocabularies,
     validation_metrics,
@@ -114,6 +115,7 @@ def fit_zoo(
     model = cls(config).to(options.device)
     model.prepare(train, vocab, options.seed)
     train_seqs = [featurize_session(Featurizer(spec, vocab), s) for s in train]
+    clamped = log_clamped_gaps(train_seqs)
     unsaved = ZooCheckpoint(name, model, spec, vocab, "unsaved", {})
     if model.trainable:
         history, best_epoch = fit_epochs(
@@ -146,6 +148,7 @@ def fit_zoo(
         "options": dataclasses.asdict(options),
         "history": history,
         "best_epoch": best_epoch,
+        "clamped_gaps": clamped,
     }
     if out is None:
         return ZooCheckpoint(name, model, spec, vocab, "unsaved", info), history

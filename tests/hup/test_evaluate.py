@@ -201,6 +201,22 @@ def test_last_category_has_category_figures_and_no_item_figures() -> None:
     assert row["metrics"]["category Recall@5"]["mean"] > 0
 
 
+def test_out_of_order_timestamps_in_test_sessions_are_counted_and_reported() -> None:
+    sessions = synthetic(30, seed=2)
+    train, test = sessions[:20], sessions[20:]
+    report = evaluate([POP()], train, [], test, n_resamples=10)
+    assert report.clamped_gaps == 0  # make_session's timestamps never go back
+    late = [
+        MicroEvent(user_id="late", ts=ts, item_id=item, categories=["c0"], behavior=1)
+        for ts, item in ((50.0, "c0-1"), (40.0, "c0-2"), (45.0, "c0-1"), (60.0, "c0-3"))
+    ]
+    test = [*test, Session("late", "late", tuple(late))]
+    report = evaluate([POP()], train, [], test, n_resamples=10)
+    assert report.clamped_gaps == 2  # 40 after 50, 45 after 50
+    assert to_json(report)["clamped_gaps"] == {"test": 2}
+    assert "2 test events with out-of-order timestamps" in to_markdown(report)
+
+
 def test_rankings_holding_the_last_input_sku_are_rejected() -> None:
     sessions = synthetic(40, seed=1)
     with pytest.raises(ValueError, match="cheater: point 0 .*last input sku"):

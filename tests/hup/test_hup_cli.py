@@ -49,6 +49,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # Per epoch: item Recall@20 and MRR@20, category Recall@5 of the finest level.
     assert "Recall@20" in result.stderr and "MRR@20" in result.stderr
     assert "category Recall@5" in result.stderr
+    assert "training events with out-of-order timestamps" in result.stderr
     return out
 
 
@@ -104,6 +105,8 @@ def test_evaluate_prints_a_table_and_writes_json(trained: Path, tmp_path: Path) 
     assert "20 resamples" in result.stdout
     assert "warning" not in result.stderr  # evaluated on the data it was trained on
     report = orjson.loads(out.read_bytes())
+    assert report["clamped_gaps"] == {"test": 0}
+    assert report["training"]["clamped_gaps"] == 0
     assert report["model_version"] == (trained / "VERSION").read_text().strip()
     assert report["training"]["best_epoch"] == 1
 

@@ -8,7 +8,13 @@ import torch
 from hup.data import Session
 from hup.features import EventFeatures, FeatureSpec, Featurizer
 from hup.model import FEATURE_KEYS
-from hup.sequences import FeaturizedSession, batches, featurize_session, training_positions
+from hup.sequences import (
+    FeaturizedSession,
+    batches,
+    count_clamped_gaps,
+    featurize_session,
+    training_positions,
+)
 from hup.synthetic import SyntheticConfig, generate
 from hup.vocab import Taxonomy, build_vocabularies
 
@@ -84,6 +90,22 @@ def test_featurize_session_indexes_the_latest_accepted_feature(
     assert [f.is_micro for f in featurized.features] == [1, 0, 1]
     assert [f.item_change for f in featurized.features] == [1, 0, 1]
     assert training_positions(featurized.features) == [(0, 2)]
+
+
+def test_out_of_order_timestamps_are_counted(make_micro, make_dwell, taxonomy) -> None:
+    events = (
+        make_micro(10.0, item="A"),
+        make_micro(4.0, item="B"),  # before the previous micro event: clamped
+        make_dwell(3.0, 2.0, item="B"),  # dwell events have no gap of their own
+        make_micro(30.0, item="A"),
+        make_micro(29.0, item="A"),  # clamped again (same run)
+    )
+    session = Session("s", "u1", events)
+    featurizer = Featurizer(FeatureSpec(n_levels=3), build_vocabularies(events, 3, taxonomy))
+    assert featurize_session(featurizer, session).n_clamped == 2
+    assert count_clamped_gaps([session, session], 3, taxonomy) == 4
+    in_order = Session("t", "u1", tuple(make_micro(float(t), item="AB"[t % 2]) for t in range(5)))
+    assert count_clamped_gaps([in_order], 3, taxonomy) == 0
 
 
 @pytest.fixture(scope="module")

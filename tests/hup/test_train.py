@@ -147,3 +147,21 @@ def test_progress_reaches_the_number_of_batches(splits, make_micro, make_dwell) 
     )
     done, total = calls[-1]
     assert done == total, f"the last batch reports {done}/{total}"
+
+
+def test_out_of_order_timestamps_are_counted_in_training(splits, make_micro) -> None:
+    train, valid, taxonomy = splits
+    shuffled = Session(
+        "late",
+        "u-late",
+        (
+            make_micro(100.0, item="A"),
+            make_micro(90.0, item="B"),  # out of order: clamped
+            make_micro(80.0, item="A"),  # and again
+            make_micro(120.0, item="B"),
+        ),
+    )
+    options = TrainOptions(epochs=1, **TINY)
+    checkpoint, _ = train_model([*train, shuffled], valid, options, taxonomy=taxonomy)
+    baseline, _ = train_model(train, valid, options, taxonomy=taxonomy)
+    assert checkpoint.info["clamped_gaps"] == baseline.info["clamped_gaps"] + 2
