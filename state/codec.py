@@ -44,7 +44,14 @@ import numpy as np
 
 from state.exceptions import StateDecodeError, StateVersionError
 
-__all__ = ["CODEC_VERSION", "MAGIC", "decode_state", "encode_state", "peek_model_version"]
+__all__ = [
+    "CODEC_VERSION",
+    "MAGIC",
+    "decode_state",
+    "encode_state",
+    "encoded_size",
+    "peek_model_version",
+]
 
 MAGIC = b"HUPS"
 CODEC_VERSION = 1
@@ -125,6 +132,18 @@ def encode_state(arrays: Mapping[str, np.ndarray], model_version: str) -> bytes:
         parts.append(array.data)
     body = b"".join(parts)
     return body + _CRC.pack(zlib.crc32(body))
+
+
+def encoded_size(arrays: Mapping[str, np.ndarray], model_version: str) -> int:
+    """The length of ``encode_state(arrays, model_version)``, without encoding anything.
+
+    Cheap enough to call per event (no copy of the data): the stream checks with it
+    that a state still fits in one Kafka record before it keeps the state.
+    """
+    size = _PREFIX.size + len(model_version.encode()) + _COUNT.size + _CRC.size
+    for name, value in arrays.items():
+        size += 1 + len(name.encode()) + 2 + 4 * value.ndim + value.nbytes
+    return size
 
 
 def peek_model_version(data: bytes) -> str:

@@ -69,6 +69,7 @@ def faust_options(settings: Settings) -> dict[str, Any]:
         "producer_acks": -1,
         "producer_linger": 0.0,
         "producer_max_batch_size": settings.producer_max_batch_size,
+        "producer_max_request_size": settings.producer_max_request_size,
         # Exactly-once needs aiokafka's idempotent producer, which tansu rejects (T2);
         # at-least-once plus the processor's offset check is exactly-once for state.
         "processing_guarantee": "at_least_once",

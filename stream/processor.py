@@ -6,11 +6,15 @@ loads each user's state once, skips events already applied (by input offset), st
 model in waves (the k-th event of every user in the batch together, so a user's events
 are never reordered and each model call is batched across users), writes each user's
 state once, and returns the profiles to publish and the dead letters.
+
+No input yields a record the producer would refuse (HUP_PRODUCER_MAX_REQUEST_SIZE,
+`stream.limits`): a dead letter keeps a prefix of the original bytes, and an event whose
+profile or state record would be too large (a very long user_id, event_id, item_id or
+category) is dead-lettered instead of applied, leaving the user's state as it was.
 """
 
 from __future__ import annotations
 
-import base64
 import logging
 import time
 from collections import Counter, defaultdict
@@ -24,8 +28,9 @@ from hup.exceptions import EventValidationError, StateError
 from hup.incremental import ProfileState
 from hup.runtime import Applied, Profiler
 from hup.schema import Event, parse_event_json
-from state.codec import decode_state, encode_state
+from state.codec import decode_state, encode_state, encoded_size
 from state.exceptions import StateDecodeError, StateVersionError
+from stream.limits import DEFAULT_MAX_RECORD_BYTES, FRAMING_RESERVE, clip_text, fit_dead_letter
 
 __all__ = ["BatchResult", "DeadLetter", "InputRecord", "Origin", "OutputProfile", "Processor"]
 
@@ -87,21 +92,28 @@ class BatchResult:
     model_calls: int = 0
 
 
-def dead_letter(record: InputRecord, reason: str) -> DeadLetter:
+def dead_letter(
+    record: InputRecord, reason: str, max_bytes: int = DEFAULT_MAX_RECORD_BYTES
+) -> DeadLetter:
     """Wrap a bad record: base64 of its original bytes, topic, partition, offset, reason.
 
-    A re-keyed record is reported where its producer wrote it (``record.origin``).
+    A re-keyed record is reported where its producer wrote it (``record.origin``). The
+    dead letter's key and value take at most ``max_bytes`` together: the reason is cut
+    to `stream.limits.REASON_MAX_CHARS` characters and the original key and value to
+    what fits, with their sizes and ``key_truncated``/``value_truncated`` flags
+    (`stream.limits.fit_dead_letter`). Base64 takes 4/3 of the bytes, so without the
+    cut a malformed record of 3/4 of the limit would make an unsendable dead letter.
     """
     where = record.origin or record
-    payload = {
+    reason = clip_text(reason)
+    fields = {
         "reason": reason,
         "topic": where.topic,
         "partition": where.partition,
         "offset": where.offset,
-        "key": None if where.key is None else base64.b64encode(where.key).decode(),
-        "value": None if record.value is None else base64.b64encode(record.value).decode(),
     }
-    return DeadLetter(where.key, orjson.dumps(payload), reason)
+    key, value = fit_dead_letter(fields, where.key, record.value, max_bytes)
+    return DeadLetter(key, value, reason)
 
 
 class KeyValue(Protocol):
@@ -125,6 +137,7 @@ class Processor:
         coalesce: bool = False,
         clock: Callable[[], float] = time.time,
         require_user_key: bool = False,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
     ) -> None:
         """Bind a model.
 
@@ -135,11 +148,14 @@ class Processor:
             require_user_key: dead-letter records whose Kafka key is not their user_id. A
                 user's state lives in the partition its key maps to; an event that arrives
                 elsewhere would fork that state. (Repartitioning makes every key right.)
+            max_record_bytes: the most key plus value bytes of any record the worker
+                produces (`stream.limits.max_record_bytes` of HUP_PRODUCER_MAX_REQUEST_SIZE).
         """
         self.profiler = profiler
         self.coalesce = coalesce
         self.clock = clock
         self.require_user_key = require_user_key
+        self.max_record_bytes = max_record_bytes
 
     def load_state(self, store: KeyValue, key: bytes, outcomes: Counter[str]) -> ProfileState:
         """The user's state, or a fresh one when absent, foreign (other model) or corrupt."""
@@ -162,20 +178,23 @@ class Processor:
         for record in records:
             result.outcomes["consumed"] += 1
             if record.value is None:
-                result.dead_letters.append(dead_letter(record, "empty message (no value)"))
+                result.dead_letters.append(self._dead_letter(record, "empty message (no value)"))
                 continue
             try:
                 event = parse_event_json(record.value)
             except EventValidationError as exc:
-                logger.info("%s[%d]@%d: %s", record.topic, record.partition, record.offset, exc)
-                result.dead_letters.append(dead_letter(record, str(exc)))
+                dead = self._dead_letter(record, str(exc))
+                logger.info(
+                    "%s[%d]@%d: %s", record.topic, record.partition, record.offset, dead.reason
+                )
+                result.dead_letters.append(dead)
                 continue
             if self.require_user_key and record.key != event.user_id.encode():
                 reason = (
                     f"message key {record.key!r} is not the event's user_id {event.user_id!r}; "
                     "key events by user_id or enable repartitioning (HUP_REPARTITION=1)"
                 )
-                result.dead_letters.append(dead_letter(record, reason))
+                result.dead_letters.append(self._dead_letter(record, reason))
                 continue
             per_user[event.user_id].append((record, event))
         result.outcomes["dlq"] += len(result.dead_letters)
@@ -194,6 +213,7 @@ class Processor:
             states[user] = state
 
         latest: dict[str, OutputProfile] = {}
+        changed: set[str] = set()  # users whose state an event advanced: written at the end
         wave = 0
         while True:
             users = [u for u, items in per_user.items() if wave < len(items)]
@@ -207,20 +227,69 @@ class Processor:
             result.model_calls += 1
             for user, outcome in zip(users, applied, strict=True):
                 record, event = per_user[user][wave]
-                states[user] = _with_input(outcome.state, record)
-                self._count(outcome, result.outcomes)
+                new_state = _with_input(outcome.state, record)
+                out = None
                 if outcome.profile is not None:
                     out = self._profile_message(user, event, record, outcome)
+                too_large = self._too_large(user, event, new_state, out)
+                if too_large is not None:
+                    # As if the event had never come: the state stays as it was.
+                    logger.warning(
+                        "%s[%d]@%d: %s", record.topic, record.partition, record.offset, too_large
+                    )
+                    result.dead_letters.append(self._dead_letter(record, too_large))
+                    result.outcomes["dlq"] += 1
+                    continue
+                states[user] = new_state
+                changed.add(user)
+                self._count(outcome, result.outcomes)
+                if out is not None:
                     if self.coalesce:
                         latest[user] = out
                     else:
                         result.profiles.append(out)
             wave += 1
         result.profiles.extend(latest.values())
-        for user, state in states.items():
-            if per_user[user]:
-                store.put(user.encode(), encode_state(state.to_arrays(), self.profiler.version))
+        for user in changed:
+            state = states[user]
+            store.put(user.encode(), encode_state(state.to_arrays(), self.profiler.version))
         return result
+
+    def _dead_letter(self, record: InputRecord, reason: str) -> DeadLetter:
+        return dead_letter(record, reason, self.max_record_bytes)
+
+    def _too_large(
+        self, user: str, event: Event, state: ProfileState, profile: OutputProfile | None
+    ) -> str | None:
+        """Why the event's profile or state record would exceed the limit, or None if neither.
+
+        Both hold input strings without a length limit in the schema: the profile echoes
+        user_id (also the key of it, of the state and of the latest-profile record) and
+        event_id; the state keeps the open visit's item_id and categories.
+        """
+        limit = self.max_record_bytes
+        key = len(user.encode())
+        sizes = f"user_id {key} bytes"
+        if profile is not None and key + len(profile.value) > limit:
+            event_id = len((event.event_id or "").encode())
+            return self._over(
+                "profile", key + len(profile.value), f"{sizes}, event_id {event_id} bytes"
+            )
+        state_size = key + encoded_size(state.to_arrays(), self.profiler.version)
+        if state_size > limit:
+            item = len(state.features.item.encode())
+            categories = sum(len(c.encode()) for c in state.features.categories)
+            return self._over(
+                "state", state_size, f"{sizes}, item_id {item} bytes, categories {categories} bytes"
+            )
+        return None
+
+    def _over(self, what: str, size: int, sizes: str) -> str:
+        return (
+            f"event not applied: the user's {what} would be a record of {size} bytes, over the "
+            f"{self.max_record_bytes} one record may take (HUP_PRODUCER_MAX_REQUEST_SIZE less "
+            f"{FRAMING_RESERVE} bytes of framing); {sizes}"
+        )
 
     @staticmethod
     def _count(outcome: Applied, outcomes: Counter[str]) -> None:

@@ -62,7 +62,13 @@ class ProfileMessage(BaseModel):
     published_ts: float = Field(ge=0, description="When the worker built this, epoch seconds.")
     model_version: str = Field(min_length=1, description="Content hash of the model used.")
     seq: int = Field(ge=1, description="Events applied to this user's state so far.")
-    event_id: str | None = Field(description="The event's event_id, if it had one.")
+    event_id: str | None = Field(
+        description=(
+            "The event's event_id, if it had one. An event whose profile would exceed "
+            "the worker's record size limit (HUP_PRODUCER_MAX_REQUEST_SIZE) is "
+            "dead-lettered instead."
+        )
+    )
     profile: ProfileVectors
     top_categories: list[TopCategory] = Field(
         description="Finest-level categories closest to the profile, best first."

@@ -94,6 +94,12 @@ class Settings(BaseSettings):
     # 1 MiB (under the brokers' default message.max.bytes) carries a batch's records of
     # a partition at once. Safe on tansu too: recovery reads true end offsets (T1).
     producer_max_batch_size: int = Field(default=1_048_576, ge=1)
+    # The largest produce request in bytes (faust's producer_max_request_size, and its
+    # default). Every record the worker writes (profile, dead letter, state and
+    # latest-profile changelog records) must fit in it less 1 KiB of framing: dead letters
+    # keep a prefix of the original bytes, and an event whose profile or state would not
+    # fit is dead-lettered (stream.limits). Keep it at most the brokers' message.max.bytes.
+    producer_max_request_size: int = Field(default=1_000_000, ge=65_536)
     # Commit consumed offsets after this many acked events or seconds, whichever first.
     # Redelivered events are skipped by offset, so this only bounds re-reading.
     commit_every: int = Field(default=1000, ge=1)

@@ -12,6 +12,7 @@ from prometheus_client import start_http_server
 
 from hup.exceptions import CheckpointError
 from hup.runtime import Profiler
+from stream.limits import max_record_bytes
 from stream.metrics import Metrics
 from stream.processor import Processor
 from stream.settings import Settings
@@ -64,7 +65,10 @@ class WorkerContext:
 
     def _use(self, profiler: Profiler) -> None:
         self._processor = Processor(
-            profiler, coalesce=self.settings.coalesce, require_user_key=True
+            profiler,
+            coalesce=self.settings.coalesce,
+            require_user_key=True,
+            max_record_bytes=max_record_bytes(self.settings.producer_max_request_size),
         )
         self.metrics.set_model(profiler.version, str(self.settings.model or ""))
         logger.info("model %s loaded from %s", profiler.version, self.settings.model)

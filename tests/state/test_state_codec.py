@@ -6,7 +6,14 @@ import zlib
 import numpy as np
 import pytest
 
-from state.codec import CODEC_VERSION, MAGIC, decode_state, encode_state, peek_model_version
+from state.codec import (
+    CODEC_VERSION,
+    MAGIC,
+    decode_state,
+    encode_state,
+    encoded_size,
+    peek_model_version,
+)
 from state.exceptions import StateDecodeError, StateVersionError
 
 MODEL_VERSION = "hup-v1"
@@ -94,6 +101,19 @@ def test_encoding_overhead_is_small(make_state) -> None:
     # Exactly the documented layout: 12 + M per state, 3 + L + 4 * ndim per array.
     per_array = sum(3 + len(name) + 4 * array.ndim for name, array in arrays.items())
     assert overhead == 12 + len(MODEL_VERSION) + per_array
+
+
+@pytest.mark.parametrize("version", ["", MODEL_VERSION, "hup-ünïcode"])
+def test_encoded_size_is_the_length_of_the_encoding(make_state, version: str) -> None:
+    samples = [
+        {},
+        make_state(0),
+        make_state(30),
+        {"überzug": _sample("float64", (2, 3, 4)), "s": _sample("bool", ())},
+        {"transposed": np.arange(24, dtype=">f8").reshape(4, 6).T},
+    ]
+    for arrays in samples:
+        assert encoded_size(arrays, version) == len(encode_state(arrays, version))
 
 
 def test_header_layout_is_stable() -> None:
