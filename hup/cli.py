@@ -142,7 +142,12 @@ def train(
         int,
         typer.Option(help="Sampled negatives per batch of that softmax; 0 = the full vocabulary"),
     ] = TrainOptions.softmax_negatives,
-    min_item_count: int = TrainOptions.min_item_count,
+    min_item_count: Annotated[
+        int, typer.Option(help="Training skus seen fewer times map to the OOV id")
+    ] = TrainOptions.min_item_count,
+    min_category_count: Annotated[
+        int, typer.Option(help="Likewise for the categories of each level")
+    ] = TrainOptions.min_category_count,
     taxonomy: TaxonomyOption = None,
     set_: SetOption = None,
 ) -> None:
@@ -150,6 +155,8 @@ def train(
     _check_device(device)
     if softmax_weight < 0 or softmax_negatives < 0:
         raise _fail("--softmax-weight and --softmax-negatives must be >= 0")
+    if min_item_count < 1 or min_category_count < 1:
+        raise _fail("--min-item-count and --min-category-count must be >= 1")
     name = (model or variant).lower()
     if model is None and name not in VARIANTS:
         raise _fail(f"--variant {variant!r} is unknown; choose from {', '.join(VARIANTS)}")
@@ -174,6 +181,7 @@ def train(
             seed=seed,
             device=device,
             min_item_count=min_item_count,
+            min_category_count=min_category_count,
             data=data,
             overrides={**settings, **({} if lr is None else {"learning_rate": lr})},
         )
@@ -194,6 +202,7 @@ def train(
             softmax_weight=softmax_weight,
             softmax_negatives=softmax_negatives,
             min_item_count=min_item_count,
+            min_category_count=min_category_count,
             data=data,
         )
         options = dataclasses.replace(

@@ -63,7 +63,8 @@ class TrainOptions:
     patience: int = 3  # epochs without validation improvement before stopping
     seed: int = 0
     device: str = "cpu"
-    min_item_count: int = 1
+    min_item_count: int = 1  # rarer training skus map to the OOV id
+    min_category_count: int = 1  # likewise per category level
     skipgram: bool = True  # initialise item embeddings by skip-gram (the authors used word2vec)
     freeze_items: bool = False  # keep item embeddings fixed (the authors' setting)
     window: int = 50  # attention window W
@@ -86,12 +87,19 @@ def seed_everything(seed: int) -> None:
 
 
 def training_vocabularies(
-    train: Sequence[Session], taxonomy: Taxonomy | None, min_item_count: int = 1
+    train: Sequence[Session],
+    taxonomy: Taxonomy | None,
+    min_item_count: int = 1,
+    min_category_count: int = 1,
 ) -> tuple[Vocabularies, FeatureSpec]:
     """The vocabularies and feature spec every model of the comparison shares, from train only."""
     n_levels = _n_levels(train, taxonomy)
     vocab = build_vocabularies(
-        (e for s in train for e in s.events), n_levels, taxonomy, min_item_count
+        (e for s in train for e in s.events),
+        n_levels,
+        taxonomy,
+        min_item_count,
+        min_category_count,
     )
     return vocab, FeatureSpec(n_levels=n_levels)
 
@@ -168,7 +176,9 @@ def train_model(
             f"unknown model variant {options.variant!r}; choose from {sorted(VARIANTS)}"
         )
     seed_everything(options.seed)
-    vocab, spec = training_vocabularies(train, taxonomy, options.min_item_count)
+    vocab, spec = training_vocabularies(
+        train, taxonomy, options.min_item_count, options.min_category_count
+    )
     config = HupConfig(
         n_items=len(vocab.items),
         n_categories=tuple(len(v) for v in vocab.categories),

@@ -50,6 +50,7 @@ class FitOptions:
     seed: int = TrainOptions.seed
     device: str = TrainOptions.device
     min_item_count: int = TrainOptions.min_item_count
+    min_category_count: int = TrainOptions.min_category_count
     data: str = ""  # dataset spec trained on (provenance, checked by `hup evaluate`)
     # Hyper-parameters by config field name (e.g. {"hidden": 32}); each model takes the ones
     # its config has, so one setting can reach several models of a comparison.
@@ -102,7 +103,9 @@ def fit_zoo(
         raise ValueError(f"unknown zoo model {name!r}; choose from {sorted(ZOO_CLASSES)}")
     cls = ZOO_CLASSES[name]
     seed_everything(options.seed)
-    vocab, spec = training_vocabularies(train, taxonomy, options.min_item_count)
+    vocab, spec = training_vocabularies(
+        train, taxonomy, options.min_item_count, options.min_category_count
+    )
     known = {f.name for f in dataclasses.fields(cls.config_class)}
     config = cls.config_class(
         n_items=len(vocab.items),

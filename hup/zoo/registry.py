@@ -50,7 +50,16 @@ BASELINES: dict[str, Callable[[], Recommender]] = {"pop": POP, "s-pop": SPop, "i
 
 
 # FitOptions' own fields: the budget is set there, never through ``overrides``.
-_BUDGET = {"epochs", "patience", "batch_size", "seed", "device", "min_item_count", "data"}
+_BUDGET = {
+    "epochs",
+    "patience",
+    "batch_size",
+    "seed",
+    "device",
+    "min_item_count",
+    "min_category_count",
+    "data",
+}
 _HUP_OPTIONS = {f.name for f in dataclasses.fields(TrainOptions)} - _BUDGET
 _HUP_OPTIONS -= {"variant", "model_overrides"}
 _HUP_CONFIG = {f.name for f in dataclasses.fields(HupConfig)} - {"n_items", "n_categories"}
@@ -81,6 +90,7 @@ def hup_train_options(variant: str, options: FitOptions) -> TrainOptions:
         seed=options.seed,
         device=options.device,
         min_item_count=options.min_item_count,
+        min_category_count=options.min_category_count,
         data=options.data,
         **{k: v for k, v in overrides.items() if k in _HUP_OPTIONS},
         model_overrides={

@@ -12,7 +12,10 @@ import torch
 from typer.testing import CliRunner
 
 import hup.schema
+from hup.checkpoint import load_checkpoint
 from hup.cli import app
+from hup.data import load_dataset, split_sessions
+from hup.vocab import Taxonomy, build_vocabularies
 
 torch.set_num_threads(1)
 
@@ -154,6 +157,37 @@ def test_bad_variant_and_device_exit_2(tmp_path: Path) -> None:
         _run("train", "--data", DATA, "--out", out, "--variant", "hup-x"), "hup-x", "hup-single"
     )
     _assert_clean_failure(_run("train", "--data", DATA, "--out", out, "--device", "tpu"), "tpu")
+
+
+def test_min_counts_reach_the_vocabularies(tmp_path: Path) -> None:
+    out = tmp_path / "model"
+    result = _run(
+        "train", "--data", DATA, "--out", str(out), "--epochs", "1", "--window", "5",
+        "--no-skipgram", "--min-item-count", "2", "--min-category-count", "40",
+    )  # fmt: skip
+    assert result.exit_code == 0, (result.output, result.exception)
+    options = orjson.loads((out / "config.json").read_bytes())["info"]["options"]
+    assert (options["min_item_count"], options["min_category_count"]) == (2, 40)
+    dataset = load_dataset(DATA)
+    train, _, _ = split_sessions(dataset.sessions)
+    expected = build_vocabularies(
+        (e for s in train for e in s.events),
+        3,
+        Taxonomy(dataset.taxonomy),
+        min_item_count=2,
+        min_category_count=40,
+    )
+    vocab = load_checkpoint(out).vocabularies
+    assert vocab.items == expected.items and vocab.categories == expected.categories
+    # The counts bite: fewer categories than with the default of 1, at the finest level.
+    everything = build_vocabularies(
+        (e for s in train for e in s.events), 3, Taxonomy(dataset.taxonomy)
+    )
+    assert len(vocab.categories[-1]) < len(everything.categories[-1])
+    _assert_clean_failure(
+        _run("train", "--data", DATA, "--out", str(out), "--min-category-count", "0"),
+        "--min-category-count",
+    )
 
 
 def test_evaluate_device_is_checked_before_loading(trained: Path) -> None:
