@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import importlib.util
 import random
 from pathlib import Path
 
@@ -224,9 +223,6 @@ def test_rankings_holding_the_last_input_sku_are_rejected() -> None:
 
 
 @pytest.mark.skipif(not JD_DIR.is_dir(), reason=f"JD sample data not found at {JD_DIR}")
-@pytest.mark.skipif(
-    importlib.util.find_spec("hup.jd") is None, reason="hup/jd.py (read_jd) is not there yet"
-)
 def test_spop_beats_pop_on_jd_appliances() -> None:
     from hup.data import split_sessions
     from hup.jd import read_jd
