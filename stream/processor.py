@@ -24,13 +24,12 @@ from typing import Protocol
 
 import orjson
 
-from hup.exceptions import EventValidationError, StateError
+from hup.exceptions import EventValidationError
 from hup.incremental import ProfileState
 from hup.runtime import Applied, Profiler
 from hup.schema import Event, parse_event_json
-from state.codec import decode_state, encode_state, encoded_size
-from state.exceptions import StateDecodeError, StateVersionError
 from stream.limits import DEFAULT_MAX_RECORD_BYTES, FRAMING_RESERVE, clip_text, fit_dead_letter
+from stream.userstate import UserState, load_user_state
 
 __all__ = ["BatchResult", "DeadLetter", "InputRecord", "Origin", "OutputProfile", "Processor"]
 
@@ -157,19 +156,17 @@ class Processor:
         self.require_user_key = require_user_key
         self.max_record_bytes = max_record_bytes
 
+    def load_user(self, store: KeyValue, key: bytes, outcomes: Counter[str]) -> UserState:
+        """The user's state, or a fresh one when absent, foreign (other model) or corrupt.
+
+        A state of another model version keeps its sequence count and idempotency record
+        (`stream.userstate`); an unreadable one keeps nothing.
+        """
+        return load_user_state(store.get(key), self.profiler, outcomes, key)
+
     def load_state(self, store: KeyValue, key: bytes, outcomes: Counter[str]) -> ProfileState:
-        """The user's state, or a fresh one when absent, foreign (other model) or corrupt."""
-        raw = store.get(key)
-        if raw is None:
-            return self.profiler.new_state()
-        try:
-            return ProfileState.from_arrays(decode_state(raw, self.profiler.version))
-        except StateVersionError:
-            outcomes["state_reset_version"] += 1
-        except (StateDecodeError, StateError) as exc:
-            outcomes["state_reset_corrupt"] += 1
-            logger.warning("user %r: state unreadable, reset: %s", key, exc)
-        return self.profiler.new_state()
+        """The model's part of `load_user`."""
+        return self.load_user(store, key, outcomes).state
 
     def process(self, records: Sequence[InputRecord], store: KeyValue) -> BatchResult:
         """Apply a batch; see the module docstring for the guarantees."""
@@ -200,8 +197,13 @@ class Processor:
         result.outcomes["dlq"] += len(result.dead_letters)
 
         states: dict[str, ProfileState] = {}
+        seq_bases: dict[str, int] = {}  # events counted before a state's last reset
+        changed: set[str] = set()  # users whose state is written at the end
         for user in per_user:
-            state = self.load_state(store, user.encode(), result.outcomes)
+            loaded = self.load_user(store, user.encode(), result.outcomes)
+            state, seq_bases[user] = loaded.state, loaded.seq_base
+            if loaded.reset and self._fits(user, loaded):
+                changed.add(user)
             seen = _Applied(state)
             fresh = []
             for record, event in per_user[user]:
@@ -213,7 +215,6 @@ class Processor:
             states[user] = state
 
         latest: dict[str, OutputProfile] = {}
-        changed: set[str] = set()  # users whose state an event advanced: written at the end
         wave = 0
         while True:
             users = [u for u, items in per_user.items() if wave < len(items)]
@@ -227,10 +228,10 @@ class Processor:
             result.model_calls += 1
             for user, outcome in zip(users, applied, strict=True):
                 record, event = per_user[user][wave]
-                new_state = _with_input(outcome.state, record)
+                new_state = UserState(_with_input(outcome.state, record), seq_bases[user])
                 out = None
                 if outcome.profile is not None:
-                    out = self._profile_message(user, event, record, outcome)
+                    out = self._profile_message(user, event, record, outcome, new_state.seq)
                 too_large = self._too_large(user, event, new_state, out)
                 if too_large is not None:
                     # As if the event had never come: the state stays as it was.
@@ -240,7 +241,7 @@ class Processor:
                     result.dead_letters.append(self._dead_letter(record, too_large))
                     result.outcomes["dlq"] += 1
                     continue
-                states[user] = new_state
+                states[user] = new_state.state
                 changed.add(user)
                 self._count(outcome, result.outcomes)
                 if out is not None:
@@ -251,15 +252,19 @@ class Processor:
             wave += 1
         result.profiles.extend(latest.values())
         for user in changed:
-            state = states[user]
-            store.put(user.encode(), encode_state(state.to_arrays(), self.profiler.version))
+            stored = UserState(states[user], seq_bases[user])
+            store.put(user.encode(), stored.encode(self.profiler.version))
         return result
+
+    def _fits(self, user: str, stored: UserState) -> bool:
+        size = len(user.encode()) + stored.encoded_size(self.profiler.version)
+        return size <= self.max_record_bytes
 
     def _dead_letter(self, record: InputRecord, reason: str) -> DeadLetter:
         return dead_letter(record, reason, self.max_record_bytes)
 
     def _too_large(
-        self, user: str, event: Event, state: ProfileState, profile: OutputProfile | None
+        self, user: str, event: Event, stored: UserState, profile: OutputProfile | None
     ) -> str | None:
         """Why the event's profile or state record would exceed the limit, or None if neither.
 
@@ -275,10 +280,11 @@ class Processor:
             return self._over(
                 "profile", key + len(profile.value), f"{sizes}, event_id {event_id} bytes"
             )
-        state_size = key + encoded_size(state.to_arrays(), self.profiler.version)
+        state_size = key + stored.encoded_size(self.profiler.version)
         if state_size > limit:
-            item = len(state.features.item.encode())
-            categories = sum(len(c.encode()) for c in state.features.categories)
+            features = stored.state.features
+            item = len(features.item.encode())
+            categories = sum(len(c.encode()) for c in features.categories)
             return self._over(
                 "state", state_size, f"{sizes}, item_id {item} bytes, categories {categories} bytes"
             )
@@ -303,7 +309,7 @@ class Processor:
         outcomes["clamped_gap"] += flags.gap_clamped
 
     def _profile_message(
-        self, user: str, event: Event, record: InputRecord, outcome: Applied
+        self, user: str, event: Event, record: InputRecord, outcome: Applied, seq: int
     ) -> OutputProfile:
         profile = outcome.profile
         assert profile is not None  # noqa: S101 - callers check
@@ -314,7 +320,7 @@ class Processor:
             "event_ts": event.ts,
             "published_ts": self.clock(),
             "model_version": self.profiler.version,
-            "seq": outcome.state.applied,
+            "seq": seq,
             "event_id": event.event_id,
             "profile": {
                 "micro": vectors.get("micro"),

@@ -61,7 +61,14 @@ class ProfileMessage(BaseModel):
     event_ts: float = Field(ge=0, description="Time of the event applied, epoch seconds.")
     published_ts: float = Field(ge=0, description="When the worker built this, epoch seconds.")
     model_version: str = Field(min_length=1, description="Content hash of the model used.")
-    seq: int = Field(ge=1, description="Events applied to this user's state so far.")
+    seq: int = Field(
+        ge=1,
+        description=(
+            "Events applied to this user so far, across model rollouts; a repeated "
+            "profile has the same seq. Restarts at 1 only after the user's stored state "
+            "was unreadable."
+        ),
+    )
     event_id: str | None = Field(
         description=(
             "The event's event_id, if it had one. An event whose profile would exceed "

@@ -1,4 +1,8 @@
-"""Model rollout: a worker restarted on a new checkpoint resets old-version states and starts afresh."""
+"""Model rollout: a worker restarted on a new checkpoint resets old-version states.
+
+The new model starts each user afresh, but the user's profile ``seq`` carries on and
+events the old worker applied are still recognised when they are delivered again.
+"""
 
 from __future__ import annotations
 
@@ -44,7 +48,7 @@ def m2_model(tmp_path_factory: pytest.TempPathFactory, it_model: Path) -> Path:
     return directory
 
 
-def test_a_new_checkpoint_resets_old_states_and_publishes_its_version(
+def test_a_new_checkpoint_resets_old_states_keeps_seq_and_skips_redelivered_events(
     kafka_bootstrap: str,
     it_model: Path,
     m2_model: Path,
@@ -70,6 +74,9 @@ def test_a_new_checkpoint_resets_old_states_and_publishes_its_version(
     ref_after = offline_reference(m2, after)
     port = free_port()
     env = worker_env(kafka_bootstrap, it_model, tmp_path / "data", HUP_METRICS_PORT=str(port))
+    # M1 never commits and is killed: M2 consumes every event M1 applied again.
+    m1_env = {**env, "HUP_COMMIT_EVERY": "1000000", "HUP_COMMIT_INTERVAL_S": "3600"}
+    n_events_before = sum(1 for _ in iter_events(before))
     create_topics(kafka_bootstrap, env)
     reader = Reader(kafka_bootstrap, env["HUP_OUTPUT_TOPIC"])
     try:
@@ -78,9 +85,11 @@ def test_a_new_checkpoint_resets_old_states_and_publishes_its_version(
             env["HUP_INPUT_TOPIC"],
             ((e.user_id.encode(), event_bytes(e)) for e in iter_events(before)),
         )
-        m1_worker = WorkerProcess(env, tmp_path / "worker-m1.log")
+        m1_worker = WorkerProcess(m1_env, tmp_path / "worker-m1.log")
         reader.read_until(all_users_done(ref_before), 120, "M1's profiles", m1_worker)
-        assert m1_worker.stop() == 0
+        # Events that make no profile (dropped) may still be in flight: wait for all.
+        _wait_consumed(port, n_events_before, m1_worker)
+        m1_worker.kill()
         n_before = len(reader.messages)
 
         m2_worker = WorkerProcess({**env, "HUP_MODEL": str(m2_model)}, tmp_path / "worker-m2.log")
@@ -109,20 +118,39 @@ def test_a_new_checkpoint_resets_old_states_and_publishes_its_version(
     # (The worker saves a state for every user with an event, even one the featurizer dropped.)
     had_state = {s.user_id for s in before if s.events}
     reset = metrics['hup_events_total{outcome="state_reset_version"}']
-    assert reset == len(had_state & {s.user_id for s in after if s.events})
-    assert metrics.get('hup_events_total{outcome="skipped_duplicate"}', 0.0) == 0.0
-    # After the switch: seq restarts at 1 and the profiles equal M2's forward pass.
+    assert reset == len(had_state)
+    assert metrics.get('hup_events_total{outcome="state_reset_corrupt"}', 0.0) == 0.0
+    # Every event M1 applied came again and was recognised by the carried input offset.
+    assert metrics['hup_events_total{outcome="skipped_duplicate"}'] == n_events_before
+    # After the switch: seq carries on from M1's count, the profiles equal M2's forward
+    # pass over the events after the switch only.
     worst = 0.0
     by_user: dict[str, list[dict]] = {u: [] for u in users}
     for message in new:
         by_user[message["user_id"]].append(message)
     for user, got in by_user.items():
         expected = ref_after.profiles[user]
-        assert [m["seq"] for m in got] == list(range(1, len(expected) + 1)), user
+        seq_before = len(ref_before.profiles.get(user, []))
+        assert [m["seq"] for m in got] == list(
+            range(seq_before + 1, seq_before + len(expected) + 1)
+        ), user
         for message, reference in zip(got, expected, strict=True):
             worst = max(worst, profile_diff(message, reference))
     assert worst < TOLERANCE
     print(
         f"\nrollout: {len(old)} profiles under {it_profiler.version}, {len(new)} under "
-        f"{m2.version}, {reset:.0f} states reset, {elapsed:.1f}s"
+        f"{m2.version}, {reset:.0f} states reset, {n_events_before} redelivered events "
+        f"skipped, {elapsed:.1f}s"
     )
+
+
+def _wait_consumed(port: int, count: int, worker: WorkerProcess, timeout: float = 60.0) -> None:
+    """Block until the worker has processed ``count`` input records (its metrics say so)."""
+    deadline = time.monotonic() + timeout
+    consumed = 0.0
+    while time.monotonic() < deadline:
+        consumed = scrape(port).get('hup_events_total{outcome="consumed"}', 0.0)
+        if consumed >= count:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"worker consumed {consumed:.0f} of {count} records\n{worker.log()}")
