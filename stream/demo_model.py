@@ -13,7 +13,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from hup.data import load_dataset, split_sessions
 
-__all__ = ["ensure_model", "keep_freed_memory"]
+__all__ = ["ensure_model", "evaluate_model", "keep_freed_memory"]
+
+# The evaluation table the demo prints, kept beside the checkpoint it describes.
+EVALUATION_FILE = "evaluation.md"
 
 # mallopt(3) parameters, from glibc's malloc.h.
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
@@ -55,6 +58,10 @@ def ensure_model(
     version_file = model_dir / "VERSION"
     if version_file.is_file():
         say(f"model: reusing {model_dir} ({version_file.read_text().strip()})")
+        evaluation = model_dir / EVALUATION_FILE
+        if evaluation.is_file():
+            say(f"model: its evaluation on the test split ({evaluation})")
+            console.print(evaluation.read_text(), markup=False, highlight=False)
         return model_dir
     # torch-heavy imports, only when training.
     from hup.train import TrainOptions, train_model
@@ -99,4 +106,33 @@ def ensure_model(
             on_epoch=on_epoch,
         )
     say(f"model: saved {checkpoint.version} to {model_dir} ({time.perf_counter() - started:.0f} s)")
+    say("model: evaluating on the test split (the protocol of `hup evaluate`) ...")
+    table = evaluate_model(model_dir, train_data)
+    console.print(table, markup=False, highlight=False)
     return model_dir
+
+
+def evaluate_model(model_dir: Path, data: str, resamples: int = 200) -> str:
+    """What ``hup evaluate --model model_dir --data data`` prints, also saved beside the model.
+
+    The demo shows it so that a first run ends with the offline figures of the model the
+    stream then serves, against POP, S-POP, Item-KNN and "last category".
+    """
+    from hup.baselines import POP, ItemKNN, LastCategory, SPop
+    from hup.evaluate import evaluate, to_markdown
+    from hup.zoo.registry import load_recommender, recommender_taxonomy
+
+    recommender, _, _ = load_recommender(model_dir)
+    train, valid, test = split_sessions(load_dataset(data).sessions)
+    report = evaluate(
+        [recommender, POP(), SPop(), ItemKNN(), LastCategory()],
+        train,
+        valid,
+        test,
+        n_resamples=resamples,
+        command=f"hup evaluate --model {model_dir} --data {data} --resamples {resamples}",
+        taxonomy=recommender_taxonomy(recommender),
+    )
+    table = to_markdown(report)
+    (model_dir / EVALUATION_FILE).write_text(table + "\n")
+    return table
