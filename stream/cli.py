@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Annotated
@@ -28,6 +29,7 @@ from stream.broker import BrokerError, wait_for_broker
 from stream.demo import main as demo_main
 from stream.producer import DEFAULT_RETENTION_MS, ensure_topic, producer_config, publish
 from stream.profile_schema import write_profile_schema
+from stream.settings import Settings
 from stream.tail import consumer_config, follow, format_profile
 
 __all__ = ["app"]
@@ -37,9 +39,9 @@ out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False)
 
 _BOOTSTRAP_ENV = ["KAFKA_BOOTSTRAP_SERVERS", "HUP_KAFKA_BOOTSTRAP_SERVERS"]
-_NO_BOOTSTRAP = (
-    "no Kafka bootstrap servers: pass --bootstrap HOST:PORT or set KAFKA_BOOTSTRAP_SERVERS "
-    "(`python -m stream.broker` runs a local broker on 127.0.0.1:9092)"
+_LOCAL_HINT = (
+    "no --bootstrap or KAFKA_BOOTSTRAP_SERVERS, so the local broker on HUP_BROKER_PORT "
+    "(`python -m stream.broker`)"
 )
 
 BootstrapOption = Annotated[
@@ -48,7 +50,10 @@ BootstrapOption = Annotated[
         "--bootstrap",
         envvar=_BOOTSTRAP_ENV,
         show_envvar=False,
-        help="Kafka bootstrap servers [env: KAFKA_BOOTSTRAP_SERVERS]",
+        help=(
+            "Kafka bootstrap servers [env: KAFKA_BOOTSTRAP_SERVERS; default: the local "
+            "broker, 127.0.0.1:$HUP_BROKER_PORT (9092)]"
+        ),
     ),
 ]
 TimeoutOption = Annotated[
@@ -61,10 +66,24 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code=code)
 
 
+def _local_broker() -> str:
+    """127.0.0.1 on HUP_BROKER_PORT: where the worker connects without KAFKA_BOOTSTRAP_SERVERS.
+
+    The same default as `Settings.bootstrap_servers`, so that the Procfile's producer and
+    worker meet on one broker whatever port it runs on. Only the port is read: the CLI
+    does not need the rest of the worker's settings to be valid.
+    """
+    raw = os.environ.get("HUP_BROKER_PORT", "").strip()
+    port = raw or str(Settings.model_fields["broker_port"].default)
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise _fail(f"HUP_BROKER_PORT={raw!r} is not a port number (1-65535)")
+    return f"127.0.0.1:{int(port)}"
+
+
 def _bootstrap(bootstrap: str | None) -> str:
-    """The bootstrap servers, checked for shape (HOST:PORT, comma-separated)."""
+    """The bootstrap servers, checked for shape (HOST:PORT, comma-separated); see `_local_broker`."""
     if not bootstrap or not bootstrap.strip():
-        raise _fail(_NO_BOOTSTRAP)
+        return _local_broker()
     servers = [s.strip() for s in bootstrap.split(",")]
     for server in servers:
         host, sep, port = server.rpartition(":")
@@ -73,11 +92,12 @@ def _bootstrap(bootstrap: str | None) -> str:
     return ",".join(servers)
 
 
-def _connect(bootstrap: str, timeout: float) -> None:
+def _connect(bootstrap: str, timeout: float, given: str | None) -> None:
     try:
         wait_for_broker(bootstrap, timeout)
     except BrokerError as exc:
-        raise _fail(f"{exc}; is the broker running?", code=1) from exc
+        where = "" if given and given.strip() else f" ({_LOCAL_HINT})"
+        raise _fail(f"{exc}; is the broker running?{where}", code=1) from exc
 
 
 @app.callback()
@@ -157,7 +177,7 @@ def produce(
     except KeyboardInterrupt:
         raise typer.Exit(code=130) from None
     with _open_record(record) as record_file:
-        _connect(server, timeout)
+        _connect(server, timeout, bootstrap)
         try:
             if ensure_topic(server, topic, partitions, retention_ms, timeout=timeout):
                 err.print(f"created topic {topic} ({partitions} partitions)")
@@ -213,7 +233,7 @@ def tail(
 ) -> None:
     """Print profiles as they arrive: user, seq, model version, latency, top categories."""
     server = _bootstrap(bootstrap)
-    _connect(server, timeout)
+    _connect(server, timeout, bootstrap)
     consumer = Consumer(consumer_config(server, group, from_beginning))
     warned: set[str] = set()
 

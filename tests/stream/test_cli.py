@@ -24,6 +24,7 @@ from stream.profile_schema import (
     ProfileMessage,
     profile_json_schema,
 )
+from stream.settings import Settings
 from stream.tail import consumer_config, format_profile
 
 DATA = "synthetic:users=4,seed=3"
@@ -31,7 +32,12 @@ DATA = "synthetic:users=4,seed=3"
 
 @pytest.fixture
 def runner(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
-    for name in ("KAFKA_BOOTSTRAP_SERVERS", "HUP_KAFKA_BOOTSTRAP_SERVERS", "HUP_PARTITIONS"):
+    for name in (
+        "KAFKA_BOOTSTRAP_SERVERS",
+        "HUP_KAFKA_BOOTSTRAP_SERVERS",
+        "HUP_PARTITIONS",
+        "HUP_BROKER_PORT",
+    ):
         monkeypatch.delenv(name, raising=False)
     return CliRunner()
 
@@ -62,12 +68,33 @@ def _consume_all(bootstrap: str, topic: str, count: int) -> list[tuple[int, byte
 # --- errors, no broker needed --------------------------------------------------------------
 
 
-def test_produce_without_bootstrap_says_how_to_give_one(runner: CliRunner) -> None:
-    result = runner.invoke(app, ["produce", "--data", DATA, "--rate", "0"])
-    assert result.exit_code == 2
+@pytest.mark.parametrize("command", [["produce", "--data", DATA, "--rate", "0"], ["tail"]])
+def test_without_bootstrap_the_tools_use_the_local_broker_port(
+    runner: CliRunner, command: list[str]
+) -> None:
+    # Like the worker: 127.0.0.1 on HUP_BROKER_PORT (nothing listens on port 1).
+    result = runner.invoke(app, [*command, "--timeout", "0.5"], env={"HUP_BROKER_PORT": "1"})
+    assert result.exit_code == 1, result.output
     text = _text(result.output)
-    assert "no Kafka bootstrap servers" in text and "KAFKA_BOOTSTRAP_SERVERS" in text
+    assert "broker at 127.0.0.1:1 did not answer" in text
+    assert "HUP_BROKER_PORT" in text and "KAFKA_BOOTSTRAP_SERVERS" in text
     assert "Traceback" not in result.output
+
+
+def test_the_default_bootstrap_is_the_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("KAFKA_BOOTSTRAP_SERVERS", "HUP_KAFKA_BOOTSTRAP_SERVERS", "HUP_BROKER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    assert cli._bootstrap(None) == Settings().bootstrap_servers == "127.0.0.1:9092"
+    monkeypatch.setenv("HUP_BROKER_PORT", "19092")
+    assert cli._bootstrap("  ") == Settings().bootstrap_servers == "127.0.0.1:19092"
+    assert cli._bootstrap("kafka:9092, kafka2:9092") == "kafka:9092,kafka2:9092"
+
+
+@pytest.mark.parametrize("port", ["http", "0", "70000"])
+def test_a_bad_broker_port_is_a_clear_error(runner: CliRunner, port: str) -> None:
+    result = runner.invoke(app, ["tail"], env={"HUP_BROKER_PORT": port})
+    assert result.exit_code == 2
+    assert f"HUP_BROKER_PORT='{port}' is not a port number" in _text(result.output)
 
 
 @pytest.mark.parametrize(
@@ -125,14 +152,9 @@ def test_bootstrap_comes_from_the_environment(runner: CliRunner) -> None:
         ["produce", "--data", DATA, "--rate", "0", "--timeout", "0.5"],
         env={"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"},
     )
-    assert result.exit_code == 1  # got past "no bootstrap", then could not connect
+    assert result.exit_code == 1  # took the environment's servers, then could not connect
     assert "127.0.0.1:1" in _text(result.output)
-
-
-def test_tail_without_bootstrap_fails_clearly(runner: CliRunner) -> None:
-    result = runner.invoke(app, ["tail", "--limit", "1"])
-    assert result.exit_code == 2
-    assert "no Kafka bootstrap servers" in _text(result.output)
+    assert "HUP_BROKER_PORT" not in _text(result.output)  # not the local default
 
 
 def test_record_to_an_unwritable_path_is_a_clear_error(

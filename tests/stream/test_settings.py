@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from prometheus_client import CollectorRegistry
+from pydantic import AliasChoices
 
+from stream.app import topic_specs
 from stream.metrics import Metrics
 from stream.settings import Settings
 from stream.startup import WorkerContext
@@ -52,3 +56,24 @@ def test_the_worker_refuses_to_start_without_a_model(
     message = str(refused.value.code)
     assert "HUP_MODEL is not set" in message
     assert "config.json" not in message
+
+
+def _readme() -> str:
+    return (Path(__file__).parents[2] / "README.md").read_text()
+
+
+def test_the_readme_documents_every_variable() -> None:
+    readme = _readme()
+    for name, field in Settings.model_fields.items():
+        names = [f"HUP_{name.upper()}"]
+        if isinstance(field.validation_alias, AliasChoices):
+            names = [str(choice) for choice in field.validation_alias.choices]
+        for env in names:
+            assert f"`{env}`" in readme, env
+
+
+def test_the_readme_lists_every_topic_the_worker_creates() -> None:
+    readme = _readme()
+    settings = Settings()
+    for spec in topic_specs(settings):  # the re-keying topic is documented with its variable
+        assert f"`{spec.name.replace(settings.app_id, '{app_id}')}`" in readme, spec.name
