@@ -85,7 +85,19 @@ class WorkerContext:
             self.load_model()
         except CheckpointError as exc:
             raise SystemExit(f"hup worker: cannot start: {exc}") from None
+        self._create_datadir()
         self._create_topics()
+
+    def _create_datadir(self) -> None:
+        # faust creates HUP_DATADIR without its parents, so a fresh checkout (no data/)
+        # or a new volume path would fail with a traceback when the app starts.
+        datadir = self.settings.datadir
+        try:
+            datadir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SystemExit(
+                f"hup worker: cannot create HUP_DATADIR {datadir}: {exc.strerror or exc}"
+            ) from None
 
     def _create_topics(self) -> None:
         # With the worker's own security settings: on a SASL/SSL cluster too, every topic

@@ -8,6 +8,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from pydantic import AliasChoices
 
+from stream import startup
 from stream.app import topic_specs
 from stream.metrics import Metrics
 from stream.settings import Settings
@@ -77,3 +78,25 @@ def test_the_readme_lists_every_topic_the_worker_creates() -> None:
     settings = Settings()
     for spec in topic_specs(settings):  # the re-keying topic is documented with its variable
         assert f"`{spec.name.replace(settings.app_id, '{app_id}')}`" in readme, spec.name
+
+
+def test_the_worker_creates_its_data_dir_with_parents(
+    checkpoint_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(startup, "ensure_topics", lambda *args, **kwargs: [])
+    datadir = tmp_path / "fresh" / "checkout" / "data" / "worker"
+    settings = Settings(model=checkpoint_dir, datadir=datadir)
+    WorkerContext(settings, Metrics(CollectorRegistry()), []).prepare()
+    assert datadir.is_dir()
+
+
+def test_an_unusable_data_dir_is_refused_in_one_line(
+    checkpoint_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(startup, "ensure_topics", lambda *args, **kwargs: [])
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    settings = Settings(model=checkpoint_dir, datadir=blocker / "worker")
+    with pytest.raises(SystemExit) as refused:
+        WorkerContext(settings, Metrics(CollectorRegistry()), []).prepare()
+    assert f"cannot create HUP_DATADIR {blocker / 'worker'}" in str(refused.value.code)
