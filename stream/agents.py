@@ -107,7 +107,8 @@ def _install_rekey_agent(
             deliveries = []
             dead = 0
             for event in events:
-                out = rekey(to_record(event, time.time(), time.monotonic()))
+                record = to_record(event, time.time(), time.monotonic())
+                out = rekey(record, context.processor.max_record_bytes)
                 if isinstance(out, DeadLetter):
                     dead += 1
                     logger.warning("%s dead-lettered: %s", describe_dead_letter(out), out.reason)

@@ -22,6 +22,7 @@ import orjson
 
 from hup.exceptions import EventValidationError
 from hup.schema import parse_event_json
+from stream.limits import DEFAULT_MAX_RECORD_BYTES
 from stream.processor import DeadLetter, InputRecord, Origin, dead_letter
 
 __all__ = ["ORIGIN_HEADER", "Forward", "origin_from_headers", "rekey"]
@@ -37,22 +38,44 @@ class Forward:
     value: bytes
     headers: list[tuple[str, bytes]]
 
+    def size(self) -> int:
+        """Bytes of key, value and headers: what counts against the producer's limit."""
+        return (
+            len(self.key)
+            + len(self.value)
+            + sum(len(name.encode()) + len(value) for name, value in self.headers)
+        )
 
-def rekey(record: InputRecord) -> Forward | DeadLetter:
-    """The record re-keyed by its event's ``user_id``, or its dead letter if it has none."""
+
+def rekey(record: InputRecord, max_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Forward | DeadLetter:
+    """The record re-keyed by its event's ``user_id``, or its dead letter.
+
+    Dead-lettered: a record without a valid event, and one whose forward (value, user id
+    and origin header, which holds the original key in base64) would exceed ``max_bytes``,
+    since the producer would refuse it and stop the worker (`stream.limits`).
+    """
     if record.value is None:
-        return dead_letter(record, "empty message (no value)")
+        return dead_letter(record, "empty message (no value)", max_bytes)
     try:
         event = parse_event_json(record.value)
     except EventValidationError as exc:
-        return dead_letter(record, str(exc))
+        return dead_letter(record, str(exc), max_bytes)
     origin = {
         "topic": record.topic,
         "partition": record.partition,
         "offset": record.offset,
         "key": None if record.key is None else base64.b64encode(record.key).decode(),
     }
-    return Forward(event.user_id.encode(), record.value, [(ORIGIN_HEADER, orjson.dumps(origin))])
+    forward = Forward(event.user_id.encode(), record.value, [(ORIGIN_HEADER, orjson.dumps(origin))])
+    size = forward.size()
+    if size > max_bytes:
+        reason = (
+            f"the re-keyed record would be {size} bytes, over the limit of {max_bytes} "
+            f"(HUP_PRODUCER_MAX_REQUEST_SIZE less framing): value {len(record.value)} bytes, "
+            f"key {len(record.key or b'')} bytes, user_id {len(forward.key)} bytes"
+        )
+        return dead_letter(record, reason, max_bytes)
+    return forward
 
 
 def origin_from_headers(headers: Iterable[tuple[str, bytes]] | None) -> Origin | None:

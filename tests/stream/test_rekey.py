@@ -49,3 +49,16 @@ def test_headers_without_an_origin_give_none_and_a_foreign_origin_is_an_error() 
         origin_from_headers([(ORIGIN_HEADER, b"{}")])
     with pytest.raises(ValueError, match=ORIGIN_HEADER):
         origin_from_headers([(ORIGIN_HEADER, b"not json")])
+
+
+def test_a_forward_the_producer_would_refuse_is_dead_lettered_within_the_limit() -> None:
+    huge_key = b"k" * 3000  # travels in the origin header, in base64
+    record = InputRecord(EVENT, "micro-behaviors", 0, 5, huge_key)
+    assert isinstance(rekey(record), Forward)  # fits the default limit
+    out = rekey(record, max_bytes=2048)
+    assert isinstance(out, DeadLetter)
+    assert "re-keyed record would be" in out.reason and "key 3000 bytes" in out.reason
+    assert len(out.value) + len(out.key or b"") <= 2048
+    letter = orjson.loads(out.value)
+    assert (letter["partition"], letter["offset"]) == (0, 5)
+    assert base64.b64decode(letter["value"]) == EVENT
