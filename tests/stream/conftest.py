@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from hup.data import Dataset
+from hup.runtime import Profiler
 from hup.synthetic import SyntheticConfig, generate
 
 
@@ -23,3 +24,9 @@ def checkpoint_dir(
 ) -> Path:
     """An untrained (random) checkpoint: enough to test the plumbing and exact parity."""
     return make_random_checkpoint(traffic, "model")
+
+
+@pytest.fixture
+def profiler(checkpoint_dir: Path) -> Profiler:
+    """The checkpoint loaded as the worker loads it."""
+    return Profiler.load(checkpoint_dir)

@@ -72,11 +72,6 @@ def _one_torch_thread():
 
 
 @pytest.fixture
-def profiler(checkpoint_dir: Path) -> Profiler:
-    return Profiler.load(checkpoint_dir)
-
-
-@pytest.fixture
 def metrics() -> Metrics:
     return Metrics(CollectorRegistry())
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 import base64
 from collections import Counter
 from dataclasses import replace
-from pathlib import Path
 
 import orjson
-import pytest
 import torch
 
 from hup.data import Dataset, iter_events
@@ -46,11 +44,6 @@ def _offline_profiles(profiler: Profiler, traffic: Dataset) -> dict[str, list[di
             out = profiler.model(batch, positions)
         expected[session.user_id] = [{k: v[n] for k, v in out.items()} for n in range(len(feats))]
     return expected
-
-
-@pytest.fixture
-def profiler(checkpoint_dir: Path) -> Profiler:
-    return Profiler.load(checkpoint_dir)
 
 
 def test_every_event_yields_the_offline_profile_in_order(

@@ -36,11 +36,6 @@ from stream.startup import WorkerContext
 TOPIC = "micro-behaviors"
 
 
-@pytest.fixture
-def profiler(checkpoint_dir: Path) -> Profiler:
-    return Profiler.load(checkpoint_dir)
-
-
 def _producer_accepts(key: bytes | None, value: bytes, max_request_size: int) -> bool:
     """What aiokafka's producer checks before it sends (its MessageSizeTooLargeError)."""
     return DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, []) <= max_request_size

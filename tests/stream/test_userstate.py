@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import fields, replace
-from pathlib import Path
 
 import numpy as np
 import orjson
@@ -26,11 +25,6 @@ from stream.userstate import (
 )
 
 OLD = "hup-oldmodel0000"
-
-
-@pytest.fixture
-def profiler(checkpoint_dir: Path) -> Profiler:
-    return Profiler.load(checkpoint_dir)
 
 
 def _records(traffic: Dataset, partition: int = 1) -> list[InputRecord]:

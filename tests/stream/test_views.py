@@ -32,11 +32,6 @@ def _one_torch_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture
-def profiler(checkpoint_dir: Path) -> Profiler:
-    return Profiler.load(checkpoint_dir)
-
-
 def _records(events) -> list[InputRecord]:
     records = []
     for offset, event in enumerate(events):
