@@ -26,7 +26,7 @@ from hup.data import Dataset, load_dataset, split_sessions
 from hup.evaluate import evaluate as run_evaluation
 from hup.evaluate import to_json, to_markdown
 from hup.exceptions import HupError
-from hup.schema import event_json_schema
+from hup.schema import write_event_schema
 from hup.train import TrainOptions, train_model
 from hup.vocab import Taxonomy
 from hup.zoo.checkpoint import ZooCheckpoint
@@ -372,9 +372,4 @@ def schema(
     out: Annotated[Path, typer.Option(help="Where to write events.schema.json")] = Path("."),
 ) -> None:
     """Write the JSON Schema of the input events (both kinds)."""
-    out.mkdir(parents=True, exist_ok=True)
-    target = out / "events.schema.json"
-    target.write_bytes(
-        orjson.dumps(event_json_schema(), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
-    )
-    typer.echo(str(target))
+    typer.echo(str(write_event_schema(out)))

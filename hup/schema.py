@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import math
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -26,6 +27,7 @@ __all__ = [
     "MicroEvent",
     "event_json_schema",
     "parse_event",
+    "write_event_schema",
     "parse_event_json",
 ]
 
@@ -207,3 +209,13 @@ def event_json_schema() -> dict[str, Any]:
         "(kind 'dwell'), keyed by user_id on the micro-behaviors topic."
     )
     return schema
+
+
+def write_event_schema(out: Path) -> Path:
+    """Write ``events.schema.json`` into directory ``out`` (created if missing); return it."""
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / "events.schema.json"
+    target.write_bytes(
+        orjson.dumps(event_json_schema(), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
+    )
+    return target

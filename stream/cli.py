@@ -24,7 +24,7 @@ from rich.progress import (
 
 from hup.data import iter_events, load_dataset
 from hup.exceptions import HupError
-from hup.schema import Event
+from hup.schema import Event, write_event_schema
 from stream.broker import BrokerError, wait_for_broker
 from stream.demo import main as demo_main
 from stream.producer import DEFAULT_RETENTION_MS, ensure_topic, producer_config, publish
@@ -259,15 +259,19 @@ def tail(
 @app.command()
 def schema(
     out_dir: Annotated[
-        Path, typer.Option("--out", help="Directory to write profile.schema.json into")
+        Path,
+        typer.Option(
+            "--out", help="Directory to write profile.schema.json and events.schema.json into"
+        ),
     ] = Path("."),
 ) -> None:
-    """Write the JSON Schema of the profile messages (user-profiles)."""
+    """Write the JSON Schemas of both topics: profiles (user-profiles) and events (input)."""
     try:
-        target = write_profile_schema(out_dir)
+        targets = [write_profile_schema(out_dir), write_event_schema(out_dir)]
     except OSError as exc:
         raise _fail(f"--out {out_dir}: {exc.strerror or exc}") from exc
-    typer.echo(str(target))
+    for target in targets:
+        typer.echo(str(target))
 
 
 app.command("demo")(demo_main)

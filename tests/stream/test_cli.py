@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from hup.data import iter_events, load_dataset
 from hup.runtime import Profiler
+from hup.schema import event_json_schema
 from state.store import MemoryStore
 from stream import cli
 from stream.cli import app
@@ -311,12 +312,14 @@ def test_format_profile_survives_junk() -> None:
 # --- the profile schema ------------------------------------------------------------------
 
 
-def test_schema_command_writes_the_generated_schema(runner: CliRunner, tmp_path: Path) -> None:
+def test_schema_command_writes_both_topics_schemas(runner: CliRunner, tmp_path: Path) -> None:
     result = runner.invoke(app, ["schema", "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
-    written = tmp_path / "out" / "profile.schema.json"
-    assert result.stdout.strip() == str(written)
-    assert json.loads(written.read_text()) == profile_json_schema()
+    profiles = tmp_path / "out" / "profile.schema.json"
+    events = tmp_path / "out" / "events.schema.json"
+    assert result.stdout.split() == [str(profiles), str(events)]
+    assert json.loads(profiles.read_text()) == profile_json_schema()
+    assert json.loads(events.read_text()) == event_json_schema()
 
 
 def test_shipped_profile_schema_matches_the_model() -> None:
