@@ -61,7 +61,7 @@ def ensure_model(
         evaluation = model_dir / EVALUATION_FILE
         if evaluation.is_file():
             say(f"model: its evaluation on the test split ({evaluation})")
-            console.print(evaluation.read_text(), markup=False, highlight=False)
+            console.print(evaluation.read_text(), markup=False, highlight=False, soft_wrap=True)
         return model_dir
     # torch-heavy imports, only when training.
     from hup.train import TrainOptions, train_model
@@ -108,7 +108,7 @@ def ensure_model(
     say(f"model: saved {checkpoint.version} to {model_dir} ({time.perf_counter() - started:.0f} s)")
     say("model: evaluating on the test split (the protocol of `hup evaluate`) ...")
     table = evaluate_model(model_dir, train_data)
-    console.print(table, markup=False, highlight=False)
+    console.print(table, markup=False, highlight=False, soft_wrap=True)
     return model_dir
 
 
