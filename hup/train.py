@@ -70,7 +70,7 @@ class TrainOptions:
     window: int = 50  # attention window W
     hidden: int = 100
     # Weight of the auxiliary softmax over cosine scores; 0 = the paper's loss (cosine
-    # proximity alone), the default as the issue asks. With trainable item and category
+    # proximity alone), the default. With trainable item and category
     # embeddings cosine alone collapses them onto one direction (measured: item Recall@20
     # below POP on synthetic data), so our reported runs set 1 (docs/model.md).
     softmax_weight: float = 0.0
