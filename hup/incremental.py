@@ -16,9 +16,10 @@ State layout (`ProfileState.to_arrays`, encoded by `state.codec`), L layers, hid
 * `feature_f` float64 / `feature_i` int64 / `feature_s` utf-8: the featurizer's memory;
 * `last_ts` float64 0-d (read by expiry), `meta` int64 [3]: events applied, input
   partition and offset of the last applied event (the stream's idempotency record);
-* `sources` int64 [n, 2], only when the stream re-keys its input: per partition of the
-  original input topic, the offset of the last event applied from it (the idempotency
-  record when one user's events arrive from several partitions).
+* `sources` int64 [n, 2] (absent in states written before it existed): per partition
+  of the input topic, the offset of the last event applied from it (the stream's
+  idempotency record; a user's events arrive from several partitions when the stream
+  re-keys its input).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class ProfileState:
     applied: int = 0  # events applied so far (also the profile sequence number)
     input_partition: int = -1  # where the last applied event came from (idempotency)
     input_offset: int = -1
-    # Re-keyed input only: (original partition, offset of the last event applied from it).
+    # (input partition, offset of the last event applied from it), per partition.
     source_offsets: tuple[tuple[int, int], ...] = ()
 
     def source_offset(self, partition: int) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -74,6 +75,9 @@ def _coerce_behavior(value: Any) -> Behavior:
     raise ValueError(f"behaviour must be a name or a code 1..10, got {type(value).__name__}")
 
 
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _coerce_id(value: Any) -> str:
     # JD ids are integers; everything downstream keys on strings.
     if isinstance(value, bool):
@@ -85,6 +89,10 @@ def _coerce_id(value: Any) -> str:
     if isinstance(value, str):
         if not value.strip():
             raise ValueError("an id must not be empty")
+        if _CONTROL_CHARACTER.search(value):
+            # Ids are stored joined by a control character (hup.incremental): one inside an
+            # id would split it when the state is read back.
+            raise ValueError(f"an id must not contain control characters, got {value!r}")
         return value
     raise ValueError(f"an id must be a string or an integer, got {type(value).__name__}")
 
@@ -105,7 +113,18 @@ def _any_case(name: str) -> str:
 Id = Annotated[
     str,
     BeforeValidator(_coerce_id),
-    WithJsonSchema({"anyOf": [{"type": "string", "pattern": "\\S"}, {"type": "integer"}]}),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                # Not blank, no control characters.
+                {
+                    "type": "string",
+                    "pattern": "^[^\\u0000-\\u001f\\u007f]*\\S[^\\u0000-\\u001f\\u007f]*$",
+                },
+                {"type": "integer"},
+            ]
+        }
+    ),
 ]
 Seconds = Annotated[
     float,

@@ -56,6 +56,7 @@ def install_agent(app: faust.App, topics: Topics, context: WorkerContext) -> Age
         return await topics.dead_letters.send(key=key, value=value, force=True)
 
     source_topic = topics.events
+    forwarded = topics.by_user is not None
     if topics.by_user is not None:
         _install_rekey_agent(app, topics.events, topics.by_user, send_dead_letter, context)
         source_topic = topics.by_user
@@ -67,7 +68,10 @@ def install_agent(app: faust.App, topics: Topics, context: WorkerContext) -> Age
         highwater.install(app)  # before the first recovery, which reads the changelogs
 
         async def handle(events: list[EventT], still_owned: Callable[[], bool]) -> bool:
-            records = [to_record(event, time.time(), time.monotonic()) for event in events]
+            records = [
+                to_record(event, time.time(), time.monotonic(), forwarded=forwarded)
+                for event in events
+            ]
             # Each user key's partition, for the users-in-state gauge (keys are user ids).
             partitions = {e.key: e.message.partition for e in events if isinstance(e.key, bytes)}
             table = TableKeyValue(topics.state, events)
@@ -119,11 +123,14 @@ def _install_rekey_agent(
                     )
                     deliveries.append(await sent)
             await asyncio.gather(*deliveries)
+            if not still_owned():
+                # Its next owner forwards the batch again (the repeats are skipped by
+                # their origin) and counts its dead letters.
+                return False
             # Dead letters are counted here; forwarded records when the profile agent takes them.
             events_total.labels("consumed").inc(dead)
             events_total.labels("dlq").inc(dead)
-            # A forward repeated by the partition's next owner is skipped by its origin.
-            return still_owned()
+            return True
 
         await consume_guarded(app, cast(faust.Stream[bytes], stream), context.settings, handle)
 
@@ -187,21 +194,29 @@ def describe_dead_letter(dead: DeadLetter) -> str:
     return f"{origin['topic']}[{origin['partition']}]@{origin['offset']}"
 
 
-def to_record(event: EventT, now: float, now_monotonic: float) -> InputRecord:
+def to_record(
+    event: EventT, now: float, now_monotonic: float, *, forwarded: bool = False
+) -> InputRecord:
     """A faust event as the processor's input record.
 
     ``received_ts`` is when the consumer took the message in (faust's monitor stamps
     ``time_in`` on the monotonic clock), so processing latency includes the batching wait.
+    ``forwarded``: the event comes from the re-keying stage's topic, so its origin header
+    is read; anywhere else a header of that name is a producer's and is not trusted (a
+    forged origin would make later events look applied).
     """
     message = event.message  # the topics use raw serializers: key and value are bytes
     time_in = message.time_in
     received = now if time_in is None else now - max(0.0, now_monotonic - time_in)
-    headers = message.headers
-    try:
-        origin = origin_from_headers(headers.items() if isinstance(headers, Mapping) else headers)
-    except ValueError as exc:
-        logger.warning("%s[%d]@%d: %s", message.topic, message.partition, message.offset, exc)
-        origin = None
+    origin = None
+    if forwarded:
+        headers = message.headers
+        try:
+            origin = origin_from_headers(
+                headers.items() if isinstance(headers, Mapping) else headers
+            )
+        except ValueError as exc:
+            logger.warning("%s[%d]@%d: %s", message.topic, message.partition, message.offset, exc)
     return InputRecord(
         value=event.value,
         topic=message.topic,

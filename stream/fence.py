@@ -36,6 +36,7 @@ import logging
 import weakref
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import faust
@@ -58,8 +59,7 @@ class RebalanceFence:
         self._in_flight = asyncio.Lock()
         self._revoke_wait_s = float(app.conf.broker_session_timeout) / 2
         stream.add_processor(self._stamp)
-        # mode types receivers as (sender, *args, signal=..., **kwargs); faust sends the set.
-        app.on_partitions_revoked.connect(self._on_partitions_revoked)  # type: ignore[arg-type]
+        _fences_of(app).append(self)
 
     def current(self, event: EventT) -> bool:
         """Whether ``event`` was fetched since this worker last gave partitions up, and is ours."""
@@ -94,7 +94,7 @@ class RebalanceFence:
             self._stamps[event.message] = self.epoch
         return value
 
-    async def _on_partitions_revoked(self, sender: Any, revoked: set[TP], **_: Any) -> None:
+    async def _wait_for_batch(self, revoked: set[TP]) -> None:
         try:
             await asyncio.wait_for(self._in_flight.acquire(), self._revoke_wait_s)
         except TimeoutError:
@@ -108,3 +108,29 @@ class RebalanceFence:
         else:
             self.epoch += 1
             self._in_flight.release()
+
+
+# The attribute of an app that lists its fences (an app runs one per agent stream).
+_FENCES_ATTRIBUTE = "_hup_rebalance_fences"
+
+
+def _fences_of(app: faust.App) -> list[RebalanceFence]:
+    """The fences of ``app``; the first one connects the revoke receiver they share.
+
+    One receiver waits for every fence's batch at once: mode runs a signal's receivers
+    one after the other, so a receiver per fence would let a revoke wait for half the
+    session timeout once per agent stream, up to the whole of it with two.
+    """
+    fences: list[RebalanceFence] | None = getattr(app, _FENCES_ATTRIBUTE, None)
+    if fences is None:
+        fences = []
+        setattr(app, _FENCES_ATTRIBUTE, fences)
+        # mode types receivers as (sender, *args, signal=..., **kwargs); faust sends the set.
+        app.on_partitions_revoked.connect(partial(_wait_for_batches, fences))  # type: ignore[arg-type]
+    return fences
+
+
+async def _wait_for_batches(
+    fences: list[RebalanceFence], sender: Any, revoked: set[TP], **_: Any
+) -> None:
+    await asyncio.gather(*(fence._wait_for_batch(revoked) for fence in fences))  # noqa: SLF001

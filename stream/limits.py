@@ -84,8 +84,10 @@ def fit_dead_letter(
             }
         )
 
-    # "false" is one character longer than "true": measured with it, the room is a floor.
-    fixed = len(payload("", "", (False, False))) + len(record_key or b"")
+    # Measured with empty strings where there is data and null where there is none (as
+    # written), and with "false", one character longer than "true": the room is a floor.
+    absent_or_empty = (None if key is None else "", None if value is None else "")
+    fixed = len(payload(*absent_or_empty, (False, False))) + len(record_key or b"")
     room = max_bytes - fixed
     if room < 0:
         raise ValueError(f"a dead letter needs {fixed} bytes before its key and value")

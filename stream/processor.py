@@ -31,9 +31,22 @@ from hup.schema import Event, parse_event_json
 from stream.limits import DEFAULT_MAX_RECORD_BYTES, FRAMING_RESERVE, clip_text, fit_dead_letter
 from stream.userstate import UserState, load_user_state
 
-__all__ = ["BatchResult", "DeadLetter", "InputRecord", "Origin", "OutputProfile", "Processor"]
+__all__ = [
+    "ORIGIN_HEADER",
+    "BatchResult",
+    "DeadLetter",
+    "InputRecord",
+    "Origin",
+    "OutputProfile",
+    "Processor",
+    "input_position",
+]
 
 logger = logging.getLogger(__name__)
+
+
+# The header in which the re-keying stage (`stream.rekey`) sends a record's `Origin`.
+ORIGIN_HEADER = "hup-origin"
 
 
 @dataclass(frozen=True)
@@ -137,6 +150,7 @@ class Processor:
         clock: Callable[[], float] = time.time,
         require_user_key: bool = False,
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+        require_origin: bool = False,
     ) -> None:
         """Bind a model.
 
@@ -149,12 +163,16 @@ class Processor:
                 elsewhere would fork that state. (Repartitioning makes every key right.)
             max_record_bytes: the most key plus value bytes of any record the worker
                 produces (`stream.limits.max_record_bytes` of HUP_PRODUCER_MAX_REQUEST_SIZE).
+            require_origin: dead-letter records without an origin (the re-keying stage's
+                topic, HUP_REPARTITION=1: a record it did not write has no input position
+                to be de-duplicated by).
         """
         self.profiler = profiler
         self.coalesce = coalesce
         self.clock = clock
         self.require_user_key = require_user_key
         self.max_record_bytes = max_record_bytes
+        self.require_origin = require_origin
 
     def load_user(self, store: KeyValue, key: bytes, outcomes: Counter[str]) -> UserState:
         """The user's state, or a fresh one when absent, foreign (other model) or corrupt.
@@ -174,6 +192,13 @@ class Processor:
         per_user: dict[str, list[tuple[InputRecord, Event]]] = defaultdict(list)
         for record in records:
             result.outcomes["consumed"] += 1
+            if self.require_origin and record.origin is None:
+                reason = (
+                    f"no valid {ORIGIN_HEADER} header: not forwarded by the re-keying stage, "
+                    "so its input position is unknown"
+                )
+                result.dead_letters.append(self._dead_letter(record, reason))
+                continue
             if record.value is None:
                 result.dead_letters.append(self._dead_letter(record, "empty message (no value)"))
                 continue
@@ -336,32 +361,36 @@ class Processor:
 class _Applied:
     """Which of a user's records were applied already: the state's record, then the batch's.
 
-    A record is identified by its input position: the consumed partition and offset or,
-    for a re-keyed record, its original one (a re-keying stage that crashes before its
-    commit forwards a record again, under a new offset, possibly into the same batch).
+    A record is identified by its position in the input topic: where it was consumed or,
+    for a re-keyed record, where its producer wrote it (a re-keying stage that crashes
+    before its commit forwards a record again, under a new offset, possibly into the same
+    batch). The state keeps, per input partition, the offset of the last event applied
+    from it; so the record is the same whether the worker re-keys or not, and turning
+    HUP_REPARTITION on or off neither re-applies nor skips an event. A state written
+    before it kept them has only the last consumed position, which is used instead.
     """
 
     def __init__(self, state: ProfileState) -> None:
-        self._consumed = (state.input_partition, state.input_offset)
-        self._origins = dict(state.source_offsets)
+        self._applied = dict(state.source_offsets)
+        if not self._applied and state.input_partition >= 0:
+            self._applied[state.input_partition] = state.input_offset
 
     def check_and_add(self, record: InputRecord) -> bool:
         """Whether ``record`` was applied; if not, count it as applied from now on."""
-        if record.origin is not None:
-            partition, offset = record.origin.partition, record.origin.offset
-            if offset <= self._origins.get(partition, -1):
-                return True
-            self._origins[partition] = offset
-            return False
-        partition, last = self._consumed
-        if record.partition == partition and record.offset <= last:
+        partition, offset = input_position(record)
+        if offset <= self._applied.get(partition, -1):
             return True
-        self._consumed = (record.partition, record.offset)
+        self._applied[partition] = offset
         return False
 
 
+def input_position(record: InputRecord) -> tuple[int, int]:
+    """The record's (partition, offset) in the input topic."""
+    where = record.origin or record
+    return where.partition, where.offset
+
+
 def _with_input(state: ProfileState, record: InputRecord) -> ProfileState:
-    state = replace(state, input_partition=record.partition, input_offset=record.offset)
-    if record.origin is not None:
-        state = state.with_source(record.origin.partition, record.origin.offset)
-    return state
+    partition, offset = input_position(record)
+    state = replace(state, input_partition=partition, input_offset=offset)
+    return state.with_source(partition, offset)

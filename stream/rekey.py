@@ -23,11 +23,9 @@ import orjson
 from hup.exceptions import EventValidationError
 from hup.schema import parse_event_json
 from stream.limits import DEFAULT_MAX_RECORD_BYTES
-from stream.processor import DeadLetter, InputRecord, Origin, dead_letter
+from stream.processor import ORIGIN_HEADER, DeadLetter, InputRecord, Origin, dead_letter
 
 __all__ = ["ORIGIN_HEADER", "Forward", "origin_from_headers", "rekey"]
-
-ORIGIN_HEADER = "hup-origin"
 
 
 @dataclass(frozen=True)

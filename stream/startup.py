@@ -69,6 +69,7 @@ class WorkerContext:
             coalesce=self.settings.coalesce,
             require_user_key=True,
             max_record_bytes=max_record_bytes(self.settings.producer_max_request_size),
+            require_origin=self.settings.repartition,
         )
         self.metrics.set_model(profiler.version, str(self.settings.model or ""))
         logger.info("model %s loaded from %s", profiler.version, self.settings.model)

@@ -241,20 +241,22 @@ def test_to_record_keeps_where_the_event_came_from() -> None:
     assert to_record(event, 1000.0, 50.0).received_ts == 998.5
 
 
-def test_to_record_reads_the_origin_of_a_rekeyed_event() -> None:
+def test_to_record_reads_the_origin_only_of_a_forwarded_event() -> None:
     event = _event(faust.App("test-record-origin"), b"u", 0, 8)
-    assert to_record(event, 0.0, 0.0).origin is None  # not forwarded by the re-keying stage
+    assert to_record(event, 0.0, 0.0, forwarded=True).origin is None  # no header
     value = orjson.dumps(
         {"user_id": "u", "ts": 1, "item_id": "i", "categories": ["c"], "behavior": 1}
     )
     forward = rekey(InputRecord(value, TOPIC, 1, 5, b"device-1"))
     assert isinstance(forward, Forward)
     event.message.headers = forward.headers
-    assert to_record(event, 0.0, 0.0).origin == Origin(TOPIC, 1, 5, b"device-1")
+    assert to_record(event, 0.0, 0.0, forwarded=True).origin == Origin(TOPIC, 1, 5, b"device-1")
+    # On the input topic the header is a producer's: never trusted.
+    assert to_record(event, 0.0, 0.0).origin is None
     event.message.headers = dict(forward.headers)  # faust may hand headers over as a mapping
-    assert to_record(event, 0.0, 0.0).origin == Origin(TOPIC, 1, 5, b"device-1")
+    assert to_record(event, 0.0, 0.0, forwarded=True).origin == Origin(TOPIC, 1, 5, b"device-1")
     event.message.headers = [(ORIGIN_HEADER, b"garbage")]
-    assert to_record(event, 0.0, 0.0).origin is None  # logged, not raised
+    assert to_record(event, 0.0, 0.0, forwarded=True).origin is None  # logged, not raised
 
 
 def test_settings_defaults_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:

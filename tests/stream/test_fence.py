@@ -119,3 +119,25 @@ def test_nothing_may_be_written_for_a_partition_not_assigned_or_while_stopping()
     assert not fence.may_write(0, {OURS, THEIRS})
     app.should_stop = True
     assert not fence.may_write(0, {OURS})
+
+
+def test_a_revoke_waits_for_every_streams_batch_at_once() -> None:
+    """Two agent streams (re-keying and profiles): one wait for both, not one after the other.
+
+    mode runs a signal's receivers in turn; a receiver per fence would wait up to half
+    the session timeout per stream.
+    """
+    first, app, _ = make_fence()
+    second = RebalanceFence(app, FakeStream())  # type: ignore[arg-type]
+    assert len(app.on_partitions_revoked.receivers) == 1
+
+    async def scenario() -> list[bool]:
+        async with first.batch() as epoch_a, second.batch() as epoch_b:
+            revoke = asyncio.ensure_future(app.on_partitions_revoked.send({OURS}))
+            await asyncio.sleep(0.05)
+            # Both fences are waiting for their batch at the same time.
+            waiting = [bool(f._in_flight._waiters) for f in (first, second)]  # noqa: SLF001
+        await revoke
+        return [*waiting, first.may_write(epoch_a, {OURS}), second.may_write(epoch_b, {OURS})]
+
+    assert asyncio.run(scenario()) == [True, True, False, False]

@@ -15,7 +15,7 @@ from hup.runtime import Profiler
 from hup.sequences import featurize_session
 from state.codec import encode_state
 from state.store import MemoryStore
-from stream.processor import InputRecord, Origin, Processor
+from stream.processor import BatchResult, InputRecord, Origin, Processor
 
 
 def _records(events, partitions: int = 3) -> list[InputRecord]:
@@ -251,3 +251,82 @@ def test_a_bad_rekeyed_record_is_dead_lettered_at_its_origin(profiler: Profiler)
     letter = orjson.loads(dead.value)
     assert (letter["topic"], letter["partition"], letter["offset"]) == ("micro-behaviors", 2, 40)
     assert base64.b64decode(letter["key"]) == b"device-7"
+
+
+def _spread(records: list[InputRecord], partitions: int = 3) -> list[InputRecord]:
+    """``records`` as a producer that does not key by user writes them: round-robin."""
+    offsets = [0] * partitions
+    spread = []
+    for n, record in enumerate(records):
+        partition = n % partitions
+        spread.append(replace(record, partition=partition, offset=offsets[partition], key=b"d"))
+        offsets[partition] += 1
+    return spread
+
+
+def _seqs(result: BatchResult) -> list[tuple[str, int]]:
+    return [(m["user_id"], m["seq"]) for m in map(orjson.loads, (p.value for p in result.profiles))]
+
+
+def test_one_users_events_from_several_input_partitions_are_each_applied_once(
+    profiler: Profiler, traffic: Dataset
+) -> None:
+    """Re-keyed from three input partitions; then one partition's records forwarded again."""
+    originals = _spread(_records(iter_events(traffic.sessions[:1])))
+    forwarded = _rekeyed(originals)
+    store = MemoryStore()
+    processor = Processor(profiler, require_origin=True)
+    first = processor.process(forwarded, store)
+    assert first.outcomes["applied"] == len(forwarded)
+    # The re-keying stage lost partition 0 before committing: its records come again,
+    # after the other partitions' later records were applied.
+    again = [replace(r, offset=r.offset + 1000) for r in forwarded if r.origin.partition == 0]
+    second = processor.process(again, store)
+    assert second.outcomes["skipped_duplicate"] == len(again) and not second.profiles
+
+
+def test_turning_repartitioning_on_or_off_neither_repeats_nor_skips_events(
+    profiler: Profiler, traffic: Dataset
+) -> None:
+    records = _records(iter_events(traffic.sessions[:4]))
+    half = len(records) // 2
+    every_seq = sorted(_seqs(Processor(profiler).process(records, MemoryStore())))
+    rekeying = Processor(profiler, require_origin=True)
+    direct = Processor(profiler)
+    # On: applied as consumed, then the re-keying stage forwards every input record.
+    store = MemoryStore()
+    before = direct.process(records[:half], store)
+    after = rekeying.process(_rekeyed(records), store)
+    assert after.outcomes["skipped_duplicate"] == half
+    assert sorted(_seqs(before) + _seqs(after)) == every_seq
+    # Off: applied re-keyed, then every input record consumed directly.
+    store = MemoryStore()
+    before = rekeying.process(_rekeyed(records[:half]), store)
+    after = direct.process(records, store)
+    assert after.outcomes["skipped_duplicate"] == half
+    assert sorted(_seqs(before) + _seqs(after)) == every_seq
+
+
+def test_a_state_written_before_per_partition_offsets_is_deduplicated_by_its_last_position(
+    profiler: Profiler, traffic: Dataset
+) -> None:
+    records = _records(iter_events(traffic.sessions[:1]))
+    store = MemoryStore()
+    processor = Processor(profiler)
+    processor.process(records, store)
+    (key,) = [k for k, _ in store.items()]
+    state = processor.load_state(store, key, Counter())
+    legacy = replace(state, source_offsets=())  # what an older build wrote
+    store.put(key, encode_state(legacy.to_arrays(), profiler.version))
+    again = processor.process(records, store)
+    assert again.outcomes["skipped_duplicate"] == len(records)
+
+
+def test_a_record_on_the_rekeyed_topic_without_an_origin_is_dead_lettered(
+    profiler: Profiler, traffic: Dataset
+) -> None:
+    (record,) = _records(iter_events(traffic.sessions[:1]))[:1]
+    result = Processor(profiler, require_origin=True).process([record], MemoryStore())
+    (dead,) = result.dead_letters
+    assert "not forwarded by the re-keying stage" in dead.reason
+    assert result.outcomes["applied"] == 0

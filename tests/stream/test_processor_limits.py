@@ -237,3 +237,13 @@ def test_the_setting_reaches_faust_and_the_processor(
     assert Settings().producer_max_request_size == 2_000_000
     monkeypatch.delenv("HUP_PRODUCER_MAX_REQUEST_SIZE")
     assert Settings().producer_max_request_size == DEFAULT_MAX_REQUEST_SIZE
+
+
+@pytest.mark.parametrize("missing", ["key", "value"])
+def test_a_dead_letter_with_no_key_or_no_value_never_exceeds_the_limit(missing: str) -> None:
+    fields = {"reason": "r", "topic": "t", "partition": 0, "offset": 1}
+    for limit in range(400, 800):
+        data = b"x" * 2000
+        key, value = (None, data) if missing == "key" else (data, None)
+        record_key, letter = fit_dead_letter(fields, key, value, limit)
+        assert len(letter) + len(record_key or b"") <= limit, limit
