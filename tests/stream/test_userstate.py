@@ -43,6 +43,16 @@ def _records(traffic: Dataset, partition: int = 1) -> list[InputRecord]:
     ]
 
 
+def _one_user(
+    profiler: Profiler, traffic: Dataset
+) -> tuple[list[InputRecord], bytes, MemoryStore, Processor]:
+    """The user's records and key, an empty store and a processor of ``profiler``."""
+    records = _records(traffic)
+    key = records[0].key
+    assert key is not None
+    return records, key, MemoryStore(), Processor(profiler)
+
+
 def _restamp(store: MemoryStore, key: bytes, version: str = OLD) -> None:
     """Make the stored state look written by another model version (arrays unchanged)."""
     raw = store.get(key)
@@ -57,12 +67,8 @@ def _published(result) -> list[dict]:
 def test_a_model_change_keeps_seq_and_skips_redelivered_events(
     profiler: Profiler, traffic: Dataset
 ) -> None:
-    records = _records(traffic)
+    records, key, store, processor = _one_user(profiler, traffic)
     half = len(records) // 2
-    key = records[0].key
-    assert key is not None
-    store = MemoryStore()
-    processor = Processor(profiler)
     before = _published(processor.process(records[:half], store))
     last_seq = before[-1]["seq"]
     _restamp(store, key)  # as if the worker restarted on another checkpoint
@@ -89,11 +95,7 @@ def test_a_model_change_keeps_seq_and_skips_redelivered_events(
 def test_a_reset_state_is_written_even_when_every_event_was_redelivered(
     profiler: Profiler, traffic: Dataset
 ) -> None:
-    records = _records(traffic)
-    key = records[0].key
-    assert key is not None
-    store = MemoryStore()
-    processor = Processor(profiler)
+    records, key, store, processor = _one_user(profiler, traffic)
     processor.process(records[:4], store)
     _restamp(store, key)
     first = processor.process(records[:4], store)  # nothing new: all skipped
@@ -106,11 +108,7 @@ def test_a_reset_state_is_written_even_when_every_event_was_redelivered(
 
 
 def test_resets_accumulate(profiler: Profiler, traffic: Dataset) -> None:
-    records = _records(traffic)
-    key = records[0].key
-    assert key is not None
-    store = MemoryStore()
-    processor = Processor(profiler)
+    records, key, store, processor = _one_user(profiler, traffic)
     processor.process(records[:2], store)
     _restamp(store, key)
     processor.process(records[2:3], store)
@@ -122,11 +120,7 @@ def test_resets_accumulate(profiler: Profiler, traffic: Dataset) -> None:
 def test_an_unreadable_state_restarts_seq_and_says_so(
     profiler: Profiler, traffic: Dataset, caplog: pytest.LogCaptureFixture
 ) -> None:
-    records = _records(traffic)
-    key = records[0].key
-    assert key is not None
-    store = MemoryStore()
-    processor = Processor(profiler)
+    records, key, store, processor = _one_user(profiler, traffic)
     processor.process(records[:3], store)
     raw = store.get(key) or b""
     store.put(key, raw[:-1] + bytes([raw[-1] ^ 1]))  # checksum no longer matches
