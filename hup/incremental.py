@@ -58,11 +58,16 @@ class ProfileState:
         """Offset of the last event applied from ``partition`` of the original input, or -1."""
         return dict(self.source_offsets).get(partition, -1)
 
-    def with_source(self, partition: int, offset: int) -> ProfileState:
-        """This state having applied the event at ``offset`` of original ``partition``."""
+    def with_input(self, partition: int, offset: int) -> ProfileState:
+        """This state having applied the event at ``offset`` of input ``partition``."""
         offsets = dict(self.source_offsets)
         offsets[partition] = offset
-        return replace(self, source_offsets=tuple(sorted(offsets.items())))
+        return replace(
+            self,
+            input_partition=partition,
+            input_offset=offset,
+            source_offsets=tuple(sorted(offsets.items())),
+        )
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Plain named arrays (the layout in the module docstring)."""

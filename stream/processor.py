@@ -19,7 +19,7 @@ import logging
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import orjson
@@ -253,7 +253,9 @@ class Processor:
             result.model_calls += 1
             for user, outcome in zip(users, applied, strict=True):
                 record, event = per_user[user][wave]
-                new_state = UserState(_with_input(outcome.state, record), seq_bases[user])
+                new_state = UserState(
+                    outcome.state.with_input(*input_position(record)), seq_bases[user]
+                )
                 out = None
                 if outcome.profile is not None:
                     out = self._profile_message(user, event, record, outcome, new_state.seq)
@@ -388,9 +390,3 @@ def input_position(record: InputRecord) -> tuple[int, int]:
     """The record's (partition, offset) in the input topic."""
     where = record.origin or record
     return where.partition, where.offset
-
-
-def _with_input(state: ProfileState, record: InputRecord) -> ProfileState:
-    partition, offset = input_position(record)
-    state = replace(state, input_partition=partition, input_offset=offset)
-    return state.with_source(partition, offset)
