@@ -10,7 +10,6 @@ from functools import partial
 from typing import TYPE_CHECKING, cast
 
 import faust
-import orjson
 from faust.types import AgentT, EventT, StreamT
 from mode import CrashingSupervisor
 
@@ -115,7 +114,7 @@ def _install_rekey_agent(
                 out = rekey(record, context.processor.max_record_bytes)
                 if isinstance(out, DeadLetter):
                     dead += 1
-                    logger.warning("%s dead-lettered: %s", describe_dead_letter(out), out.reason)
+                    logger.warning("%s dead-lettered: %s", out.where, out.reason)
                     deliveries.append(await send_dead_letter(out.key, out.value))
                 else:
                     sent = target.send(
@@ -186,12 +185,6 @@ async def consume_guarded(
             for event in events:
                 await guard.processed(event)
                 await source.ack(event)
-
-
-def describe_dead_letter(dead: DeadLetter) -> str:
-    """Where a dead letter's record was written, e.g. ``micro-behaviors[2]@17``."""
-    origin = orjson.loads(dead.value)
-    return f"{origin['topic']}[{origin['partition']}]@{origin['offset']}"
 
 
 def to_record(
@@ -309,7 +302,7 @@ async def process_and_publish(
         )
         raise
     for dead in result.dead_letters:
-        logger.warning("%s dead-lettered: %s", describe_dead_letter(dead), dead.reason)
+        logger.warning("%s dead-lettered: %s", dead.where, dead.reason)
     metrics.observe_batch(len(records), result)
     metrics.observe_published(result.profiles, delivered_at)
     return result

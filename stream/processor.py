@@ -91,6 +91,7 @@ class DeadLetter:
     key: bytes | None
     value: bytes
     reason: str
+    where: str = ""  # the original record's ``topic[partition]@offset``, for logs
 
 
 @dataclass
@@ -125,7 +126,7 @@ def dead_letter(
         "offset": where.offset,
     }
     key, value = fit_dead_letter(fields, where.key, record.value, max_bytes)
-    return DeadLetter(key, value, reason)
+    return DeadLetter(key, value, reason, f"{where.topic}[{where.partition}]@{where.offset}")
 
 
 class KeyValue(Protocol):

@@ -251,6 +251,7 @@ def test_a_bad_rekeyed_record_is_dead_lettered_at_its_origin(profiler: Profiler)
     letter = orjson.loads(dead.value)
     assert (letter["topic"], letter["partition"], letter["offset"]) == ("micro-behaviors", 2, 40)
     assert base64.b64decode(letter["key"]) == b"device-7"
+    assert dead.where == "micro-behaviors[2]@40"  # what the worker logs
 
 
 def _spread(records: list[InputRecord], partitions: int = 3) -> list[InputRecord]:
