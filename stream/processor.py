@@ -183,10 +183,6 @@ class Processor:
         """
         return load_user_state(store.get(key), self.profiler, outcomes, key)
 
-    def load_state(self, store: KeyValue, key: bytes, outcomes: Counter[str]) -> ProfileState:
-        """The model's part of `load_user`."""
-        return self.load_user(store, key, outcomes).state
-
     def process(self, records: Sequence[InputRecord], store: KeyValue) -> BatchResult:
         """Apply a batch; see the module docstring for the guarantees."""
         result = BatchResult()
@@ -285,8 +281,11 @@ class Processor:
         return result
 
     def _fits(self, user: str, stored: UserState) -> bool:
-        size = len(user.encode()) + stored.encoded_size(self.profiler.version)
-        return size <= self.max_record_bytes
+        return self._state_record_size(user, stored) <= self.max_record_bytes
+
+    def _state_record_size(self, user: str, stored: UserState) -> int:
+        """Key plus value bytes of the user's state record in the table's changelog."""
+        return len(user.encode()) + stored.encoded_size(self.profiler.version)
 
     def _dead_letter(self, record: InputRecord, reason: str) -> DeadLetter:
         return dead_letter(record, reason, self.max_record_bytes)
@@ -308,7 +307,7 @@ class Processor:
             return self._over(
                 "profile", key + len(profile.value), f"{sizes}, event_id {event_id} bytes"
             )
-        state_size = key + stored.encoded_size(self.profiler.version)
+        state_size = self._state_record_size(user, stored)
         if state_size > limit:
             features = stored.state.features
             item = len(features.item.encode())

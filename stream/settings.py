@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from stream.limits import DEFAULT_MAX_REQUEST_SIZE
+
 __all__ = ["BrokerChoice", "SaslMechanism", "SecurityProtocol", "Settings"]
 
 BrokerChoice = Literal["auto", "testcontainers", "embedded"]
@@ -99,7 +101,7 @@ class Settings(BaseSettings):
     # latest-profile changelog records) must fit in it less 1 KiB of framing: dead letters
     # keep a prefix of the original bytes, and an event whose profile or state would not
     # fit is dead-lettered (stream.limits). Keep it at most the brokers' message.max.bytes.
-    producer_max_request_size: int = Field(default=1_000_000, ge=65_536)
+    producer_max_request_size: int = Field(default=DEFAULT_MAX_REQUEST_SIZE, ge=65_536)
     # Commit consumed offsets after this many acked events or seconds, whichever first.
     # Redelivered events are skipped by offset, so this only bounds re-reading.
     commit_every: int = Field(default=1000, ge=1)

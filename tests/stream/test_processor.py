@@ -238,7 +238,7 @@ def test_a_rekeyed_state_keeps_its_origins_through_the_codec(
     store = MemoryStore()
     Processor(profiler).process(records, store)
     (key,) = [k for k, _ in store.items()]
-    state = Processor(profiler).load_state(store, key, Counter())
+    state = Processor(profiler).load_user(store, key, Counter()).state
     last = records[-1].origin
     assert last is not None and state.source_offset(last.partition) == last.offset
     assert state.source_offset(99) == -1
@@ -316,7 +316,7 @@ def test_a_state_written_before_per_partition_offsets_is_deduplicated_by_its_las
     processor = Processor(profiler)
     processor.process(records, store)
     (key,) = [k for k, _ in store.items()]
-    state = processor.load_state(store, key, Counter())
+    state = processor.load_user(store, key, Counter()).state
     legacy = replace(state, source_offsets=())  # what an older build wrote
     store.put(key, encode_state(legacy.to_arrays(), profiler.version))
     again = processor.process(records, store)
