@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import shutil
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -37,6 +38,16 @@ def _assert_clean_failure(result, *fragments: str) -> None:
     assert "error:" in result.stderr
     for fragment in fragments:
         assert fragment in result.stderr, (fragment, result.stderr)
+
+
+def _train_quickly(out: Path, *options: str, data: str = DATA) -> dict[str, Any]:
+    """`hup train` for one short epoch with ``options``; its checkpoint's config.json."""
+    result = _run(
+        "train", "--data", data, "--out", str(out), "--epochs", "1", "--window", "5",
+        "--no-skipgram", *options,
+    )  # fmt: skip
+    assert result.exit_code == 0, (result.output, result.exception)
+    return orjson.loads((out / "config.json").read_bytes())
 
 
 @pytest.fixture(scope="module")
@@ -77,12 +88,7 @@ def test_train_writes_a_checkpoint_and_reports_its_version(trained: Path) -> Non
 
 def test_softmax_options_reach_the_model_config(tmp_path: Path) -> None:
     out = tmp_path / "model"
-    result = _run(
-        "train", "--data", DATA, "--out", str(out), "--epochs", "1", "--window", "5",
-        "--no-skipgram", "--softmax-weight", "1", "--softmax-negatives", "7",
-    )  # fmt: skip
-    assert result.exit_code == 0, (result.output, result.exception)
-    config = orjson.loads((out / "config.json").read_bytes())
+    config = _train_quickly(out, "--softmax-weight", "1", "--softmax-negatives", "7")
     assert (config["model"]["softmax_weight"], config["model"]["softmax_negatives"]) == (1.0, 7)
     options = config["info"]["options"]
     assert (options["softmax_weight"], options["softmax_negatives"]) == (1.0, 7)
@@ -161,12 +167,8 @@ def test_bad_variant_and_device_exit_2(tmp_path: Path) -> None:
 
 def test_min_counts_reach_the_vocabularies(tmp_path: Path) -> None:
     out = tmp_path / "model"
-    result = _run(
-        "train", "--data", DATA, "--out", str(out), "--epochs", "1", "--window", "5",
-        "--no-skipgram", "--min-item-count", "2", "--min-category-count", "40",
-    )  # fmt: skip
-    assert result.exit_code == 0, (result.output, result.exception)
-    options = orjson.loads((out / "config.json").read_bytes())["info"]["options"]
+    config = _train_quickly(out, "--min-item-count", "2", "--min-category-count", "40")
+    options = config["info"]["options"]
     assert (options["min_item_count"], options["min_category_count"]) == (2, 40)
     dataset = load_dataset(DATA)
     train, _, _ = split_sessions(dataset.sessions)
@@ -259,11 +261,7 @@ def test_taxonomy_on_leaf_only_data_trains_and_evaluates_every_level(tmp_path: P
     data, taxonomy = _write_leaf_only_jd(tmp_path)
     model, report_path = tmp_path / "model", tmp_path / "report.json"
     spec = f"jd:{data}"
-    result = _run(
-        "train", "--data", spec, "--taxonomy", str(taxonomy), "--out", str(model),
-        "--epochs", "1", "--window", "5", "--no-skipgram", "--set", "hidden=8",
-    )  # fmt: skip
-    assert result.exit_code == 0, (result.output, result.exception)
+    _train_quickly(model, "--taxonomy", str(taxonomy), "--set", "hidden=8", data=spec)
     result = _run(
         "evaluate", "--model", str(model), "--data", spec, "--resamples", "5",
         "--json", str(report_path),
@@ -291,10 +289,6 @@ def test_taxonomy_on_leaf_only_data_trains_and_evaluates_every_level(tmp_path: P
 def test_taxonomy_for_a_model_trained_without_one_is_refused(tmp_path: Path) -> None:
     data, taxonomy = _write_leaf_only_jd(tmp_path)
     model, spec = tmp_path / "model", f"jd:{data}"
-    result = _run(
-        "train", "--data", spec, "--out", str(model), "--epochs", "1", "--window", "5",
-        "--no-skipgram", "--set", "hidden=8",
-    )  # fmt: skip
-    assert result.exit_code == 0, (result.output, result.exception)
+    _train_quickly(model, "--set", "hidden=8", data=spec)
     result = _run("evaluate", "--model", str(model), "--data", spec, "--taxonomy", str(taxonomy))
     _assert_clean_failure(result, str(taxonomy), "without a taxonomy", "drop the option")
