@@ -24,6 +24,7 @@ __all__ = [
     "Recommender",
     "SPop",
     "TrainingPopularity",
+    "protocol_baselines",
 ]
 
 
@@ -309,3 +310,8 @@ class ItemKNN(_Baseline):
 
     def _category_head(self, inputs: Sequence[MicroEvent], level: int) -> Iterable[str]:
         return self._recent_categories(inputs, level)
+
+
+def protocol_baselines() -> list[Recommender]:
+    """The baselines the protocol puts in every table: POP, S-POP, Item-KNN, "last category"."""
+    return [POP(), SPop(), ItemKNN(), LastCategory()]

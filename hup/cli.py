@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from hup.baselines import POP, ItemKNN, LastCategory, Recommender, SPop
+from hup.baselines import Recommender, protocol_baselines
 from hup.checkpoint import Checkpoint
 from hup.config import VARIANTS
 from hup.data import Dataset, load_dataset, split_sessions
@@ -294,7 +294,7 @@ def evaluate(
     train_sessions, valid_sessions, test_sessions = split_sessions(dataset.sessions)
     recommenders: list[Recommender] = [recommender]
     if baselines:
-        recommenders += [POP(), SPop(), ItemKNN(), LastCategory()]
+        recommenders += protocol_baselines()
     command = "hup " + shlex.join(sys.argv[1:])
     report = run_evaluation(
         recommenders,

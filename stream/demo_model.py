@@ -118,14 +118,14 @@ def evaluate_model(model_dir: Path, data: str, resamples: int = 200) -> str:
     The demo shows it so that a first run ends with the offline figures of the model the
     stream then serves, against POP, S-POP, Item-KNN and "last category".
     """
-    from hup.baselines import POP, ItemKNN, LastCategory, SPop
+    from hup.baselines import protocol_baselines
     from hup.evaluate import evaluate, to_markdown
     from hup.zoo.registry import load_recommender, recommender_taxonomy
 
     recommender, _, _ = load_recommender(model_dir)
     train, valid, test = split_sessions(load_dataset(data).sessions)
     report = evaluate(
-        [recommender, POP(), SPop(), ItemKNN(), LastCategory()],
+        [recommender, *protocol_baselines()],
         train,
         valid,
         test,

@@ -12,6 +12,7 @@ from hup.baselines import (
     Recommender,
     SPop,
     TrainingPopularity,
+    protocol_baselines,
 )
 from hup.data import Session
 from hup.points import prediction_points
@@ -129,3 +130,7 @@ def test_contract() -> None:
     assert [m.name for m in models] == ["POP", "S-POP", "Item-KNN", "Last category"]
     with pytest.raises(RuntimeError, match="before fit"):
         POP().rank(TEST, prediction_points(TEST), 3, 2)
+
+
+def test_the_protocol_baselines_are_the_tables_four() -> None:
+    assert [b.name for b in protocol_baselines()] == ["POP", "S-POP", "Item-KNN", "Last category"]
