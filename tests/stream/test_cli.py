@@ -7,6 +7,7 @@ import json
 import uuid
 from pathlib import Path
 
+import jsonschema
 import orjson
 import pytest
 from confluent_kafka import Consumer, Producer
@@ -329,7 +330,7 @@ def test_shipped_profile_schema_matches_the_model() -> None:
 
 
 def test_processor_output_validates_against_the_schema(checkpoint_dir: Path, traffic) -> None:
-    jsonschema = pytest.importorskip("jsonschema")
+
     schema = profile_json_schema()
     jsonschema.Draft202012Validator.check_schema(schema)
     validator = jsonschema.Draft202012Validator(schema)
@@ -360,7 +361,7 @@ def test_processor_output_validates_against_the_schema(checkpoint_dir: Path, tra
     ],
 )
 def test_schema_rejects_broken_profiles(broken: dict) -> None:
-    jsonschema = pytest.importorskip("jsonschema")
+
     validator = jsonschema.Draft202012Validator(profile_json_schema())
     assert validator.is_valid(_profile("u1", 1))
     assert not validator.is_valid(_profile("u1", 1) | broken)
