@@ -68,14 +68,22 @@ class HupConfig(SavedConfig):
     softmax_weight: float = 0.0  # auxiliary softmax over cosine scores (off = the paper's loss)
     softmax_temperature: float = 0.1
     softmax_negatives: int = 0  # sampled negatives per batch; 0 = the full vocabulary
+    # The repeat-aware model (`hup.model.RepeatHeads`): a repeat channel over the user's
+    # recent distinct items and an explore channel over the vocabulary, mixed by a gate and
+    # trained with the mixture's likelihood beside the cosine loss. False = the paper's model.
+    repeat: bool = False
+    repeat_hidden: int = 32  # hidden units of each repeat scorer
+    dropout: float = 0.0  # on every layer's input while training
 
 
 VARIANTS: dict[str, dict[str, Any]] = {
-    "hup": {},
+    "hup": {"repeat": True, "dropout": 0.2},
+    "hup-paper": {},
     "hup-nomicro": {"use_micro": False},
     "hup-lstm": {"cell": "lstm"},
     "hup-tlstm": {"cell": "time"},
     "hup-noatt": {"attention": False},
     "hup-single": {"single": True},
 }
-"""The paper's ablations (Table 3) as config overrides."""
+"""The default repeat-aware HUP, the paper's model (`hup-paper`) and the paper's ablations
+of it (Table 3), as config overrides."""

@@ -27,6 +27,7 @@ from bisect import bisect_right
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
+from hup.repeat import RecentItem, remember
 from hup.schema import Event, MicroEvent
 from hup.vocab import Vocabularies, normalize_categories
 
@@ -119,6 +120,7 @@ class FeatureState:
     category_start_ts: tuple[float, ...] = ()
     category_gap: tuple[int, ...] = ()
     category_dwell_closed: tuple[float, ...] = ()
+    recent: tuple[RecentItem, ...] = ()  # the repeat memory (`hup.repeat`), most recent first
 
 
 def _elapsed(later: float, earlier: float) -> tuple[float, bool]:
@@ -180,6 +182,7 @@ class Featurizer:
             gap = 0
         item_change = not state.has_open or event.item_id != state.item
         category_oov = False
+        ended_run_dwell = state.run_dwell if had_open and item_change else None
         if item_change:
             cats, category_oov = normalize_categories(
                 event.categories, spec.n_levels, self.vocabularies.taxonomy
@@ -234,8 +237,19 @@ class Featurizer:
                 state = replace(state, visit_start_ts=ts)
         elapsed, c = _elapsed(ts, state.visit_start_ts)
         clamped |= c
+        recent = remember(
+            state.recent,
+            event.item_id,
+            state.item_id,
+            state.category_ids,
+            int(event.behavior),
+            ts,
+            item_change,
+            ended_run_dwell,
+        )
         state = replace(
             state,
+            recent=recent,
             last_micro_ts=max(state.last_micro_ts, ts) if had_open else ts,
             last_ts=max(state.last_ts, ts),
             last_behavior=int(event.behavior),

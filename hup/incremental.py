@@ -14,6 +14,9 @@ State layout (`ProfileState.to_arrays`, encoded by `state.codec`), L layers, hid
   (see `HupModel.entry_summary`): A = attention hidden size, V = the sizes of the heads
   the layer feeds (empty for a model without attention);
 * `feature_f` float64 / `feature_i` int64 / `feature_s` utf-8: the featurizer's memory;
+* `recent_i` int64 [n, 4 + K] / `recent_f` float64 [n, 2] / `recent_s` utf-8: the repeat
+  memory (`hup.repeat.RecentItem`: vocabulary id, runs, micro events, behaviour bits,
+  category ids; closed dwell and latest time; the skus joined), absent when empty;
 * `last_ts` float64 0-d (read by expiry), `meta` int64 [3]: events applied, input
   partition and offset of the last applied event (the stream's idempotency record);
 * `sources` int64 [n, 2] (absent in states written before it existed): per partition
@@ -33,6 +36,7 @@ from torch import Tensor
 from hup.exceptions import StateError
 from hup.features import EventFeatures, FeatureState
 from hup.model import HupModel, stack_features
+from hup.repeat import RecentItem
 
 __all__ = ["ProfileState", "initial_state", "step"]
 
@@ -110,6 +114,8 @@ class ProfileState:
         }
         if self.source_offsets:
             arrays["sources"] = np.array(self.source_offsets, dtype=np.int64)
+        if f.recent:
+            arrays.update(_recent_to_arrays(f.recent))
         for layer, (keys, values) in enumerate(
             zip(self.window_keys, self.window_values, strict=True)
         ):
@@ -148,6 +154,7 @@ class ProfileState:
                 category_start_ts=tuple(ff[6 : 6 + n_levels]),
                 category_gap=tuple(fi[5 + n_levels :]),
                 category_dwell_closed=tuple(ff[6 + n_levels :]),
+                recent=_recent_from_arrays(arrays),
             )
             applied, partition, offset = arrays["meta"].tolist()
             sources = arrays.get("sources", np.zeros((0, 2), dtype=np.int64))
@@ -170,6 +177,32 @@ class ProfileState:
     def nbytes(self) -> int:
         """Bytes of array payload (what the codec stores, before its small header)."""
         return sum(a.nbytes for a in self.to_arrays().values())
+
+
+def _recent_to_arrays(recent: tuple[RecentItem, ...]) -> dict[str, np.ndarray]:
+    return {
+        "recent_i": np.array(
+            [(e.item_id, e.runs, e.micro, e.behaviors, *e.category_ids) for e in recent],
+            dtype=np.int64,
+        ),
+        "recent_f": np.array([(e.dwell_closed, e.last_ts) for e in recent], dtype=np.float64),
+        "recent_s": np.frombuffer(
+            _SEPARATOR.join(e.item for e in recent).encode(), dtype=np.uint8
+        ),
+    }
+
+
+def _recent_from_arrays(arrays: dict[str, np.ndarray]) -> tuple[RecentItem, ...]:
+    if "recent_i" not in arrays:
+        return ()
+    ints, floats = arrays["recent_i"].tolist(), arrays["recent_f"].tolist()
+    items = arrays["recent_s"].tobytes().decode().split(_SEPARATOR)
+    if not len(ints) == len(floats) == len(items):
+        raise ValueError("the repeat memory arrays do not agree on their length")
+    return tuple(
+        RecentItem(item, i[0], tuple(i[4:]), i[1], i[2], i[3], f[0], f[1])
+        for item, i, f in zip(items, ints, floats, strict=True)
+    )
 
 
 def initial_state(model: HupModel, features: FeatureState) -> ProfileState:

@@ -10,9 +10,11 @@ in `hup.incremental` one event at a time (the stream); the parity test holds the
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple, cast
 
+import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
@@ -20,9 +22,20 @@ from torch import Tensor, nn
 from hup.config import HupConfig
 from hup.features import EventFeatures
 from hup.layers import AttentionPool, BehaviorLSTMCell
+from hup.repeat import CATEGORY_FEATURES, ITEM_FEATURES, RepeatInputs
 from hup.vocab import OOV
 
-__all__ = ["FEATURE_KEYS", "HupModel", "LayerInput", "collate_features", "stack_features"]
+__all__ = [
+    "FEATURE_KEYS",
+    "REPEAT_KEYS",
+    "HupModel",
+    "LayerInput",
+    "Mixture",
+    "RepeatHeads",
+    "collate_features",
+    "collate_repeat",
+    "stack_features",
+]
 
 FEATURE_KEYS = EventFeatures._fields
 
@@ -64,6 +77,130 @@ def collate_features(sequences: list[list[EventFeatures]]) -> dict[str, Tensor]:
     lengths = torch.tensor([len(s) for s in sequences])
     batch["valid"] = torch.arange(longest).unsqueeze(0) < lengths.unsqueeze(1)
     return batch
+
+
+REPEAT_KEYS = (
+    "repeat_items",
+    "repeat_item_features",
+    "repeat_categories",
+    "repeat_category_features",
+    "repeat_open_item",
+)
+"""Keys of the per-point repeat inputs (`collate_repeat`) inside a batch dict."""
+
+
+def collate_repeat(inputs: list[RepeatInputs]) -> dict[str, Tensor]:
+    """Stack one `RepeatInputs` per point into the batch tensors the repeat heads read."""
+    return {
+        "repeat_items": torch.from_numpy(np.stack([i.items for i in inputs])),
+        "repeat_item_features": torch.from_numpy(np.stack([i.item_features for i in inputs])),
+        "repeat_categories": torch.from_numpy(np.stack([i.categories for i in inputs])),
+        "repeat_category_features": torch.from_numpy(
+            np.stack([i.category_features for i in inputs])
+        ),
+        "repeat_open_item": torch.tensor([i.open_item for i in inputs], dtype=torch.long),
+    }
+
+
+def _scorer(features: int, hidden: int) -> nn.Sequential:
+    # Candidate features plus the candidate's cosine to the profile -> one logit.
+    return nn.Sequential(nn.Linear(features + 1, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+
+
+class RepeatHeads(nn.Module):
+    """Repeat and explore channels mixed by a gate, for items and every category level.
+
+    In the spirit of RepeatNet (Ren et al., AAAI 2019): P(v) = g * P_repeat(v) +
+    (1 - g) * P_explore(v). P_explore is a softmax over the whole vocabulary of the
+    profile's cosine to each embedding (a learned scale); P_repeat is a softmax over the
+    user's remembered items (`hup.repeat`), each scored by a small net from what the user
+    did with it and its cosine to the profile; the gate g reads every profile vector and
+    how many candidates there are. Items the user has not seen can only come from the
+    explore channel, so the profile vectors keep their meaning for consumers.
+    """
+
+    def __init__(self, config: HupConfig, profile_dim: int) -> None:
+        """Create the scorers and gates; `profile_dim` is the width of all profiles joined."""
+        super().__init__()
+        hidden = config.repeat_hidden
+        self.item_scorer = _scorer(ITEM_FEATURES, hidden)
+        self.item_gate = nn.Linear(profile_dim + 1, 1)
+        self.item_log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+        levels = range(config.n_levels)
+        self.category_scorers = nn.ModuleList(_scorer(CATEGORY_FEATURES, hidden) for _ in levels)
+        self.category_gates = nn.ModuleList(nn.Linear(profile_dim + 1, 1) for _ in levels)
+        self.category_log_scale = nn.Parameter(torch.full((config.n_levels,), math.log(10.0)))
+
+
+class Mixture(NamedTuple):
+    """The two channels of `RepeatHeads` at N points, before they are mixed.
+
+    P(v) = gate * sum of ``repeat`` over the candidates equal to v + (1 - gate) * exp(explore[v]).
+    """
+
+    explore: Tensor  # [N, V] log-probabilities of the explore channel (-inf: never ranked)
+    candidates: Tensor  # [N, R] remembered ids
+    repeat: Tensor  # [N, R] probabilities of the repeat channel (0 on empty/excluded slots)
+    gate: Tensor  # [N] weight of the repeat channel (0 when it has no candidate)
+
+    def probabilities(self) -> Tensor:
+        """P(v) [N, V]: what ranking reads."""
+        probs = (1 - self.gate).unsqueeze(1) * self.explore.exp()
+        return probs.scatter_add(1, self.candidates, self.gate.unsqueeze(1) * self.repeat)
+
+    def nll(self, target: Tensor) -> Tensor:
+        """Mean -log P(target) over the targets that are not OOV (0 when none is).
+
+        Reads only the target's entries, so training never builds the mixed [N, V] matrix.
+        """
+        keep = target != OOV
+        if not bool(keep.any()):
+            return self.explore.sum() * 0.0
+        target = target[keep]
+        explore = self.explore[keep].gather(1, target.unsqueeze(1)).squeeze(1).exp()
+        repeat = (self.repeat[keep] * (self.candidates[keep] == target.unsqueeze(1))).sum(1)
+        gate = self.gate[keep]
+        return -torch.log((1 - gate) * explore + gate * repeat + 1e-9).mean()
+
+
+def mixture(
+    profile: Tensor,
+    table: Tensor,
+    candidates: Tensor,
+    features: Tensor,
+    scorer: nn.Module,
+    gate: nn.Module,
+    gate_input: Tensor,
+    log_scale: Tensor,
+    excluded: Tensor | None,
+) -> Mixture:
+    """The repeat and explore channels of N points (see `RepeatHeads`).
+
+    Args:
+        profile: [N, D] profiles; table: [V, D] the embedding table of that space.
+        candidates: [N, R] remembered ids (0 = empty); features: [N, R, F] their features.
+        scorer, gate, log_scale: the channel's modules; gate_input: [N, G] profiles joined.
+        excluded: [N] an id per row never to recommend (0 = none), or None.
+
+    The OOV id 0 and the excluded ids get probability 0 in both channels.
+    """
+    cosine = F.normalize(profile, dim=-1) @ F.normalize(table, dim=-1).T  # [N, V]
+    logits = cosine * log_scale.exp()
+    logits[:, OOV] = -math.inf
+    valid = candidates != OOV
+    if excluded is not None:
+        rows = torch.arange(len(excluded), device=excluded.device)
+        logits[rows, excluded] = -math.inf  # an excluded 0 is OOV, blocked already
+        valid = valid & (candidates != excluded.unsqueeze(1))
+    explore = torch.log_softmax(logits, dim=-1)
+    candidate_cosine = cosine.gather(1, candidates).unsqueeze(-1)
+    scores = scorer(torch.cat([features, candidate_cosine], dim=-1)).squeeze(-1)
+    any_valid = valid.any(dim=1)
+    scores = scores.masked_fill(~valid, -math.inf).masked_fill(~any_valid.unsqueeze(1), 0.0)
+    repeat = torch.softmax(scores, dim=-1) * valid
+    count = torch.log1p(valid.sum(dim=1, keepdim=True).to(profile.dtype))
+    g = torch.sigmoid(gate(torch.cat([gate_input, count], dim=-1))).squeeze(-1) * any_valid
+    return Mixture(explore, candidates, repeat, g)
 
 
 class HupModel(nn.Module):
@@ -110,6 +247,11 @@ class HupModel(nn.Module):
                 name: nn.Linear(cfg.hidden, cfg.item_dim if h.level is None else cfg.category_dim)
                 for name, h in self.head_specs.items()
             }
+        )
+        self.repeat_heads = (
+            RepeatHeads(cfg, sum(self.head_of(h).out_features for h in self.head_specs))
+            if cfg.repeat
+            else None
         )
 
     def _input_dim(self, name: str) -> int:
@@ -236,6 +378,52 @@ class HupModel(nn.Module):
             if only is None or name in only
         }
 
+    # ---- ranking -------------------------------------------------------------------------------
+
+    def _repeat_heads(self) -> RepeatHeads:
+        if self.repeat_heads is None:
+            raise ValueError("this model has no repeat channel (config.repeat is False)")
+        return cast(RepeatHeads, self.repeat_heads)
+
+    def gate_input(self, profiles: dict[str, Tensor]) -> Tensor:
+        """Every profile vector joined [N, G]: what the repeat/explore gates read."""
+        return torch.cat([profiles[h] for h in self.head_specs], dim=-1)
+
+    def item_mixture(self, profiles: dict[str, Tensor], repeat: dict[str, Tensor]) -> Mixture:
+        """The next-item distribution of the repeat-aware model (0 for OOV and the open item).
+
+        `repeat` holds the `collate_repeat` tensors of the same points as `profiles`.
+        """
+        heads = self._repeat_heads()
+        return mixture(
+            profiles["item"],
+            self.item_embedding.weight,
+            repeat["repeat_items"],
+            repeat["repeat_item_features"],
+            heads.item_scorer,
+            heads.item_gate,
+            self.gate_input(profiles),
+            heads.item_log_scale,
+            repeat["repeat_open_item"],
+        )
+
+    def category_mixture(
+        self, level: int, profiles: dict[str, Tensor], repeat: dict[str, Tensor]
+    ) -> Mixture:
+        """The next-category distribution of `level` of the repeat-aware model (0 for OOV)."""
+        heads = self._repeat_heads()
+        return mixture(
+            profiles[f"category{level}"],
+            self.category_embedding(level).weight,
+            repeat["repeat_categories"][:, level],
+            repeat["repeat_category_features"][:, level],
+            heads.category_scorers[level],
+            heads.category_gates[level],
+            self.gate_input(profiles),
+            heads.category_log_scale[level],
+            None,
+        )
+
     # ---- full-sequence forward -------------------------------------------------------------
 
     def forward(self, batch: dict[str, Tensor], positions: Tensor) -> dict[str, Tensor]:
@@ -264,7 +452,8 @@ class HupModel(nn.Module):
         h_committed, c_committed, h_open, c_open = zeros, zeros, zeros, zeros
         outputs = []
         cell = self.cell_of(name)
-        x_gates, scale = cell.input_part(inputs.x, inputs.dt, inputs.a)  # [B, T, 4H], [B, T, H]
+        x = F.dropout(inputs.x, self.config.dropout, self.training)
+        x_gates, scale = cell.input_part(x, inputs.dt, inputs.a)  # [B, T, 4H], [B, T, H]
         commits = (inputs.change & valid).unsqueeze(-1)
         steps_mask = (inputs.recompute & valid).unsqueeze(-1)
         for t in range(steps):
@@ -312,7 +501,9 @@ class HupModel(nn.Module):
     def loss(
         self, batch: dict[str, Tensor], positions: Tensor, targets: dict[str, Tensor]
     ) -> Tensor:
-        """Eq. 7: weighted cosine proximity of each level's profile to the next item/categories.
+        """Eq. 7 (weighted cosine proximity of each level's profile to the next item/categories),
+        plus, for the repeat-aware model, the mixture's negative log-likelihood of the next
+        item and of each level's next category (`REPEAT_KEYS` must then be in `batch`).
 
         A target that is the OOV id (a sku or category below the vocabulary's min-count) is
         left out of its level's term: the OOV embedding stands for every rare id at once, and
@@ -335,6 +526,11 @@ class HupModel(nn.Module):
             levels.append((f"category{k}", emb, targets["categories"][:, k], cfg.lambda_category))
         # Zero, but attached to the graph, so a batch whose targets are all OOV still backprops.
         total = profiles["item"].sum() * 0.0
+        if self.repeat_heads is not None:
+            total = total + self.item_mixture(profiles, batch).nll(targets["item"])
+            for k in range(cfg.n_levels):
+                category = self.category_mixture(k, profiles, batch)
+                total = total + category.nll(targets["categories"][:, k]) / cfg.n_levels
         for head, table, target, weight in levels:
             keep = target != OOV
             if not bool(keep.any()):

@@ -13,13 +13,16 @@ from hup.baselines import Rankings
 from hup.checkpoint import Checkpoint
 from hup.data import Session
 from hup.features import FeatureSpec, Featurizer
-from hup.model import collate_features
+from hup.model import HupModel, collate_features, collate_repeat
 from hup.points import PredictionPoint
+from hup.repeat import repeat_inputs
 from hup.sequences import featurize_session
 from hup.vocab import Vocabularies
 
 __all__ = [
+    "RANK_CHUNK",
     "HupRecommender",
+    "rank_profiles",
     "ProfileSource",
     "model_device",
     "profiles_at_points",
@@ -63,12 +66,15 @@ def profiles_at_points(
     sessions: Sequence[Session],
     points: Sequence[PredictionPoint],
     batch_size: int = 256,
+    with_repeat: bool = False,
 ) -> dict[str, Tensor]:
     """Profiles after each point's last input event, by the full-sequence forward pass.
 
     The forward pass is causal, so running it over the whole session and reading the
     profile at the point's last input event sees only that input. Batches are built on the
-    CPU and moved to the model's device (``--device cuda``); the profiles stay there.
+    CPU and moved to the model's device (``--device cuda``); the profiles stay there. With
+    ``with_repeat`` the result also holds each point's repeat inputs (`REPEAT_KEYS`), read
+    from the featurizer's memory at that event.
     """
     featurizer = Featurizer(checkpoint.spec, checkpoint.vocabularies)
     needed = sorted({p.session_index for p in points})
@@ -85,12 +91,18 @@ def profiles_at_points(
         collated = collate_features([featurized[i].features for i in chunk])
         batch = {key: value.to(device) for key, value in collated.items()}
         positions = []
+        memories = []
         for row, i in enumerate(chunk):
             for n in by_session[i]:
-                positions.append((row, featurized[i].feature_at_event[points[n].n_input - 1]))
+                at = featurized[i].feature_at_event[points[n].n_input - 1]
+                positions.append((row, at))
                 order.append(n)
+                if with_repeat:
+                    memories.append(repeat_inputs(featurized[i].states[at]))
         with torch.no_grad():
             profiles = model(batch, torch.tensor(positions, dtype=torch.long, device=device))
+        if with_repeat:
+            profiles.update({k: v.to(device) for k, v in collate_repeat(memories).items()})
         for name, value in profiles.items():
             out.setdefault(name, []).append(value)
     inverse = torch.empty(len(order), dtype=torch.long)
@@ -160,22 +172,69 @@ class HupRecommender:
         if not points:
             return Rankings([], [])
         model, vocab = self.checkpoint.model, self.checkpoint.vocabularies
-        profiles = profiles_at_points(self.checkpoint, sessions, points)
+        repeat = model.repeat_heads is not None
+        profiles = profiles_at_points(self.checkpoint, sessions, points, with_repeat=repeat)
         last_items = [vocab.items.lookup(p.last_input_item) or None for p in points]
-        with torch.no_grad():
-            item_ids = top_k_excluding(
-                profiles["item"], model.item_embedding.weight, k_items, last_items
+        item_ids: list[list[int]] = []
+        per_level: list[list[list[int]]] = [[] for _ in range(model.config.n_levels)]
+        for start in range(0, len(points), RANK_CHUNK):
+            chunk = {k: v[start : start + RANK_CHUNK] for k, v in profiles.items()}
+            items, levels = rank_profiles(
+                model, chunk, k_items, k_categories, last_items[start : start + RANK_CHUNK]
             )
-            per_level = [
-                top_k_excluding(
-                    profiles[f"category{k}"],
-                    model.category_embedding(k).weight,
-                    k_categories,
-                    [None] * len(points),
-                )
-                for k in range(model.config.n_levels)
-            ]
+            item_ids.extend(ids for ids, _ in items)
+            for k, level in enumerate(levels):
+                per_level[k].extend(ids for ids, _ in level)
         return rankings_from_ids(vocab, item_ids, per_level)
+
+
+RANK_CHUNK = 1024
+"""Points ranked at once offline: bounds the [points, vocabulary] score matrix."""
+
+Ranked = list[tuple[list[int], list[float]]]
+"""Per row: the ranked ids, best first, and their scores."""
+
+
+@torch.no_grad()
+def rank_profiles(
+    model: HupModel,
+    profiles: dict[str, Tensor],
+    k_items: int,
+    k_categories: int,
+    excluded: Sequence[int | None],
+) -> tuple[Ranked, list[Ranked]]:
+    """Top items and top categories of each level, with scores, from profiles at points.
+
+    The one ranking rule of the offline evaluation and the stream's published profiles.
+    The repeat-aware model ranks by its mixture probabilities (`HupModel.item_mixture`;
+    ``profiles`` then holds the `REPEAT_KEYS` tensors too, whose open item is never ranked);
+    the paper's model by the cosine of each profile to the embeddings. ``excluded`` is an id
+    per row never to rank (the last input sku offline), or None; OOV id 0 is never ranked.
+    """
+    if model.repeat_heads is not None:
+        item_scores = model.item_mixture(profiles, profiles).probabilities()
+        level_scores = [
+            model.category_mixture(k, profiles, profiles).probabilities()
+            for k in range(model.config.n_levels)
+        ]
+    else:
+        item_scores = _cosines(profiles["item"], model.item_embedding.weight)
+        level_scores = [
+            _cosines(profiles[f"category{k}"], model.category_embedding(k).weight)
+            for k in range(model.config.n_levels)
+        ]
+    items = _top_k_scored(item_scores, k_items, excluded)
+    levels = [_top_k_scored(s, k_categories, [None] * len(s)) for s in level_scores]
+    return items, levels
+
+
+def _cosines(profiles: Tensor, table: Tensor) -> Tensor:
+    return F.normalize(profiles, dim=-1) @ F.normalize(table, dim=-1).T
+
+
+def _top_k_scored(scores: Tensor, k: int, excluded: Sequence[int | None]) -> Ranked:
+    ids = top_k_of_scores(scores, k, excluded)
+    return [(row, scores[n, row].tolist()) for n, row in enumerate(ids)]
 
 
 def rankings_from_ids(

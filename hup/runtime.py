@@ -14,8 +14,11 @@ import numpy as np
 import torch
 
 from hup.checkpoint import Checkpoint, load_checkpoint
-from hup.features import FeatureFlags, Featurizer
+from hup.features import FeatureFlags, FeatureState, Featurizer
 from hup.incremental import ProfileState, initial_state, step
+from hup.model import collate_repeat
+from hup.recommender import rank_profiles
+from hup.repeat import repeat_inputs
 from hup.schema import Event
 
 __all__ = ["Applied", "Profile", "Profiler"]
@@ -26,7 +29,12 @@ class Profile:
     """One user's profile after one event."""
 
     vectors: dict[str, np.ndarray]  # head ("micro", "item", "category0".."categoryK-1") -> vector
-    top_categories: list[tuple[str, float]]  # finest level: (category id, cosine), best first
+    # Finest level: (category id, score), best first; the score is the repeat-aware model's
+    # probability of that category next, or the paper's model's cosine to the profile.
+    top_categories: list[tuple[str, float]]
+    # (sku, score), best first, never the open run's sku: the repeat-aware model's
+    # probability of that sku next, or the paper's model's cosine to the item profile.
+    top_items: list[tuple[str, float]]
 
 
 @dataclass(frozen=True)
@@ -41,23 +49,20 @@ class Applied:
 class Profiler:
     """A loaded model plus featurizer, stepping batches of events of distinct users."""
 
-    def __init__(self, checkpoint: Checkpoint, top_n: int = 5) -> None:
-        """Wrap a loaded checkpoint; `top_n` categories accompany every profile."""
+    def __init__(self, checkpoint: Checkpoint, top_n: int = 5, top_items: int = 20) -> None:
+        """Wrap a loaded checkpoint; `top_n` categories and `top_items` skus accompany every
+        profile (ranked by `hup.recommender.rank_profiles`, the offline evaluation's rule)."""
         self.checkpoint = checkpoint
         self.model = checkpoint.model.eval()
         self.featurizer = Featurizer(checkpoint.spec, checkpoint.vocabularies)
         self.top_n = top_n
-        finest = checkpoint.spec.n_levels - 1
-        self._finest_head = f"category{finest}"
-        self._finest_tokens = checkpoint.vocabularies.categories[finest].tokens
-        with torch.no_grad():
-            table = self.model.category_embedding(finest).weight[1:]  # OOV is never a result
-            self._finest_unit = torch.nn.functional.normalize(table, dim=-1)
+        self.top_items = top_items
+        self._finest = checkpoint.spec.n_levels - 1
 
     @classmethod
-    def load(cls, directory: Path | str, top_n: int = 5) -> Profiler:
+    def load(cls, directory: Path | str, top_n: int = 5, top_items: int = 20) -> Profiler:
         """Load a checkpoint directory (raises `CheckpointError` with what is wrong)."""
-        return cls(load_checkpoint(directory), top_n=top_n)
+        return cls(load_checkpoint(directory), top_n=top_n, top_items=top_items)
 
     @property
     def version(self) -> str:
@@ -84,18 +89,30 @@ class Profiler:
             new_states, profiles = step(
                 self.model, [states[i] for i, _ in rows], features, feature_states
             )
-            top = self._top_categories(profiles[self._finest_head])
+            items, categories = self._rank(profiles, feature_states)
             vectors = {name: p.numpy() for name, p in profiles.items()}
             for j, (i, flags) in enumerate(rows):
-                profile = Profile({name: v[j] for name, v in vectors.items()}, top[j])
+                vector = {name: v[j] for name, v in vectors.items()}
+                profile = Profile(vector, categories[j], items[j])
                 results[i] = Applied(new_states[j], profile, flags)
         return [r for r in results if r is not None]
 
-    def _top_categories(self, finest: torch.Tensor) -> list[list[tuple[str, float]]]:
-        scores = torch.nn.functional.normalize(finest, dim=-1) @ self._finest_unit.T
-        k = min(self.top_n, scores.shape[1])
-        values, indices = scores.topk(k, dim=-1)
-        return [
-            [(self._finest_tokens[i + 1], round(v, 6)) for v, i in zip(vs, ids, strict=True)]
-            for vs, ids in zip(values.tolist(), indices.tolist(), strict=True)
-        ]
+    def _rank(
+        self, profiles: dict[str, torch.Tensor], feature_states: list[FeatureState]
+    ) -> tuple[list[list[tuple[str, float]]], list[list[tuple[str, float]]]]:
+        """Top skus and finest-level categories, as tokens, of each row."""
+        inputs = dict(profiles)
+        if self.model.repeat_heads is not None:
+            inputs.update(collate_repeat([repeat_inputs(fs) for fs in feature_states]))
+        open_items = [fs.item_id if fs.has_open and fs.item_id else None for fs in feature_states]
+        items, levels = rank_profiles(self.model, inputs, self.top_items, self.top_n, open_items)
+        vocab = self.checkpoint.vocabularies
+        item_tokens, category_tokens = vocab.items.tokens, vocab.categories[self._finest].tokens
+        return (
+            [_named(item_tokens, ids, scores) for ids, scores in items],
+            [_named(category_tokens, ids, scores) for ids, scores in levels[self._finest]],
+        )
+
+
+def _named(tokens: tuple[str, ...], ids: list[int], scores: list[float]) -> list[tuple[str, float]]:
+    return [(tokens[i], round(s, 6)) for i, s in zip(ids, scores, strict=True)]

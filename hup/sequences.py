@@ -9,8 +9,9 @@ import torch
 from torch import Tensor
 
 from hup.data import Session
-from hup.features import EventFeatures, FeatureSpec, Featurizer
-from hup.model import collate_features
+from hup.features import EventFeatures, FeatureSpec, FeatureState, Featurizer
+from hup.model import collate_features, collate_repeat
+from hup.repeat import repeat_inputs
 from hup.vocab import Taxonomy, build_vocabularies
 
 __all__ = [
@@ -35,12 +36,16 @@ class FeaturizedSession:
     features: list[EventFeatures]
     feature_at_event: list[int]  # -1 until the first accepted event
     n_clamped: int = 0
+    # The featurizer's state after each feature (same index as `features`): the repeat
+    # channel reads the user's memory at a point from it (`hup.repeat.repeat_inputs`).
+    states: tuple[FeatureState, ...] = ()
 
 
 def featurize_session(featurizer: Featurizer, session: Session) -> FeaturizedSession:
     """Run the causal featurizer over one session, exactly as the stream would."""
     state = featurizer.initial_state()
     features: list[EventFeatures] = []
+    states: list[FeatureState] = []
     at_event: list[int] = []
     clamped = 0
     for event in session.events:
@@ -48,8 +53,9 @@ def featurize_session(featurizer: Featurizer, session: Session) -> FeaturizedSes
         clamped += flags.gap_clamped
         if feats is not None:
             features.append(feats)
+            states.append(state)
         at_event.append(len(features) - 1)
-    return FeaturizedSession(features, at_event, clamped)
+    return FeaturizedSession(features, at_event, clamped, tuple(states))
 
 
 def count_clamped_gaps(
@@ -91,12 +97,14 @@ def batches(
     sessions: Sequence[FeaturizedSession],
     batch_size: int,
     generator: torch.Generator | None = None,
+    repeat: bool = False,
 ) -> Iterator[tuple[dict[str, Tensor], Tensor, dict[str, Tensor]]]:
     """Training batches: (collated features, positions [N, 2], targets) over sessions with points.
 
     Sessions are grouped by length so that padding stays small; batch order is shuffled.
     Targets keep the OOV id 0 of skus and categories below the vocabulary's min-count; the
-    losses leave those points out of that level's term (`HupModel.loss`).
+    losses leave those points out of that level's term (`HupModel.loss`). With ``repeat``
+    the batch also holds each point's repeat inputs (`hup.model.REPEAT_KEYS`).
     """
     usable = [s for s in sessions if training_positions(s.features)]
     order = sorted(range(len(usable)), key=lambda i: len(usable[i].features))
@@ -107,15 +115,21 @@ def batches(
         else range(len(groups))
     )
     for g in shuffle:
-        chosen = [usable[i].features for i in groups[g]]
-        positions, target_items, target_categories = [], [], []
-        for row, feats in enumerate(chosen):
+        chosen = [usable[i] for i in groups[g]]
+        positions, target_items, target_categories, memories = [], [], [], []
+        for row, session in enumerate(chosen):
+            feats = session.features
             for t, target in training_positions(feats):
                 positions.append((row, t))
                 target_items.append(feats[target].item)
                 target_categories.append(feats[target].categories)
+                if repeat:
+                    memories.append(repeat_inputs(session.states[t]))
+        collated = collate_features([s.features for s in chosen])
+        if repeat:
+            collated.update(collate_repeat(memories))
         yield (
-            collate_features(chosen),
+            collated,
             torch.tensor(positions, dtype=torch.long),
             {
                 "item": torch.tensor(target_items, dtype=torch.long),

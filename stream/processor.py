@@ -355,6 +355,7 @@ class Processor:
                 "category": [vectors[f"category{k}"] for k in range(n_levels)],
             },
             "top_categories": [{"id": c, "score": s} for c, s in profile.top_categories],
+            "top_items": [{"id": i, "score": s} for i, s in profile.top_items],
         }
         value = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
         return OutputProfile(user.encode(), value, event.ts, record.received_ts)

@@ -18,6 +18,7 @@ __all__ = [
     "ProfileMessage",
     "ProfileVectors",
     "TopCategory",
+    "TopItem",
     "profile_json_schema",
     "write_profile_schema",
 ]
@@ -27,12 +28,31 @@ _FILE_NAME = SHIPPED_PROFILE_SCHEMA.name
 
 
 class TopCategory(BaseModel):
-    """A finest-level category close to the user's profile."""
+    """A finest-level category the user is likely to turn to next."""
 
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(description="Category id, as in the events.")
-    score: float = Field(description="Cosine of the category to the profile, -1..1.")
+    score: float = Field(
+        description=(
+            "The model's probability of this category next, 0..1 (the default "
+            "repeat-aware model), or the category's cosine to the profile, -1..1 (hup-paper)."
+        )
+    )
+
+
+class TopItem(BaseModel):
+    """An item (sku) the user is likely to view next."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(description="Item id (sku), as in the events.")
+    score: float = Field(
+        description=(
+            "The model's probability of this item next, 0..1 (the default repeat-aware "
+            "model), or the item's cosine to the item profile, -1..1 (hup-paper)."
+        )
+    )
 
 
 class ProfileVectors(BaseModel):
@@ -78,7 +98,14 @@ class ProfileMessage(BaseModel):
     )
     profile: ProfileVectors
     top_categories: list[TopCategory] = Field(
-        description="Finest-level categories closest to the profile, best first."
+        description="Finest-level categories the user is likely to turn to next, best first."
+    )
+    top_items: list[TopItem] = Field(
+        description=(
+            "Items the user is likely to view next, best first (HUP_TOP_ITEMS of them): "
+            "revisits of the user's recent items and new items, never the item of the "
+            "open visit. The same ranking as the offline evaluation."
+        )
     )
 
 

@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     repartition: bool = False
     # Categories listed with every profile.
     top_n: int = Field(default=5, ge=1)
+    # Items (skus) listed with every profile, ranked by the model (`top_items`). Exact
+    # ranking over the whole vocabulary: its cost per event grows with the vocabulary.
+    top_items: int = Field(default=20, ge=1, le=1000)
     # torch intra-op threads. The step's matmuls are tiny: more threads than cores
     # (worker + broker share them) made them 7x slower on a 2-core machine.
     torch_threads: int = Field(default=1, ge=1)
