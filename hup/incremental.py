@@ -186,9 +186,7 @@ def _recent_to_arrays(recent: tuple[RecentItem, ...]) -> dict[str, np.ndarray]:
             dtype=np.int64,
         ),
         "recent_f": np.array([(e.dwell_closed, e.last_ts) for e in recent], dtype=np.float64),
-        "recent_s": np.frombuffer(
-            _SEPARATOR.join(e.item for e in recent).encode(), dtype=np.uint8
-        ),
+        "recent_s": np.frombuffer(_SEPARATOR.join(e.item for e in recent).encode(), dtype=np.uint8),
     }
 
 

@@ -501,9 +501,10 @@ class HupModel(nn.Module):
     def loss(
         self, batch: dict[str, Tensor], positions: Tensor, targets: dict[str, Tensor]
     ) -> Tensor:
-        """Eq. 7 (weighted cosine proximity of each level's profile to the next item/categories),
-        plus, for the repeat-aware model, the mixture's negative log-likelihood of the next
-        item and of each level's next category (`REPEAT_KEYS` must then be in `batch`).
+        """Eq. 7 (cosine proximity of each level's profile to the next item/categories), and more.
+
+        The repeat-aware model adds its mixture's negative log-likelihood of the next item
+        and of each level's next category (`REPEAT_KEYS` must then be in `batch`).
 
         A target that is the OOV id (a sku or category below the vocabulary's min-count) is
         left out of its level's term: the OOV embedding stands for every rare id at once, and

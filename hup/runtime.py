@@ -50,8 +50,10 @@ class Profiler:
     """A loaded model plus featurizer, stepping batches of events of distinct users."""
 
     def __init__(self, checkpoint: Checkpoint, top_n: int = 5, top_items: int = 20) -> None:
-        """Wrap a loaded checkpoint; `top_n` categories and `top_items` skus accompany every
-        profile (ranked by `hup.recommender.rank_profiles`, the offline evaluation's rule)."""
+        """Wrap a loaded checkpoint; `top_n` categories and `top_items` skus go with each profile.
+
+        Both are ranked by `hup.recommender.rank_profiles`, the offline evaluation's rule.
+        """
         self.checkpoint = checkpoint
         self.model = checkpoint.model.eval()
         self.featurizer = Featurizer(checkpoint.spec, checkpoint.vocabularies)

@@ -198,9 +198,7 @@ def train_model(
     clamped = log_clamped_gaps(train_seqs)
     history, best_epoch = fit_epochs(
         model,
-        lambda generator: batches(
-            train_seqs, options.batch_size, generator, repeat=config.repeat
-        ),
+        lambda generator: batches(train_seqs, options.batch_size, generator, repeat=config.repeat),
         lambda: _validation_metrics(Checkpoint(model, spec, vocab, "unsaved", {}), train, valid),
         epochs=options.epochs,
         patience=options.patience,

@@ -61,11 +61,13 @@ class WorkerContext:
             return
         if self.settings.model is None:
             raise CheckpointError("HUP_MODEL is not set; point it at a checkpoint directory")
-        self._use(Profiler.load(
+        self._use(
+            Profiler.load(
                 self.settings.model,
                 top_n=self.settings.top_n,
                 top_items=self.settings.top_items,
-            ))
+            )
+        )
 
     def _use(self, profiler: Profiler) -> None:
         self._processor = Processor(

@@ -152,9 +152,7 @@ def _offline_rankings(profiler: Profiler, sessions: Sequence[Session]):
             inputs = model(batch, positions)
         inputs.update(collate_repeat([repeat_inputs(s) for s in featurized.states]))
         opened = [s.item_id if s.has_open and s.item_id else None for s in featurized.states]
-        items, levels = rank_profiles(
-            model, inputs, profiler.top_items, profiler.top_n, opened
-        )
+        items, levels = rank_profiles(model, inputs, profiler.top_items, profiler.top_n, opened)
         out.append(list(zip(items, levels[-1], strict=True)))
     return out
 
