@@ -14,6 +14,7 @@ __all__ = [
     "FoldedReport",
     "PairedDifference",
     "ResultRow",
+    "difference_tables",
     "folded_json",
     "folded_markdown",
     "to_json",
@@ -108,7 +109,7 @@ def _signed(estimate: Estimate | None) -> str:
     return f"{100 * estimate.mean:+.2f} [{100 * estimate.lo:+.2f}, {100 * estimate.hi:+.2f}]{mark}"
 
 
-def _difference_tables(differences: tuple[PairedDifference, ...]) -> list[str]:
+def difference_tables(differences: tuple[PairedDifference, ...]) -> list[str]:
     """One table per reference and mode: a row per other method, a column per metric."""
     lines: list[str] = []
     groups: dict[tuple[str, str], list[PairedDifference]] = {}
@@ -163,7 +164,7 @@ def to_markdown(report: EvaluationReport) -> str:
         f"({report.n_resamples} resamples, seed {report.seed}); {split}; "
         f"{report.clamped_gaps} test events with out-of-order timestamps (gaps clamped to 0)."
     )
-    lines += _difference_tables(report.differences)
+    lines += difference_tables(report.differences)
     if report.command:
         lines.append(f"\nCommand: `{report.command}`")
     return "\n".join(lines) + "\n"

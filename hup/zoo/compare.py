@@ -36,6 +36,7 @@ from hup.evaluate import (
 )
 from hup.folds import fold_data
 from hup.points import PredictionPoint
+from hup.report import difference_tables
 from hup.splits import protocol_splits
 from hup.vocab import Taxonomy
 from hup.zoo.catalog import DISPLAY_NAMES, ZOO_CLASSES
@@ -287,17 +288,7 @@ def _tables(comparison: Comparison) -> list[str]:
             "",
             f'Categories by "last category" (the protocol\'s fallback): {", ".join(fallback)}.',
         ]
-    if report.differences:
-        lines += [
-            "",
-            f"Paired differences, {report.differences[0].reference} minus each model (pp, `every` points):",
-            "",
-        ]
-        for d in report.differences:
-            e = d.estimate
-            lines.append(
-                f"- {d.other}, {d.metric}: {100 * e.mean:+.2f} [{100 * e.lo:+.2f}, {100 * e.hi:+.2f}]"
-            )
+    lines += difference_tables(report.differences)
     return lines
 
 

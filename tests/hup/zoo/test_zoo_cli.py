@@ -134,6 +134,8 @@ def test_compare_with_folds_fits_every_model_per_fold_and_pools(tmp_path: Path) 
     table = (tmp_path / "compare.md").read_text()
     assert "Pooled over 3 folds" in table and "## Fold 3 of 3" in table
     assert "| model | every:revisit item Recall@20 |" in table
+    # Paired differences as a table, pooled first, then one per fold.
+    assert table.count("| POP minus | item Recall@20 | item MRR@20 | category L3 Recall@5 |") == 4
     _fails_cleanly(
         _run("compare", "--data", DATA, "--models", "pop", "--out", str(tmp_path / "x"),
              "--folds", "31"),
