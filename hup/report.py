@@ -197,8 +197,9 @@ def to_json(report: EvaluationReport) -> dict[str, Any]:
     """The report as plain JSON types (fractions, not %), ready for `orjson.dumps`.
 
     A metric a method does not have (the items of "last category") is null; an empty mode
-    has estimates whose mean, lo and hi are null. ``folds`` is 1 for a single split; a
-    pooled report has K and session counts totalled over the folds.
+    has estimates whose mean, lo and hi are null. ``folds`` is how many folds' test points
+    the figures pool: 1 for a single split (or one fold's own report), K for a pooled report,
+    whose session counts are totals over the folds.
     """
     return {
         "protocol": "docs/evaluation.md",
