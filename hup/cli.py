@@ -23,11 +23,20 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from hup.baselines import Recommender, protocol_baselines
 from hup.checkpoint import Checkpoint
 from hup.config import VARIANTS
-from hup.data import Dataset, load_dataset, split_sessions
+from hup.data import Dataset, load_dataset
 from hup.evaluate import evaluate as run_evaluation
-from hup.evaluate import to_json, to_markdown
+from hup.evaluate import folded_json, folded_markdown, to_json, to_markdown
 from hup.exceptions import HupError
+from hup.folds import (
+    check_fold_manifest,
+    evaluate_fold_checkpoints,
+    fold_data,
+    fold_dir,
+    read_fold_manifest,
+    write_fold_manifest,
+)
 from hup.schema import write_event_schema
+from hup.splits import Split, protocol_splits
 from hup.train import TrainOptions, train_model
 from hup.vocab import Taxonomy
 from hup.zoo.checkpoint import ZooCheckpoint
@@ -66,6 +75,16 @@ def _load(data: str, taxonomy: Path | None) -> tuple[Dataset, Taxonomy | None]:
     return dataset, Taxonomy(dataset.taxonomy) if dataset.taxonomy else None
 
 
+def _splits(dataset: Dataset, folds: int | None) -> list[Split]:
+    """The protocol's splits, or one clean error line (bad K)."""
+    if folds is not None and folds < 1:
+        raise _fail(f"--folds must be >= 1, got {folds}")
+    try:
+        return protocol_splits(dataset, folds)
+    except ValueError as exc:
+        raise _fail(f"--folds {folds}: {exc}") from exc
+
+
 def _settings(pairs: list[str] | None, names: list[str]) -> dict[str, Any]:
     """``--set KEY=VALUE`` pairs (JSON values, else strings), each known to one of ``names``."""
     settings: dict[str, Any] = {}
@@ -85,7 +104,20 @@ def _settings(pairs: list[str] | None, names: list[str]) -> dict[str, Any]:
 
 
 DataOption = Annotated[
-    str, typer.Option("--data", help="jd:PATH[,PATH] or synthetic:users=N,seed=S[,key=value]")
+    str,
+    typer.Option(
+        "--data",
+        help="jd:PATH[,PATH] or synthetic:users=N,seed=S[,key=value]; either may add "
+        "max_len=N (sessions cut to N micro-behaviours) and train_frac=F (first part of "
+        "every training set)",
+    ),
+]
+FoldsOption = Annotated[
+    int | None,
+    typer.Option(
+        help="K rotations of the split (docs/evaluation.md, Folds); default: the single "
+        "70/10/20 split"
+    ),
 ]
 TaxonomyOption = Annotated[
     Path | None, typer.Option(help="Leaf -> ancestors file (lines coarse/.../leaf); K=1 without")
@@ -157,8 +189,13 @@ def train(
     ] = TrainOptions.min_category_count,
     taxonomy: TaxonomyOption = None,
     set_: SetOption = None,
+    folds: FoldsOption = None,
 ) -> None:
-    """Train on the protocol's train split; the validation split picks the epoch."""
+    """Train on the protocol's train split; the validation split picks the epoch.
+
+    With ``--folds K``, one model per fold into ``OUT/fold-1`` .. ``OUT/fold-K``, and
+    ``OUT/folds.json`` naming the data and K (what `hup evaluate --folds K` checks).
+    """
     _check_device(device)
     if softmax_weight < 0 or softmax_negatives < 0:
         raise _fail("--softmax-weight and --softmax-negatives must be >= 0")
@@ -178,8 +215,8 @@ def train(
         dataset, tax = _load(data, taxonomy)
     except (HupError, OSError) as exc:
         raise _fail(str(exc)) from exc
-    train_sessions, valid_sessions, _ = split_sessions(dataset.sessions)
-    fit: Callable[..., tuple[Checkpoint | ZooCheckpoint, list[dict[str, float]]]]
+    splits = _splits(dataset, folds)
+    run_options: FitOptions | TrainOptions
     if kind_of(name) == "zoo":
         budget = FitOptions(
             epochs=epochs,
@@ -192,7 +229,7 @@ def train(
             data=data,
             overrides={**settings, **({} if lr is None else {"learning_rate": lr})},
         )
-        fit = partial(fit_zoo, name, train_sessions, valid_sessions, budget, tax, out)
+        run_options = budget
     else:
         hup_fields = {f.name for f in dataclasses.fields(TrainOptions)}
         options = TrainOptions(
@@ -217,7 +254,30 @@ def train(
             **{k: v for k, v in settings.items() if k in hup_fields},
             model_overrides={k: v for k, v in settings.items() if k not in hup_fields},
         )
-        fit = partial(train_model, train_sessions, valid_sessions, options, tax, out)
+        run_options = options
+    for split in splits:
+        target, label = out, data
+        if len(splits) > 1:
+            target = fold_dir(out, split.fold)
+            label = fold_data(data, split.fold, split.n_folds)
+            err.print(f"fold {split.fold} of {split.n_folds}: training into {target}")
+        fit: Callable[..., tuple[Checkpoint | ZooCheckpoint, list[dict[str, float]]]]
+        if isinstance(run_options, FitOptions):
+            budget = dataclasses.replace(run_options, data=label)
+            fit = partial(fit_zoo, name, split.train, split.valid, budget, tax, target)
+        else:
+            options = dataclasses.replace(run_options, data=label)
+            fit = partial(train_model, split.train, split.valid, options, tax, target)
+        _fit_with_progress(fit, target)
+    if len(splits) > 1:
+        manifest = write_fold_manifest(out, data, splits)
+        err.print(f"wrote {len(splits)} fold checkpoints and {manifest}")
+
+
+def _fit_with_progress(
+    fit: Callable[..., tuple[Checkpoint | ZooCheckpoint, list[dict[str, float]]]], out: Path
+) -> None:
+    """Run one training with a progress bar and per-epoch validation lines."""
     started = time.perf_counter()
     with Progress(
         TextColumn("[progress.description]{task.description}"),
@@ -270,13 +330,21 @@ def evaluate(
             "is an error"
         ),
     ] = None,
+    folds: FoldsOption = None,
 ) -> None:
     """Evaluate on the test split by the protocol (../shared/docs/evaluation.md).
 
     Sessions are expanded through the taxonomy the model was trained with (saved in its
-    checkpoint), so the model and the baselines rank the same category levels.
+    checkpoint), so the model and the baselines rank the same category levels. With
+    ``--folds K``, MODEL is a directory from `hup train --folds K`: fold k's model is
+    evaluated on fold k's test block, with per-fold and pooled figures.
     """
     _check_device(device)
+    if _folded(model, folds):
+        _evaluate_folds(
+            model, data, folds or 1, json_out, seed, resamples, baselines, device, taxonomy
+        )
+        return
     try:
         recommender, version, info = load_recommender(model, device)
         given = Taxonomy.load(taxonomy) if taxonomy is not None else None
@@ -294,20 +362,23 @@ def evaluate(
     if trained_on and trained_on != data:
         # The protocol ranks over the training split's vocabulary, which is the model's
         # only when it was trained on the same data.
+        unseen = "whose test split it has not seen"
+        if trained_on.startswith(f"{data} (fold "):
+            unseen = "one fold of a fold directory: evaluate the directory with --folds"
         raise _fail(
             f"{model} was trained on {trained_on}; evaluate it on the same --data "
-            f"(got {data}), whose test split it has not seen"
+            f"(got {data}), {unseen}"
         )
-    train_sessions, valid_sessions, test_sessions = split_sessions(dataset.sessions)
+    (split,) = protocol_splits(dataset)
     recommenders: list[Recommender] = [recommender]
     if baselines:
         recommenders += protocol_baselines()
     command = "hup " + shlex.join(sys.argv[1:])
     report = run_evaluation(
         recommenders,
-        train_sessions,
-        valid_sessions,
-        test_sessions,
+        split.train,
+        split.valid,
+        split.test,
         seed=seed,
         n_resamples=resamples,
         command=command,
@@ -318,6 +389,64 @@ def evaluate(
         payload = to_json(report)
         payload["model_version"] = version
         payload["training"] = info
+        json_out.write_bytes(orjson.dumps(payload, option=orjson.OPT_INDENT_2))
+
+
+def _folded(model: Path, folds: int | None) -> bool:
+    """Whether to evaluate fold checkpoints; a fold directory without --folds is refused."""
+    if folds is not None and folds < 1:
+        raise _fail(f"--folds must be >= 1, got {folds}")
+    try:
+        manifest = read_fold_manifest(model)
+    except HupError as exc:
+        raise _fail(str(exc)) from exc
+    if manifest is not None and (folds or 1) == 1:
+        raise _fail(
+            f"{model} holds {manifest['folds']} fold checkpoints; evaluate them with "
+            f"--folds {manifest['folds']}"
+        )
+    return (folds or 1) > 1
+
+
+def _evaluate_folds(
+    model: Path,
+    data: str,
+    folds: int,
+    json_out: Path | None,
+    seed: int,
+    resamples: int,
+    baselines: bool,
+    device: str,
+    taxonomy: Path | None,
+) -> None:
+    """`hup evaluate --folds K`: per-fold and pooled tables (and JSON) of fold checkpoints."""
+    try:
+        check_fold_manifest(model, data, folds)
+        given = Taxonomy.load(taxonomy) if taxonomy is not None else None
+        dataset = load_dataset(data)
+    except (HupError, OSError) as exc:
+        raise _fail(str(exc)) from exc
+    splits = _splits(dataset, folds)
+    try:
+        report, models = evaluate_fold_checkpoints(
+            model,
+            data,
+            splits,
+            device=device,
+            baselines=baselines,
+            given_taxonomy=given,
+            seed=seed,
+            n_resamples=resamples,
+            command="hup " + shlex.join(sys.argv[1:]),
+        )
+    except (HupError, OSError) as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(folded_markdown(report))
+    if json_out is not None:
+        payload = folded_json(report)
+        payload["model_versions"] = [m["model_version"] for m in models]
+        for entry, found in zip(payload["per_fold"], models, strict=True):
+            entry.update(model_version=found["model_version"], training=found["training"])
         json_out.write_bytes(orjson.dumps(payload, option=orjson.OPT_INDENT_2))
 
 
@@ -338,8 +467,12 @@ def compare(
     resamples: Annotated[int, typer.Option(help="Bootstrap resamples")] = 1000,
     taxonomy: TaxonomyOption = None,
     set_: SetOption = None,
+    folds: FoldsOption = None,
 ) -> None:
-    """Train every chosen model with its defaults under one budget, evaluate all on the same points."""
+    """Train every chosen model with its defaults under one budget, evaluate all on the same points.
+
+    With ``--folds K`` every model is trained on each fold; per-fold and pooled tables.
+    """
     from hup.zoo.compare import run_comparison, write_comparison  # matplotlib only here
 
     _check_device(device)
@@ -360,6 +493,7 @@ def compare(
         dataset, tax = _load(data, taxonomy)
     except (HupError, OSError) as exc:
         raise _fail(str(exc)) from exc
+    _splits(dataset, folds)  # a bad K fails here, in one line, before any training
     comparison = run_comparison(
         names,
         dataset,
@@ -369,6 +503,7 @@ def compare(
         n_resamples=resamples,
         command="hup " + shlex.join(sys.argv[1:]),
         on_fit=lambda name: err.print(f"fitting {name}"),
+        folds=folds,
     )
     for path in write_comparison(comparison, out):
         typer.echo(str(path))

@@ -6,6 +6,7 @@ import dataclasses
 import heapq
 import logging
 import math
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +18,10 @@ from hup.schema import Event, MicroEvent, parse_event_json
 from hup.vocab import Taxonomy, normalize_categories
 
 __all__ = [
+    "VARIANT_OPTIONS",
     "Dataset",
     "Session",
+    "cut_session",
     "iter_events",
     "load_dataset",
     "read_jsonl",
@@ -53,11 +56,14 @@ class Dataset:
         name: Where the sessions came from, e.g. the JD file stems.
         sessions: In file (time) order; `split_sessions` relies on it.
         taxonomy: Leaf category -> path coarse..leaf; None when the source gives leaves only.
+        train_frac: Fraction of every training set that is kept (its first part): a property
+            of the splits, so `hup.splits.protocol_splits` applies it wherever they are made.
     """
 
     name: str
     sessions: list[Session]
     taxonomy: dict[str, tuple[str, ...]] | None
+    train_frac: float = 1.0
 
 
 def split_sessions(
@@ -74,6 +80,24 @@ def split_sessions(
         list(sessions[train_end:valid_end]),
         list(sessions[valid_end:]),
     )
+
+
+def cut_session(session: Session, max_len: int) -> Session:
+    """The session cut to its first ``max_len`` micro events, as the stream saw it right then.
+
+    The cut keeps every event up to and including the ``max_len``-th micro event. A dwell
+    event arrives when its visit ends, i.e. after the visit's last micro event (at the next
+    page, `hup.jd`), so the visit still open at the cut keeps no dwell event: one would carry
+    time spent after the cut. A session with at most ``max_len`` micro events is unchanged.
+    """
+    seen, last_micro = 0, -1
+    for index, event in enumerate(session.events):
+        if isinstance(event, MicroEvent):
+            seen += 1
+            if seen > max_len:
+                return dataclasses.replace(session, events=session.events[: last_micro + 1])
+            last_micro = index
+    return session
 
 
 def with_category_paths(sessions: Sequence[Session], taxonomy: Taxonomy | None) -> list[Session]:
@@ -145,6 +169,57 @@ def read_jsonl(path: Path) -> Iterator[Event]:
                 raise DataFormatError(f"{path}, line {line_no}: {exc}") from exc
 
 
+VARIANT_OPTIONS = ("max_len", "train_frac")
+"""Options of any dataset spec that derive a harder variant (docs: the protocol's variants)."""
+
+_OPTION = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")  # a key=value token; a path is anything else
+
+
+def _variant_value(key: str, raw: str) -> int | float:
+    """Parse one variant option: ``max_len`` an integer >= 1, ``train_frac`` a number in (0, 1]."""
+    try:
+        value: int | float = int(raw) if key == "max_len" else float(raw)
+    except ValueError:
+        value = math.nan
+    if key == "max_len" and not (isinstance(value, int) and value >= 1):
+        raise DataFormatError(f"dataset option max_len={raw!r}: expected an integer >= 1")
+    if key == "train_frac" and not 0.0 < value <= 1.0:  # NaN fails this too
+        raise DataFormatError(f"dataset option train_frac={raw!r}: expected a number in (0, 1]")
+    return value
+
+
+def _pop_variant_options(tokens: list[str]) -> tuple[list[str], dict[str, int | float]]:
+    """Split spec tokens into the rest and the parsed variant options (each at most once)."""
+    rest: list[str] = []
+    options: dict[str, int | float] = {}
+    for token in tokens:
+        key, sep, raw = token.partition("=")
+        key = key.strip()
+        if not sep or key not in VARIANT_OPTIONS:
+            rest.append(token)
+            continue
+        if key in options:
+            raise DataFormatError(f"dataset option {key} is given twice")
+        options[key] = _variant_value(key, raw.strip())
+    return rest, options
+
+
+def _with_variant(dataset: Dataset, options: dict[str, int | float]) -> Dataset:
+    """The dataset with ``max_len`` applied to its sessions and ``train_frac`` recorded."""
+    if not options:
+        return dataset
+    sessions = dataset.sessions
+    if "max_len" in options:
+        sessions = [cut_session(s, int(options["max_len"])) for s in sessions]
+    suffix = ",".join(f"{key}={options[key]}" for key in VARIANT_OPTIONS if key in options)
+    return dataclasses.replace(
+        dataset,
+        name=f"{dataset.name},{suffix}",
+        sessions=sessions,
+        train_frac=float(options.get("train_frac", 1.0)),
+    )
+
+
 def _load_jd(paths: list[Path]) -> Dataset:
     # Imported here because hup.jd builds `Session`s from this module.
     from hup.jd import DEFAULT_BASE_TS, SESSION_SPACING_S, read_jd
@@ -169,9 +244,11 @@ def _load_synthetic(options: str) -> Dataset:
     from hup.synthetic import SyntheticConfig, generate  # see _load_jd
 
     fields = {f.name: f for f in dataclasses.fields(SyntheticConfig)}
-    allowed = ", ".join(fields)
+    allowed = ", ".join([*fields, *VARIANT_OPTIONS])
     values: dict[str, int | float] = {}
-    for option in filter(None, (o.strip() for o in options.split(","))):
+    tokens = [o.strip() for o in options.split(",")]
+    tokens, variant = _pop_variant_options(tokens)
+    for option in filter(None, tokens):
         key, sep, raw = option.partition("=")
         key = key.strip()
         if not sep:
@@ -187,7 +264,7 @@ def _load_synthetic(options: str) -> Dataset:
         config = SyntheticConfig(**values)  # type: ignore[arg-type]
     except ValueError as exc:
         raise DataFormatError(f"synthetic options {options!r}: {exc}") from exc
-    return generate(config)
+    return _with_variant(generate(config), variant)
 
 
 def load_dataset(spec: str) -> Dataset:
@@ -199,16 +276,28 @@ def load_dataset(spec: str) -> Dataset:
         ``synthetic:users=N,seed=S[,levels=3,...]``: the generator, each ``key=value`` setting
         the `SyntheticConfig` field of that name (omitted ones keep their defaults).
 
+    Either takes the protocol's harder variants as further ``key=value`` tokens:
+    ``max_len=N`` cuts every session to its first N micro events (`cut_session`) before any
+    split; ``train_frac=F`` keeps the first fraction F of every training set (recorded on the
+    dataset, applied by `hup.splits.protocol_splits`).
+
     Raises:
         DataFormatError: The spec is malformed (unknown scheme or option, bad value) or a
             file is.
     """
     scheme, _, rest = spec.partition(":")
     if scheme == "jd":
-        paths = [Path(p.strip()) for p in rest.split(",") if p.strip()]
+        tokens, variant = _pop_variant_options([p.strip() for p in rest.split(",")])
+        unknown = [t for t in tokens if _OPTION.match(t)]
+        if unknown:
+            raise DataFormatError(
+                f"unknown jd option {unknown[0].partition('=')[0]!r} in {spec!r}; "
+                f"allowed: {', '.join(VARIANT_OPTIONS)}"
+            )
+        paths = [Path(p) for p in tokens if p]
         if not paths:
             raise DataFormatError(f"dataset spec {spec!r} names no file; expected jd:PATH[,PATH]")
-        return _load_jd(paths)
+        return _with_variant(_load_jd(paths), variant)
     if scheme == "synthetic":
         return _load_synthetic(rest)
     raise DataFormatError(

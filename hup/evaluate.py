@@ -1,97 +1,59 @@
-"""The offline evaluation protocol (docs/evaluation.md): rank, score, bootstrap, report."""
+"""The offline evaluation protocol (docs/evaluation.md): fit, rank and score on test points."""
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from hup.baselines import Rankings, Recommender, TrainingPopularity
 from hup.data import Session, with_category_paths
-from hup.metrics import (
-    bootstrap_ci,
-    hits_at_k,
-    paired_bootstrap_diff,
-    reciprocal_ranks_at_k,
+from hup.metrics import hits_at_k, reciprocal_ranks_at_k
+from hup.points import PredictionPoint, prediction_points, revisits
+from hup.report import (
+    ALPHA,
+    NOT_APPLICABLE,
+    Estimate,
+    EvaluationReport,
+    FoldedReport,
+    PairedDifference,
+    ResultRow,
+    folded_json,
+    folded_markdown,
+    to_json,
+    to_markdown,
 )
-from hup.points import PredictionPoint, prediction_points
 from hup.sequences import count_clamped_gaps
+from hup.summary import MODES, FloatArray, ScoredPoints, pool, summarize, summarize_folds
 from hup.vocab import Taxonomy
 
+# The report types and renderers (hup.report) and the summaries (hup.summary) are
+# re-exported: `hup.evaluate` is the one entry point of the protocol.
 __all__ = [
+    "ALPHA",
     "MODES",
+    "NOT_APPLICABLE",
     "Estimate",
     "EvaluationReport",
+    "FoldedReport",
     "PairedDifference",
     "ResultRow",
+    "ScoredPoints",
     "evaluate",
+    "folded_json",
+    "folded_markdown",
+    "pool",
+    "score_points",
+    "summarize",
+    "summarize_folds",
     "to_json",
     "to_markdown",
 ]
 
 logger = logging.getLogger(__name__)
-
-MODES = ("last", "every")
-ALPHA = 0.05  # 95 % intervals, as the protocol asks
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """A mean over prediction points with its session-bootstrap interval (fractions, not %)."""
-
-    mean: float
-    lo: float
-    hi: float
-
-
-@dataclass(frozen=True)
-class ResultRow:
-    """One method on one mode: every metric of the table."""
-
-    method: str
-    mode: str
-    n_points: int
-    n_sessions: int
-    # Metric name -> estimate, in `EvaluationReport.metric_names` order; a metric the method
-    # does not have (the items of "last category") is absent, not zero.
-    metrics: dict[str, Estimate]
-
-
-@dataclass(frozen=True)
-class PairedDifference:
-    """``reference - other`` on the same points, with a paired session-bootstrap interval."""
-
-    reference: str
-    other: str
-    mode: str
-    metric: str
-    estimate: Estimate
-
-
-@dataclass(frozen=True)
-class EvaluationReport:
-    """Everything one `evaluate` run measured, plus what is needed to reproduce it."""
-
-    rows: tuple[ResultRow, ...]
-    differences: tuple[PairedDifference, ...]
-    metric_names: tuple[str, ...]
-    seed: int
-    n_resamples: int
-    k_items: int
-    k_categories: int
-    n_train: int
-    n_valid: int
-    n_test: int
-    command: str | None = None
-    # Micro events of the test sessions with out-of-order timestamps, whose negative gaps the
-    # causal featurizer clamps to 0 (every model that featurizes sees them clamped).
-    clamped_gaps: int = 0
 
 
 def _category_labels(n_levels: int) -> list[str]:
@@ -176,24 +138,21 @@ def _score(
     return scores
 
 
-def evaluate(
+def score_points(
     recommenders: Sequence[Recommender],
     train: Sequence[Session],
     valid: Sequence[Session],
     test: Sequence[Session],
     k_items: int = 20,
     k_categories: int = 5,
-    seed: int = 0,
-    n_resamples: int = 1000,
-    command: str | None = None,
     taxonomy: Taxonomy | None = None,
-) -> EvaluationReport:
+    test_start: int = 0,
+) -> ScoredPoints:
     """Fit each recommender on train (+valid), rank every test prediction point, and score it.
 
-    Each method is ranked once on the `every` points; `last` is the subset ``is_last``. All
-    intervals use the same seed, so every metric and method is bootstrapped over the same
-    resampled test sessions, and the paired differences (first recommender minus each other one,
-    `every` item Recall/MRR) are paired by construction.
+    Each method is ranked once on the `every` points; `last` is the subset ``is_last``, and
+    the target kinds split `every` into revisits (the target sku is in the input) and new
+    items.
 
     Args:
         recommenders: Models to compare; the first is the reference of the paired differences.
@@ -202,15 +161,14 @@ def evaluate(
         test: Test sessions; prediction points are built from them.
         k_items: Item cut-off (Recall@k, MRR@k).
         k_categories: Category cut-off.
-        seed: Bootstrap seed.
-        n_resamples: Bootstrap replicates.
-        command: The command line that produced the run, recorded in the report.
         taxonomy: The taxonomy the models were trained with (the checkpoint's). Every
             session is expanded through it before anything else, so targets, baselines and
             models all see the same K category levels (`with_category_paths`).
+        test_start: Position of ``test[0]`` in the dataset (`hup.splits.Split.test_start`),
+            so the session labels of the bootstrap stay distinct when folds are pooled.
 
     Returns:
-        The report; render it with `to_markdown` or `to_json`.
+        The per-point figures; `summarize` turns them into a report.
     """
     train = with_category_paths(train, taxonomy)
     valid = with_category_paths(valid, taxonomy)
@@ -223,155 +181,85 @@ def evaluate(
             "%d test micro events have out-of-order timestamps; their gaps are clamped to 0",
             clamped,
         )
-    groups = np.asarray([p.session_index for p in points], dtype=np.int64)
-    last = np.asarray([p.is_last for p in points], dtype=bool)
-    masks: dict[str, npt.NDArray[np.bool_] | None] = {"last": last, "every": None}
-    logger.info("%d test sessions: %d every / %d last points", len(test), len(points), last.sum())
-
-    rows: list[ResultRow] = []
-    per_method: list[dict[str, npt.NDArray[np.float64]]] = []
+    groups = np.asarray([test_start + p.session_index for p in points], dtype=np.int64)
+    revisit = np.asarray(revisits(test, points), dtype=bool)
+    masks = {
+        "last": np.asarray([p.is_last for p in points], dtype=bool),
+        "every": np.ones(len(points), dtype=bool),
+        "every:revisit": revisit,
+        "every:new": ~revisit,
+    }
+    logger.info(
+        "%d test sessions: %d every (%d revisit) / %d last points",
+        len(test),
+        len(points),
+        revisit.sum(),
+        masks["last"].sum(),
+    )
+    per_method: list[dict[str, FloatArray]] = []
     for recommender in recommenders:
         started = time.perf_counter()
         recommender.fit(train, valid)
         rankings = recommender.rank(test, points, k_items, k_categories)
         _check(recommender.name, rankings, points, pop, k_items, k_categories)
-        scores = _score(rankings, points, pop, k_items, k_categories)
-        per_method.append(scores)
+        per_method.append(_score(rankings, points, pop, k_items, k_categories))
         logger.info(
             "%s fitted and ranked in %.1f s", recommender.name, time.perf_counter() - started
         )
-        for mode in MODES:
-            mask = masks[mode]
-            g = groups if mask is None else groups[mask]
-            metrics = {}
-            for metric, values in scores.items():
-                v = values if mask is None else values[mask]
-                metrics[metric] = Estimate(*bootstrap_ci(v, g, n_resamples, seed, ALPHA))
-            rows.append(ResultRow(recommender.name, mode, len(g), len(np.unique(g)), metrics))
-
-    differences: list[PairedDifference] = []
-    item_metrics = (f"item Recall@{k_items}", f"item MRR@{k_items}")
-    for recommender, scores in zip(recommenders[1:], per_method[1:], strict=True):
-        for metric in item_metrics:
-            if metric not in per_method[0] or metric not in scores:
-                continue  # a method without item rankings ("last category")
-            diff = paired_bootstrap_diff(
-                per_method[0][metric], scores[metric], groups, n_resamples, seed, ALPHA
-            )
-            differences.append(
-                PairedDifference(
-                    recommenders[0].name, recommender.name, "every", metric, Estimate(*diff)
-                )
-            )
     metric_names = (
-        *item_metrics,
+        f"item Recall@{k_items}",
+        f"item MRR@{k_items}",
         *(
             f"{label} {metric}@{k_categories}"
             for label in _category_labels(pop.n_levels)
             for metric in ("Recall", "MRR")
         ),
     )
-    return EvaluationReport(
-        rows=tuple(rows),
-        differences=tuple(differences),
+    return ScoredPoints(
+        methods=tuple(r.name for r in recommenders),
+        scores=tuple(per_method),
+        groups=groups,
+        masks=masks,
         metric_names=metric_names,
-        seed=seed,
-        n_resamples=n_resamples,
         k_items=k_items,
         k_categories=k_categories,
         n_train=len(train),
         n_valid=len(valid),
         n_test=len(test),
-        command=command,
         clamped_gaps=clamped,
     )
 
 
-NOT_APPLICABLE = "–"
-"""Markdown cell of a metric a method does not have (items of "last category")."""
+def evaluate(
+    recommenders: Sequence[Recommender],
+    train: Sequence[Session],
+    valid: Sequence[Session],
+    test: Sequence[Session],
+    k_items: int = 20,
+    k_categories: int = 5,
+    seed: int = 0,
+    n_resamples: int = 1000,
+    command: str | None = None,
+    taxonomy: Taxonomy | None = None,
+) -> EvaluationReport:
+    """Fit, rank and score every recommender on one split, and summarize (`score_points`).
 
+    Args:
+        recommenders: Models to compare; the first is the reference of the paired differences.
+        train: Training sessions; the only source of vocabularies and fitted statistics.
+        valid: Validation sessions, passed to `fit` for tuning.
+        test: Test sessions; prediction points are built from them.
+        k_items: Item cut-off (Recall@k, MRR@k).
+        k_categories: Category cut-off.
+        seed: Bootstrap seed.
+        n_resamples: Bootstrap replicates.
+        command: The command line that produced the run, recorded in the report.
+        taxonomy: The taxonomy the models were trained with (see `score_points`).
 
-def _pct(estimate: Estimate | None) -> str:
-    if estimate is None:
-        return NOT_APPLICABLE
-    if math.isnan(estimate.mean):
-        return "n/a"
-    return f"{100 * estimate.mean:.2f} [{100 * estimate.lo:.2f}, {100 * estimate.hi:.2f}]"
-
-
-def to_markdown(report: EvaluationReport) -> str:
-    """One markdown table (rows = method x mode, figures in %) with its provenance below."""
-    header = ["method", "mode", "points", "sessions", *(f"{m} (%)" for m in report.metric_names)]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in report.rows:
-        cells = [row.method, row.mode, str(row.n_points), str(row.n_sessions)]
-        cells += [_pct(row.metrics.get(m)) for m in report.metric_names]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
-    lines.append(
-        f"Mean [95 % interval]: percentile bootstrap resampling whole test sessions "
-        f"({report.n_resamples} resamples, seed {report.seed}); "
-        f"split {report.n_train}/{report.n_valid}/{report.n_test} sessions; "
-        f"{report.clamped_gaps} test events with out-of-order timestamps (gaps clamped to 0)."
-    )
-    for d in report.differences:
-        e = d.estimate
-        lines.append(
-            f"- {d.reference} - {d.other}, {d.mode} {d.metric}: {100 * e.mean:+.2f} pp "
-            f"[{100 * e.lo:+.2f}, {100 * e.hi:+.2f}] (paired bootstrap)"
-        )
-    if report.command:
-        lines.append(f"\nCommand: `{report.command}`")
-    return "\n".join(lines) + "\n"
-
-
-def _num(value: float) -> float | None:
-    # JSON has no NaN; an empty mode is reported as null.
-    return None if math.isnan(value) else value
-
-
-def _estimate_json(estimate: Estimate) -> dict[str, float | None]:
-    return {"mean": _num(estimate.mean), "lo": _num(estimate.lo), "hi": _num(estimate.hi)}
-
-
-def to_json(report: EvaluationReport) -> dict[str, Any]:
-    """The report as plain JSON types (fractions, not %), ready for `orjson.dumps`.
-
-    A metric a method does not have (the items of "last category") is null; an empty mode
-    has estimates whose mean, lo and hi are null.
+    Returns:
+        The report; render it with `to_markdown` or `to_json`.
     """
-    return {
-        "protocol": "docs/evaluation.md",
-        "seed": report.seed,
-        "n_resamples": report.n_resamples,
-        "alpha": ALPHA,
-        "k_items": report.k_items,
-        "k_categories": report.k_categories,
-        "command": report.command,
-        "sessions": {"train": report.n_train, "valid": report.n_valid, "test": report.n_test},
-        "clamped_gaps": {"test": report.clamped_gaps},
-        "metric_names": list(report.metric_names),
-        "results": [
-            {
-                "method": row.method,
-                "mode": row.mode,
-                "n_points": row.n_points,
-                "n_sessions": row.n_sessions,
-                "metrics": {
-                    m: None if m not in row.metrics else _estimate_json(row.metrics[m])
-                    for m in report.metric_names
-                },
-            }
-            for row in report.rows
-        ],
-        "paired_differences": [
-            {
-                "reference": d.reference,
-                "other": d.other,
-                "mode": d.mode,
-                "metric": d.metric,
-                **_estimate_json(d.estimate),
-            }
-            for d in report.differences
-        ],
-    }
+    scored = score_points(
+        recommenders, train, valid, test, k_items, k_categories, taxonomy=taxonomy
+    )
+    return summarize(scored, seed, n_resamples, command)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from hup.data import Session
 from hup.schema import MicroEvent
 
-__all__ = ["PredictionPoint", "prediction_points"]
+__all__ = ["PredictionPoint", "prediction_points", "revisits"]
 
 
 @dataclass(frozen=True)
@@ -86,3 +86,29 @@ def prediction_points(sessions: Sequence[Session]) -> list[PredictionPoint]:
     for session_index, session in enumerate(sessions):
         points.extend(_session_points(session_index, session))
     return points
+
+
+def revisits(sessions: Sequence[Session], points: Sequence[PredictionPoint]) -> list[bool]:
+    """Whether each point's target sku occurs among the skus of its input (a revisit target).
+
+    The protocol reports `every` figures split by this target kind: revisits, which "repeat
+    the session's items" can rank, and new items, which it cannot.
+
+    Args:
+        sessions: The sessions the points were built from.
+        points: Points of those sessions (`prediction_points`).
+
+    Returns:
+        One flag per point, in order.
+    """
+    flags: list[bool] = []
+    current, seen, scanned = -1, set[str](), 0
+    for point in points:
+        if point.session_index != current or point.n_input < scanned:
+            current, seen, scanned = point.session_index, set(), 0
+        for event in sessions[point.session_index].events[scanned : point.n_input]:
+            if isinstance(event, MicroEvent):
+                seen.add(event.item_id)
+        scanned = point.n_input
+        flags.append(point.target_item in seen)
+    return flags

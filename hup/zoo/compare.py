@@ -1,8 +1,10 @@
-"""`hup compare`: fit the chosen models on one split, evaluate them in one call, write the table.
+"""`hup compare`: fit the chosen models on one split (or on each of K folds), evaluate, write the table.
 
-Every model sees the same split, vocabularies and prediction points, and one `evaluate`
-call bootstraps them over the same resampled test sessions, so intervals and the paired
-differences (HUP minus each other model, when HUP is in the run) are comparable. The output
+Every model sees the same split, vocabularies and prediction points, and one summary
+bootstraps them over the same resampled test sessions, so intervals and the paired
+differences (HUP minus each other model, when HUP is in the run) are comparable. With K
+folds every model is trained once per fold, and the main table pools the test points of
+all folds (per-fold tables follow). The output
 directory gets ``compare.md`` (tables with 95 % intervals, fit and ranking times, the paper's
 Table 3 beside ours), ``compare.json`` and ``compare.png`` (bar chart with error bars).
 """
@@ -21,9 +23,21 @@ from typing import Any
 import orjson
 
 from hup.baselines import Rankings, Recommender
-from hup.data import Dataset, Session, split_sessions
-from hup.evaluate import NOT_APPLICABLE, Estimate, EvaluationReport, ResultRow, evaluate, to_json
+from hup.data import Dataset, Session
+from hup.evaluate import (
+    NOT_APPLICABLE,
+    Estimate,
+    EvaluationReport,
+    ResultRow,
+    score_points,
+    summarize,
+    summarize_folds,
+    to_json,
+)
+from hup.folds import fold_data
 from hup.points import PredictionPoint
+from hup.report import difference_tables
+from hup.splits import protocol_splits
 from hup.vocab import Taxonomy
 from hup.zoo.catalog import DISPLAY_NAMES, ZOO_CLASSES
 from hup.zoo.fit import FitOptions
@@ -40,15 +54,25 @@ __all__ = [
 
 
 @dataclass(frozen=True)
+class FoldRun:
+    """One fold of a folded comparison: its own report and costs."""
+
+    report: EvaluationReport
+    fit_seconds: dict[str, float]
+    rank_seconds: dict[str, float]
+
+
+@dataclass(frozen=True)
 class Comparison:
     """One comparison run: the evaluation report plus what it cost and how it was set up."""
 
-    report: EvaluationReport
+    report: EvaluationReport  # pooled over the folds when there are several
     names: tuple[str, ...]  # CLI names, in table order
-    fit_seconds: dict[str, float]  # CLI name -> seconds in fit (training)
-    rank_seconds: dict[str, float]  # CLI name -> seconds ranking the test points
+    fit_seconds: dict[str, float]  # CLI name -> seconds in fit (training), summed over folds
+    rank_seconds: dict[str, float]  # CLI name -> seconds ranking the test points, likewise
     options: FitOptions
     dataset: str
+    folds: tuple[FoldRun, ...] = ()  # per fold, when K >= 2
 
 
 class _Timed:
@@ -78,6 +102,13 @@ class _Timed:
         return rankings
 
 
+def _suffixed(on_fit: Callable[[str], None], suffix: str) -> Callable[[str], None]:
+    def announce(name: str) -> None:
+        on_fit(name + suffix)
+
+    return announce
+
+
 def run_comparison(
     names: Sequence[str],
     dataset: Dataset,
@@ -87,35 +118,64 @@ def run_comparison(
     n_resamples: int = 1000,
     command: str | None = None,
     on_fit: Callable[[str], None] | None = None,
+    folds: int | None = None,
 ) -> Comparison:
-    """Fit and evaluate ``names`` (keys of `MODELS`) on the protocol's split of ``dataset``.
+    """Fit and evaluate ``names`` (keys of `MODELS`) on the protocol's split(s) of ``dataset``.
 
     HUP (or else the first HUP variant) goes first, so the paired differences are HUP minus
-    each other model; the rest keep the registry's order.
+    each other model; the rest keep the registry's order. With ``folds`` K >= 2, every model
+    is fitted on each fold (`hup.splits.protocol_splits`), and the report pools all folds.
+
+    Raises:
+        ValueError: ``folds`` is below 1 or above the number of sessions.
     """
     ordered = [n for n in MODELS if n in names]
     reference = next((n for n in ordered if kind_of(n) == "hup"), None)
     if reference is not None:
         ordered = [reference, *(n for n in ordered if n != reference)]
-    train, valid, test = split_sessions(dataset.sessions)
-    timed = [_Timed(MODELS[n](options, taxonomy), on_fit) for n in ordered]
-    report = evaluate(
-        timed,
-        train,
-        valid,
-        test,
-        seed=seed,
-        n_resamples=n_resamples,
-        command=command,
-        taxonomy=taxonomy,
-    )
+    splits = protocol_splits(dataset, folds)
+    parts, runs = [], []
+    for split in splits:
+        fold_options, announce = options, on_fit
+        if len(splits) > 1:
+            label = fold_data(options.data, split.fold, split.n_folds)
+            fold_options = dataclasses.replace(options, data=label)
+            if on_fit is not None:
+                announce = _suffixed(on_fit, f" (fold {split.fold} of {split.n_folds})")
+        timed = [_Timed(MODELS[n](fold_options, taxonomy), announce) for n in ordered]
+        parts.append(
+            score_points(
+                timed,
+                split.train,
+                split.valid,
+                split.test,
+                taxonomy=taxonomy,
+                test_start=split.test_start,
+            )
+        )
+        runs.append(
+            (
+                {n: t.fit_seconds for n, t in zip(ordered, timed, strict=True)},
+                {n: t.rank_seconds for n, t in zip(ordered, timed, strict=True)},
+            )
+        )
+    fold_runs: tuple[FoldRun, ...] = ()
+    if len(parts) == 1:
+        report = summarize(parts[0], seed, n_resamples, command)
+    else:
+        folded = summarize_folds(parts, seed, n_resamples, command)
+        report = folded.pooled
+        fold_runs = tuple(
+            FoldRun(r, fit, rank) for r, (fit, rank) in zip(folded.folds, runs, strict=True)
+        )
     return Comparison(
         report=report,
         names=tuple(ordered),
-        fit_seconds={n: t.fit_seconds for n, t in zip(ordered, timed, strict=True)},
-        rank_seconds={n: t.rank_seconds for n, t in zip(ordered, timed, strict=True)},
+        fit_seconds={n: sum(fit[n] for fit, _ in runs) for n in ordered},
+        rank_seconds={n: sum(rank[n] for _, rank in runs) for n in ordered},
         options=options,
         dataset=dataset.name,
+        folds=fold_runs,
     )
 
 
@@ -143,18 +203,22 @@ def _metric_groups(report: EvaluationReport) -> tuple[list[str], list[list[str]]
 
 
 def to_comparison_markdown(comparison: Comparison) -> str:
-    """The comparison as markdown: our table, paired differences, the paper's Table 3."""
-    report, rows = comparison.report, _rows(comparison)
-    items, levels = _metric_groups(report)
-    finest = levels[-1] if levels else []
+    """The comparison as markdown: our table, paired differences, per-fold tables, the paper's Table 3."""
+    report = comparison.report
     every = next((r for r in report.rows if r.mode == "every"), None)
     last = next((r for r in report.rows if r.mode == "last"), None)
     o = comparison.options
+    if comparison.folds:
+        split = (
+            f"Pooled over {len(comparison.folds)} folds (each session is a test session once; "
+            f"per-fold tables below): {report.n_test} test sessions"
+        )
+    else:
+        split = f"Split {report.n_train}/{report.n_valid}/{report.n_test} sessions"
     lines = [
         f"# Model comparison on {comparison.dataset}",
         "",
-        f"Protocol: docs/evaluation.md. Split {report.n_train}/{report.n_valid}/{report.n_test} "
-        f"sessions; {every.n_points if every else 0} `every` points, "
+        f"Protocol: docs/evaluation.md. {split}; {every.n_points if every else 0} `every` points, "
         f"{last.n_points if last else 0} `last` points. Figures in %, mean [95 % interval] by "
         f"bootstrap over whole test sessions ({report.n_resamples} resamples, seed {report.seed}). "
         f"Budget for every learned model: at most {o.epochs} epochs, patience {o.patience}, "
@@ -162,11 +226,40 @@ def to_comparison_markdown(comparison: Comparison) -> str:
         + (f", overrides {o.overrides}" if o.overrides else "")
         + ". Fit = training time (s), rank = ranking the test points (s).",
         "",
+        *_tables(comparison),
     ]
+    for fold, run in enumerate(comparison.folds, start=1):
+        r = run.report
+        lines += [
+            "",
+            f"## Fold {fold} of {len(comparison.folds)} (split {r.n_train}/{r.n_valid}/"
+            f"{r.n_test} sessions)",
+            "",
+        ]
+        lines += _tables(
+            dataclasses.replace(
+                comparison,
+                report=r,
+                fit_seconds=run.fit_seconds,
+                rank_seconds=run.rank_seconds,
+                folds=(),
+            )
+        )
+    lines += ["", *paper_markdown([DISPLAY_NAMES[n] for n in comparison.names])]
+    if report.command:
+        lines += ["", f"Command: `{report.command}`"]
+    return "\n".join(lines) + "\n"
+
+
+def _tables(comparison: Comparison) -> list[str]:
+    """The tables of one report: every metric, coarser levels, target kinds, differences."""
+    report, rows = comparison.report, _rows(comparison)
+    items, levels = _metric_groups(report)
+    finest = levels[-1] if levels else []
     header = ["model"]
     header += [f"every {m}" for m in items + finest] + [f"last {m}" for m in items + finest]
     header += ["fit (s)", "rank (s)"]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name in comparison.names:
         display = DISPLAY_NAMES[name]
         cells = [display]
@@ -188,27 +281,39 @@ def to_comparison_markdown(comparison: Comparison) -> str:
                 _cell(rows.get((display, mode)), m) for mode in ("every", "last") for m in level
             ]
             lines.append(f"| {display} | " + " | ".join(cells) + " |")
+    lines += _kind_table(comparison, items)
     fallback = [DISPLAY_NAMES[n] for n in comparison.names if _last_category(n)]
     if fallback:
         lines += [
             "",
             f'Categories by "last category" (the protocol\'s fallback): {", ".join(fallback)}.',
         ]
-    if report.differences:
-        lines += [
-            "",
-            f"Paired differences, {report.differences[0].reference} minus each model (pp, `every` points):",
-            "",
-        ]
-        for d in report.differences:
-            e = d.estimate
-            lines.append(
-                f"- {d.other}, {d.metric}: {100 * e.mean:+.2f} [{100 * e.lo:+.2f}, {100 * e.hi:+.2f}]"
-            )
-    lines += ["", *paper_markdown([DISPLAY_NAMES[n] for n in comparison.names])]
-    if report.command:
-        lines += ["", f"Command: `{report.command}`"]
-    return "\n".join(lines) + "\n"
+    lines += difference_tables(report.differences)
+    return lines
+
+
+def _kind_table(comparison: Comparison, items: list[str]) -> list[str]:
+    """Item figures of `every` split by target kind: revisits (sku in the input) and new items."""
+    rows = _rows(comparison)
+    kinds = ("every:revisit", "every:new")
+    first = rows.get((DISPLAY_NAMES[comparison.names[0]], kinds[0])) if comparison.names else None
+    if not items or first is None:
+        return []
+    counts = {k: rows[(first.method, k)].n_points for k in kinds}
+    header = [f"{k} {m}" for k in kinds for m in items]
+    lines = [
+        "",
+        f"By target kind, `every` points: {counts[kinds[0]]} revisits (the target sku is in the "
+        f"input), {counts[kinds[1]]} new items.",
+        "",
+        "| model | " + " | ".join(header) + " |",
+        "|" + "---|" * (1 + len(header)),
+    ]
+    for name in comparison.names:
+        display = DISPLAY_NAMES[name]
+        cells = [_cell(rows.get((display, k)), m) for k in kinds for m in items]
+        lines.append(f"| {display} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _last_category(name: str) -> bool:
@@ -234,6 +339,15 @@ def to_comparison_json(comparison: Comparison) -> dict[str, Any]:
             for name in comparison.names
         ],
         "evaluation": to_json(comparison.report),
+        "folds": [
+            {
+                "fold": fold,
+                "evaluation": to_json(run.report),
+                "fit_seconds": run.fit_seconds,
+                "rank_seconds": run.rank_seconds,
+            }
+            for fold, run in enumerate(comparison.folds, start=1)
+        ],
         "paper_table3": {
             "note": "the paper's figures (%), full JD data, last mode: not comparable in absolute terms",
             "columns": list(PAPER_COLUMNS),

@@ -1,16 +1,30 @@
 from __future__ import annotations
 
+import itertools
 import random
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pytest
 
 from hup.baselines import POP, ItemKNN, LastCategory, Rankings, SPop, TrainingPopularity
-from hup.data import Session, with_category_paths
-from hup.evaluate import evaluate, to_json, to_markdown
+from hup.data import Dataset, Session, with_category_paths
+from hup.evaluate import (
+    MODES,
+    ResultRow,
+    evaluate,
+    folded_json,
+    folded_markdown,
+    pool,
+    score_points,
+    summarize_folds,
+    to_json,
+    to_markdown,
+)
 from hup.points import PredictionPoint
 from hup.schema import DwellEvent, Event, MicroEvent
+from hup.splits import protocol_splits
 from hup.vocab import OOV_TOKEN, Taxonomy
 
 JD_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "jd"
@@ -123,17 +137,18 @@ def test_end_to_end_markdown_and_json() -> None:
     report = evaluate(recommenders, train, valid, test, seed=7, n_resamples=200, command="pytest")
     markdown = to_markdown(report)
     for name in ("POP", "S-POP", "Item-KNN"):
-        for mode in ("last", "every"):
+        for mode in ("last", "every", "every:revisit", "every:new"):
             assert f"| {name} | {mode} |" in markdown
     assert "category Recall@5" in markdown and "seed 7" in markdown
     payload = to_json(report)
     assert orjson.loads(orjson.dumps(payload)) == payload
-    assert payload["seed"] == 7 and len(payload["results"]) == 6
+    assert payload["seed"] == 7 and len(payload["results"]) == 12
+    assert payload["folds"] == 1
     diffs = {(d["other"], d["metric"]): d for d in payload["paired_differences"]}
     assert set(diffs) == {
         (other, metric)
         for other in ("POP", "Item-KNN")
-        for metric in ("item Recall@20", "item MRR@20")
+        for metric in ("item Recall@20", "item MRR@20", "category Recall@5", "category MRR@5")
     }
     rows = {(r.method, r.mode): r for r in report.rows}
     spop, pop = rows["S-POP", "every"], rows["POP", "every"]
@@ -180,8 +195,11 @@ def test_last_category_has_category_figures_and_no_item_figures() -> None:
             last_category, pop = rows["Last category", mode], rows["POP", mode]
             assert set(last_category.metrics) == {"category Recall@5", "category MRR@5"}
             assert last_category.n_points == pop.n_points
-        # Only item differences between methods that both rank items.
-        assert all("Last category" not in (d.reference, d.other) for d in report.differences)
+        # Item differences only between methods that both rank items; "last category" has
+        # category differences only.
+        for d in report.differences:
+            if "Last category" in (d.reference, d.other):
+                assert d.metric.startswith("category "), d
     # Its category figures are S-POP's (S-POP ranks categories the same way).
     report = evaluate([SPop(), LastCategory()], train, [], test, n_resamples=20)
     rows = {(r.method, r.mode): r for r in report.rows}
@@ -233,3 +251,124 @@ def test_spop_beats_pop_on_jd_appliances() -> None:
     spop = rows["S-POP", "every"].metrics["item Recall@20"].mean
     pop = rows["POP", "every"].metrics["item Recall@20"].mean
     assert spop > pop
+
+
+def test_every_points_are_split_into_revisit_and_new_targets() -> None:
+    def sess(sid: str, *items: str) -> Session:
+        return make_session(sid, [(item, ["c"]) for item in items])
+
+    train = [sess("s1", "A", "B", "C", "D"), sess("s2", "B", "D")]
+    # Points: B (new), A (a revisit: A is in the input), C (new); a second session: D, B (new).
+    test = [sess("t1", "A", "B", "A", "C"), sess("t2", "D", "B")]
+    report = evaluate([SPop(), POP()], train, [], test, n_resamples=20)
+    assert MODES == ("last", "every", "every:revisit", "every:new")
+    rows = {(r.method, r.mode): r for r in report.rows}
+    for method in ("S-POP", "POP"):
+        assert [rows[method, m].n_points for m in MODES] == [2, 4, 1, 3]
+        assert [rows[method, m].n_sessions for m in MODES] == [2, 2, 1, 2]
+    # S-POP puts the input's skus first (the last input sku, B, removed): A at rank 1.
+    assert rows["S-POP", "every:revisit"].metrics["item MRR@20"].mean == 1.0
+    every = rows["S-POP", "every"].metrics["item Recall@20"].mean
+    parts = [
+        rows["S-POP", m].metrics["item Recall@20"].mean for m in ("every:revisit", "every:new")
+    ]
+    assert every == pytest.approx((parts[0] * 1 + parts[1] * 3) / 4)
+    payload = to_json(report)
+    assert {r["mode"] for r in payload["results"]} == set(MODES)
+    assert "| S-POP | every:revisit | 1 | 1 |" in to_markdown(report)
+
+
+def test_paired_differences_cover_the_finest_category_level() -> None:
+    train = [leaf_only("s1", "p", "q", "r"), leaf_only("s2", "q", "p"), leaf_only("s3", "r", "p")]
+    test = [leaf_only("t1", "p", "r", "q"), leaf_only("t2", "r", "p", "q", "r")]
+    report = evaluate(
+        [POP(), LastCategory(), SPop()], train, [], test, n_resamples=50, taxonomy=LEAF_TAXONOMY
+    )
+    diffs = {(d.other, d.metric): d for d in report.differences}
+    finest = ("category L3 Recall@5", "category L3 MRR@5")
+    assert set(diffs) == {
+        *(("Last category", m) for m in finest),
+        *(("S-POP", m) for m in ("item Recall@20", "item MRR@20", *finest)),
+    }
+    assert {d.reference for d in report.differences} == {"POP"}
+    rows = {(r.method, r.mode): r for r in report.rows}
+    for other, metric in diffs:
+        gap = rows["POP", "every"].metrics[metric].mean - rows[other, "every"].metrics[metric].mean
+        assert diffs[other, metric].estimate.mean == pytest.approx(gap)
+    payload = to_json(report)
+    assert ("Last category", "category L3 Recall@5") in {
+        (d["other"], d["metric"]) for d in payload["paired_differences"]
+    }
+
+
+def test_markdown_shows_the_differences_as_a_table_marking_intervals_off_zero() -> None:
+    sessions = synthetic(200, seed=0)
+    report = evaluate([SPop(), POP(), LastCategory()], sessions[:160], [], sessions[160:])
+    lines = to_markdown(report).splitlines()
+    header = "| S-POP minus | item Recall@20 | item MRR@20 | category Recall@5 | category MRR@5 |"
+    start = lines.index(header)
+    pop = lines[start + 2]
+    recall = next(d for d in report.differences if d.other == "POP" and "Recall@20" in d.metric)
+    assert recall.estimate.lo > 0  # S-POP's strength on these sessions
+    assert pop.startswith("| POP | +") and pop.split("|")[2].strip().endswith(">0")
+    assert lines[start + 3].startswith("| Last category | – | – | ")
+
+
+def test_folds_pool_their_points_with_distinct_session_labels() -> None:
+    dataset = Dataset(name="t", sessions=synthetic(120, seed=5), taxonomy=None)
+    splits = protocol_splits(dataset, 3)
+    parts = [
+        score_points([SPop(), POP()], s.train, s.valid, s.test, test_start=s.test_start)
+        for s in splits
+    ]
+    labels = [set(np.unique(part.groups).tolist()) for part in parts]
+    assert all(a.isdisjoint(b) for a, b in itertools.combinations(labels, 2))
+    assert set().union(*labels) <= set(range(120))
+    folded = summarize_folds(parts, seed=1, n_resamples=200)
+    pooled = {(r.method, r.mode): r for r in folded.pooled.rows}
+    folds = [{(r.method, r.mode): r for r in f.rows} for f in folded.folds]
+    for key, row in pooled.items():
+        assert row.n_points == sum(f[key].n_points for f in folds)
+        assert row.n_sessions == sum(f[key].n_sessions for f in folds)
+    metric = "item Recall@20"
+    expected = sum(
+        f["S-POP", "every"].metrics[metric].mean * f["S-POP", "every"].n_points for f in folds
+    )
+    assert pooled["S-POP", "every"].metrics[metric].mean == pytest.approx(
+        expected / pooled["S-POP", "every"].n_points
+    )
+
+    def width(row: ResultRow) -> float:
+        return row.metrics[metric].hi - row.metrics[metric].lo
+
+    # Three times the sessions: the pooled interval is narrower than any fold's.
+    assert width(pooled["S-POP", "every"]) < min(width(f["S-POP", "every"]) for f in folds)
+    # Pooled paired differences pair the same pooled points.
+    (d,) = (x for x in folded.pooled.differences if x.metric == metric)
+    gap = (
+        pooled["S-POP", "every"].metrics[metric].mean - pooled["POP", "every"].metrics[metric].mean
+    )
+    assert d.estimate.mean == pytest.approx(gap)
+    assert (folded.pooled.n_folds, folded.pooled.n_test) == (3, 120)
+    # A session is a test session once: pooling a fold twice is refused.
+    with pytest.raises(ValueError, match="share test sessions"):
+        pool([parts[0], parts[0]])
+
+
+def test_folded_markdown_and_json_have_every_fold_and_the_pooled_figures() -> None:
+    dataset = Dataset(name="t", sessions=synthetic(60, seed=6), taxonomy=None)
+    parts = [
+        score_points([SPop(), POP()], s.train, s.valid, s.test, test_start=s.test_start)
+        for s in protocol_splits(dataset, 2)
+    ]
+    folded = summarize_folds(parts, n_resamples=20, command="hup evaluate --folds 2")
+    markdown = folded_markdown(folded)
+    assert markdown.index("## Fold 1 of 2") < markdown.index("## Fold 2 of 2")
+    assert markdown.index("## Fold 2 of 2") < markdown.index("## Pooled over 2 folds")
+    assert markdown.count("Command: `hup evaluate --folds 2`") == 1
+    assert "pooled over 2 folds, 60 test sessions" in markdown
+    payload = folded_json(folded)
+    assert orjson.loads(orjson.dumps(payload)) == payload
+    assert payload["folds"] == 2 and payload["sessions"]["test"] == 60
+    assert [f["fold"] for f in payload["per_fold"]] == [1, 2]
+    assert [f["sessions"]["test"] for f in payload["per_fold"]] == [30, 30]

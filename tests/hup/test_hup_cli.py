@@ -16,6 +16,7 @@ import hup.schema
 from hup.checkpoint import load_checkpoint
 from hup.cli import app
 from hup.data import load_dataset, split_sessions
+from hup.splits import keep_first, protocol_splits
 from hup.vocab import Taxonomy, build_vocabularies
 
 torch.set_num_threads(1)
@@ -143,6 +144,10 @@ def test_evaluate_on_other_data_than_trained_warns_and_never_crashes(trained: Pa
         ("synthetic:colour=red", "unknown synthetic option 'colour'"),
         ("synthetic:users=0", "users >= 1"),
         ("jd:", "names no file"),
+        ("jd:x.txt,max_len=0", "max_len='0'"),
+        ("jd:x.txt,train_frac=2", "train_frac='2'"),
+        ("jd:x.txt,maxlen=3", "unknown jd option 'maxlen'"),
+        ("synthetic:users=5,train_frac=0", "train_frac='0'"),
     ],
 )
 def test_bad_data_spec_exits_2_naming_the_problem(spec: str, fragment: str, tmp_path) -> None:
@@ -292,3 +297,118 @@ def test_taxonomy_for_a_model_trained_without_one_is_refused(tmp_path: Path) -> 
     _train_quickly(model, "--set", "hidden=8", data=spec)
     result = _run("evaluate", "--model", str(model), "--data", spec, "--taxonomy", str(taxonomy))
     _assert_clean_failure(result, str(taxonomy), "without a taxonomy", "drop the option")
+
+
+@pytest.fixture(scope="module")
+def folded(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two fold checkpoints of DATA from `hup train --folds 2`."""
+    out = tmp_path_factory.mktemp("folds") / "model"
+    result = _run(
+        "train", "--data", DATA, "--out", str(out), "--epochs", "1", "--window", "5",
+        "--no-skipgram", "--batch-size", "16", "--folds", "2",
+    )  # fmt: skip
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "fold 2 of 2" in result.stderr and "folds.json" in result.stderr
+    return out
+
+
+def test_train_with_folds_writes_a_checkpoint_per_fold_and_a_manifest(folded: Path) -> None:
+    assert sorted(p.name for p in folded.iterdir()) == ["fold-1", "fold-2", "folds.json"]
+    manifest = orjson.loads((folded / "folds.json").read_bytes())
+    assert (manifest["data"], manifest["folds"]) == (DATA, 2)
+    dataset = load_dataset(DATA)
+    splits = protocol_splits(dataset, 2)
+    assert [(s["dir"], s["test"], s["test_start"]) for s in manifest["splits"]] == [
+        ("fold-1", 15, 0),
+        ("fold-2", 15, 15),
+    ]
+    for split in splits:
+        checkpoint = folded / f"fold-{split.fold}"
+        config = orjson.loads((checkpoint / "config.json").read_bytes())
+        assert config["info"]["options"]["data"] == f"{DATA} (fold {split.fold} of 2)"
+        # Each fold's vocabulary is its own training sessions', not the single split's.
+        expected = build_vocabularies(
+            (e for s in split.train for e in s.events), 3, Taxonomy(dataset.taxonomy)
+        )
+        assert load_checkpoint(checkpoint).vocabularies.items == expected.items
+
+
+def test_evaluate_with_folds_prints_every_fold_and_pooled_rows(
+    folded: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "report.json"
+    result = _run(
+        "evaluate", "--model", str(folded), "--data", DATA, "--folds", "2", "--resamples", "20",
+        "--json", str(out),
+    )  # fmt: skip
+    assert result.exit_code == 0, (result.output, result.exception)
+    text = result.stdout
+    assert text.index("## Fold 1 of 2") < text.index("## Fold 2 of 2") < text.index("## Pooled")
+    assert text.count("| HUP | every:revisit |") == 3 and text.count("| HUP | every:new |") == 3
+    assert "| HUP minus | item Recall@20 | item MRR@20 | category L3 Recall@5 |" in text
+    report = orjson.loads(out.read_bytes())
+    assert report["folds"] == 2 and report["sessions"]["test"] == 30
+    versions = [(folded / f"fold-{k}" / "VERSION").read_text().strip() for k in (1, 2)]
+    assert report["model_versions"] == versions
+    assert [f["model_version"] for f in report["per_fold"]] == versions
+    pooled = {(r["method"], r["mode"]): r for r in report["results"]}
+    folds = [{(r["method"], r["mode"]): r for r in f["results"]} for f in report["per_fold"]]
+    for key in (("HUP", "every"), ("S-POP", "every:revisit"), ("POP", "last")):
+        assert pooled[key]["n_points"] == sum(f[key]["n_points"] for f in folds)
+        assert pooled[key]["n_sessions"] == sum(f[key]["n_sessions"] for f in folds)
+    differences = {(d["other"], d["metric"]) for d in report["paired_differences"]}
+    assert {("S-POP", "item Recall@20"), ("Last category", "category L3 Recall@5")} <= differences
+
+
+def test_fold_mismatches_are_refused_in_one_line(
+    folded: Path, trained: Path, tmp_path: Path
+) -> None:
+    def evaluate(model: Path, *options: str):
+        return _run("evaluate", "--model", str(model), "--resamples", "5", *options)
+
+    _assert_clean_failure(evaluate(folded, "--data", DATA), "holds 2 fold checkpoints", "--folds 2")
+    _assert_clean_failure(
+        evaluate(folded, "--data", DATA, "--folds", "3"), "holds 2 folds, not --folds 3"
+    )
+    other = f"{DATA},train_frac=0.5"
+    _assert_clean_failure(
+        evaluate(folded, "--data", other, "--folds", "2"), f"trained on {DATA};", other
+    )
+    # One fold's model has seen the single split's test sessions.
+    _assert_clean_failure(
+        evaluate(folded / "fold-1", "--data", DATA), "(fold 1 of 2)", "with --folds"
+    )
+    _assert_clean_failure(
+        evaluate(trained, "--data", DATA, "--folds", "2"), "holds no fold checkpoints"
+    )
+    _assert_clean_failure(evaluate(folded, "--data", DATA, "--folds", "0"), "--folds must be >= 1")
+    broken = tmp_path / "broken"
+    shutil.copytree(folded, broken)
+    shutil.rmtree(broken / "fold-2")
+    _assert_clean_failure(evaluate(broken, "--data", DATA, "--folds", "2"), str(broken / "fold-2"))
+    out = tmp_path / "m"
+    _assert_clean_failure(
+        _run("train", "--data", DATA, "--out", str(out), "--folds", "31"), "31 folds need"
+    )
+    assert not out.exists()
+
+
+def test_variant_options_reach_training_and_evaluation(tmp_path: Path) -> None:
+    spec = f"{DATA},max_len=4,train_frac=0.5"
+    model, report_path = tmp_path / "model", tmp_path / "report.json"
+    _train_quickly(model, "--set", "hidden=8", data=spec)
+    dataset = load_dataset(spec)
+    (split,) = protocol_splits(dataset)
+    plain_train, _, _ = split_sessions(dataset.sessions)
+    assert split.train == keep_first(plain_train, 0.5) and len(split.train) == 10
+    expected = build_vocabularies(
+        (e for s in split.train for e in s.events), 3, Taxonomy(dataset.taxonomy)
+    )
+    assert load_checkpoint(model).vocabularies.items == expected.items
+    result = _run(
+        "evaluate", "--model", str(model), "--data", spec, "--resamples", "5",
+        "--json", str(report_path),
+    )  # fmt: skip
+    assert result.exit_code == 0, (result.output, result.exception)
+    report = orjson.loads(report_path.read_bytes())
+    assert report["sessions"] == {"train": 10, "valid": 3, "test": 6}

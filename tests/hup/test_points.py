@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from hup.data import Session
-from hup.points import PredictionPoint, prediction_points
+from hup.points import PredictionPoint, prediction_points, revisits
 from hup.schema import DwellEvent, Event, MicroEvent
 
 
@@ -64,3 +64,15 @@ def test_session_index_refers_to_input_order_and_last_mode_is_one_per_session() 
     ]
     last = [p for p in points if p.is_last]
     assert [(p.session_index, p.target_item) for p in last] == [(0, "C"), (2, "E")]
+
+
+def test_revisits_flag_targets_whose_sku_is_in_the_input() -> None:
+    # Targets: B (new), C (new), A (seen at the start: a revisit), B (a revisit).
+    s = session(micro("A"), dwell("A"), micro("B"), micro("C"), micro("A"), micro("B"))
+    other = session(micro("X"), micro("Y"), micro("X"))  # Y new, X revisit
+    points = prediction_points([s, other])
+    assert [p.target_item for p in points] == ["B", "C", "A", "B", "Y", "X"]
+    assert revisits([s, other], points) == [False, False, True, True, False, True]
+    # Any subset, in any order, gets the same flags.
+    subset = [points[5], points[2], points[0]]
+    assert revisits([s, other], subset) == [True, True, False]

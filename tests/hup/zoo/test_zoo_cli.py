@@ -112,3 +112,32 @@ def test_compare_all_models(tmp_path: Path) -> None:
     report = _compare("all", tmp_path)
     assert [m["name"] for m in report["models"]][0] == "hup"
     assert {m["display"] for m in report["models"]} == {DISPLAY_NAMES[n] for n in MODELS}
+
+
+def test_compare_with_folds_fits_every_model_per_fold_and_pools(tmp_path: Path) -> None:
+    result = _run(
+        "compare", "--data", DATA, "--models", "pop,s-pop", "--out", str(tmp_path),
+        "--resamples", "20", "--folds", "3",
+    )  # fmt: skip
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert result.stderr.count("fitting POP (fold") == 3
+    report = orjson.loads((tmp_path / "compare.json").read_bytes())
+    pooled = report["evaluation"]
+    assert pooled["folds"] == 3 and pooled["sessions"]["test"] == 30
+    assert [f["fold"] for f in report["folds"]] == [1, 2, 3]
+    every = {r["method"]: r for r in pooled["results"] if r["mode"] == "every"}
+    per_fold = [
+        {r["method"]: r for r in f["evaluation"]["results"] if r["mode"] == "every"}
+        for f in report["folds"]
+    ]
+    assert every["POP"]["n_points"] == sum(f["POP"]["n_points"] for f in per_fold)
+    table = (tmp_path / "compare.md").read_text()
+    assert "Pooled over 3 folds" in table and "## Fold 3 of 3" in table
+    assert "| model | every:revisit item Recall@20 |" in table
+    # Paired differences as a table, pooled first, then one per fold.
+    assert table.count("| POP minus | item Recall@20 | item MRR@20 | category L3 Recall@5 |") == 4
+    _fails_cleanly(
+        _run("compare", "--data", DATA, "--models", "pop", "--out", str(tmp_path / "x"),
+             "--folds", "31"),
+        "31 folds need",
+    )  # fmt: skip
