@@ -484,9 +484,12 @@ class HupModel(nn.Module):
         entry_end = torch.full_like(entry, -1).scatter_reduce(
             1, entry.clamp(min=0), torch.where(valid, arange, -1), reduce="amax"
         )
-        back = self.config.window - 1
-        offsets = torch.arange(-back, 0, device=ys.device)  # [W-1]
-        past = entry[rows, times].unsqueeze(1) + offsets  # [N, W-1] earlier entries
+        # Only as many earlier entries as the fullest window here has: the slots no point
+        # fills would be masked out of the softmax anyway, and they cost memory and time.
+        current = entry[rows, times]
+        back = min(self.config.window - 1, int(current.max()) if len(current) else 0)
+        offsets = torch.arange(-back, 0, device=ys.device)  # [<= W-1]
+        past = current.unsqueeze(1) + offsets  # [N, back] earlier entries
         has_past = past >= 0
         past_times = entry_end[rows.unsqueeze(1), past.clamp(min=0)]
         window_times = torch.cat([past_times, times.unsqueeze(1)], dim=1)  # [N, W]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -11,7 +11,7 @@ from torch import Tensor
 from hup.data import Session
 from hup.features import EventFeatures, FeatureSpec, FeatureState, Featurizer
 from hup.model import collate_features, collate_repeat
-from hup.repeat import repeat_inputs
+from hup.repeat import RepeatInputs, repeat_inputs
 from hup.vocab import Taxonomy, build_vocabularies
 
 __all__ = [
@@ -39,6 +39,14 @@ class FeaturizedSession:
     # The featurizer's state after each feature (same index as `features`): the repeat
     # channel reads the user's memory at a point from it (`hup.repeat.repeat_inputs`).
     states: tuple[FeatureState, ...] = ()
+    _repeat: dict[int, RepeatInputs] = field(default_factory=dict, repr=False, compare=False)
+
+    def repeat_at(self, index: int) -> RepeatInputs:
+        """The repeat inputs after feature `index`, computed once (training reads them each epoch)."""
+        cached = self._repeat.get(index)
+        if cached is None:
+            cached = self._repeat[index] = repeat_inputs(self.states[index])
+        return cached
 
 
 def featurize_session(featurizer: Featurizer, session: Session) -> FeaturizedSession:
@@ -124,7 +132,7 @@ def batches(
                 target_items.append(feats[target].item)
                 target_categories.append(feats[target].categories)
                 if repeat:
-                    memories.append(repeat_inputs(session.states[t]))
+                    memories.append(session.repeat_at(t))
         collated = collate_features([s.features for s in chosen])
         if repeat:
             collated.update(collate_repeat(memories))

@@ -33,7 +33,9 @@ def vocab_and_sequences() -> tuple[Vocabularies, list[list[EventFeatures]]]:
     return vocab, sorted(sequences, key=len)
 
 
-def _model(vocab: Vocabularies, variant: str = "hup", seed: int = 0, **overrides) -> HupModel:
+def _model(
+    vocab: Vocabularies, variant: str = "hup-paper", seed: int = 0, **overrides
+) -> HupModel:
     torch.manual_seed(seed)
     config = HupConfig(
         n_items=len(vocab.items),
@@ -153,7 +155,7 @@ def test_loss_decreases_over_adam_steps(softmax_weight, vocab_and_sequences) -> 
     assert losses[-1] < losses[0] - 0.1, losses
 
 
-@pytest.mark.parametrize("variant", ["hup", "hup-nomicro", "hup-single"])
+@pytest.mark.parametrize("variant", ["hup-paper", "hup-nomicro", "hup-single"])
 @pytest.mark.parametrize("lambda_micro", [0.0, 0.3])
 def test_cosine_loss_is_the_weighted_negative_cosine_and_bounded(
     variant, lambda_micro, vocab_and_sequences
