@@ -141,7 +141,7 @@ def test_the_views_answer_from_the_latest_table(app) -> None:
     app.tables[LATEST_TABLE]._data = {b"alice": b'{"user_id":"alice"}'}
 
     def request(**match_info: str) -> SimpleNamespace:
-        return SimpleNamespace(match_info=match_info)
+        return SimpleNamespace(match_info=match_info, headers={})
 
     async def get(path: str, **match_info: str):
         return await views[path].get(request(**match_info), **match_info)
