@@ -63,6 +63,7 @@ class WorkerContext:
         self.metrics = metrics
         self.topics = list(topics)
         self._processor: Processor | None = None
+        self._prepared = False
         # One per worker, shared by the agents: a flood of bad input logs a few lines.
         self.dead_letter_log = RateLimitedLog(
             logging.getLogger("stream.agents"), what="dead letters"
@@ -107,8 +108,13 @@ class WorkerContext:
 
         Connected to faust's ``on_worker_init`` signal, which fires synchronously
         before the event loop runs, so the ``SystemExit`` ends the process with exit
-        status 2 instead of a crash-and-restart loop.
+        status 2 instead of a crash-and-restart loop. faust 0.15 sends that signal
+        twice under ``app.main()`` (once itself, once from its CLI): only the first
+        call prepares, or the metrics port would be found taken by this very worker.
         """
+        if self._prepared:
+            return
+        self._prepared = True
         torch.set_num_threads(self.settings.torch_threads)
         try:
             self.load_model()

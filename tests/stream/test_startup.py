@@ -95,3 +95,19 @@ def test_the_metrics_server_listens_on_its_bind_address(
         )
         WorkerContext(settings, Metrics(CollectorRegistry()), []).prepare()
     assert served == [("127.0.0.1", 9999), ("0.0.0.0", 9999)]  # noqa: S104
+
+
+def test_a_second_prepare_does_nothing(
+    checkpoint_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # faust sends on_worker_init twice under app.main(): the metrics server starts once.
+    served = []
+    monkeypatch.setattr(startup, "ensure_topics", lambda *args, **kwargs: [])
+    monkeypatch.setattr(
+        startup, "start_http_server", lambda port, addr, registry: served.append(port)
+    )
+    settings = Settings(model=checkpoint_dir, datadir=tmp_path / "data", web_port=0)
+    context = WorkerContext(settings, Metrics(CollectorRegistry()), [])
+    context.prepare()
+    context.prepare()
+    assert served == [settings.metrics_port]
