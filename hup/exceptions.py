@@ -6,7 +6,16 @@ class HupError(Exception):
 
 
 class EventValidationError(HupError):
-    """An input event is malformed; the message names the field and the problem."""
+    """An input event is malformed; the message names the field and the problem.
+
+    ``limits`` names the bounds of `hup.schema.InputLimits` the event exceeds (e.g.
+    ``id_chars``), so the stream can count them; empty for any other problem.
+    """
+
+    def __init__(self, message: str, *, limits: frozenset[str] = frozenset()) -> None:
+        """Keep the message (``str(error)``) and the exceeded bounds."""
+        super().__init__(message)
+        self.limits = limits
 
 
 class DataFormatError(HupError):

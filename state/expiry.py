@@ -9,7 +9,7 @@ from state.codec import decode_state
 from state.exceptions import StateDecodeError
 from state.store import Store
 
-__all__ = ["LAST_TS", "expire", "last_seen_from_state"]
+__all__ = ["LAST_TS", "expire", "is_expired", "last_seen_from_state"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,16 +37,26 @@ def expire(store: Store, now: float, ttl_s: float, last_seen: Callable[[bytes], 
     cutoff = now - ttl_s
     deleted = 0
     for key, value in store.items():
-        try:
-            stale = last_seen(value) < cutoff
-        except StateDecodeError as exc:
-            logger.warning("expiry: dropping undecodable state for user %r: %s", key, exc)
-            stale = True
-        if stale:
+        if is_expired(key, value, cutoff, last_seen):
             store.delete(key)
             deleted += 1
     logger.info("expiry: deleted %d states last seen before %.3f", deleted, cutoff)
     return deleted
+
+
+def is_expired(
+    key: bytes, value: bytes, cutoff: float, last_seen: Callable[[bytes], float]
+) -> bool:
+    """Whether the entry's last event is before ``cutoff``, or its value is undecodable.
+
+    The rule of `expire`, for callers that sweep a store in steps (the stream worker).
+    An undecodable value is logged as a warning naming ``key``.
+    """
+    try:
+        return last_seen(value) < cutoff
+    except StateDecodeError as exc:
+        logger.warning("expiry: dropping undecodable state for user %r: %s", key[:200], exc)
+        return True
 
 
 def last_seen_from_state(value: bytes) -> float:

@@ -19,6 +19,7 @@ from stream.acks import AckGuard, keep_queue_on_resume
 from stream.fence import RebalanceFence
 from stream.metrics import MeteredKeyValue, Metrics, install_metric_updates
 from stream.processor import BatchResult, DeadLetter, InputRecord, Processor
+from stream.ratelog import RateLimitedLog
 from stream.rekey import origin_from_headers, rekey
 from stream.tablestore import BatchStore, KeyValue, TableKeyValue
 
@@ -84,6 +85,7 @@ def install_agent(app: faust.App, topics: Topics, context: WorkerContext) -> Age
                 context.metrics,
                 latest=TableKeyValue(topics.latest, events),
                 still_owned=still_owned,
+                dead_letter_log=context.dead_letter_log,
             )
             # The state must be on the broker before its events count as consumed.
             await asyncio.gather(topics.state.confirm(), topics.latest.confirm())
@@ -108,13 +110,13 @@ def _install_rekey_agent(
     async def rekey_events(stream: StreamT[bytes]) -> None:
         async def handle(events: list[EventT], still_owned: Callable[[], bool]) -> bool:
             deliveries = []
-            dead = 0
+            dead: list[DeadLetter] = []
             for event in events:
                 record = to_record(event, time.time(), time.monotonic())
-                out = rekey(record, context.processor.max_record_bytes)
+                processor = context.processor
+                out = rekey(record, processor.max_record_bytes, processor.limits)
                 if isinstance(out, DeadLetter):
-                    dead += 1
-                    logger.warning("%s dead-lettered: %s", out.where, out.reason)
+                    dead.append(out)
                     deliveries.append(await send_dead_letter(out.key, out.value))
                 else:
                     sent = target.send(
@@ -127,8 +129,12 @@ def _install_rekey_agent(
                 # their origin) and counts its dead letters.
                 return False
             # Dead letters are counted here; forwarded records when the profile agent takes them.
-            events_total.labels("consumed").inc(dead)
-            events_total.labels("dlq").inc(dead)
+            events_total.labels("consumed").inc(len(dead))
+            events_total.labels("dlq").inc(len(dead))
+            for letter in dead:
+                for bound in letter.limits:
+                    events_total.labels(f"over_limit_{bound}").inc()
+                context.dead_letter_log.log("%s dead-lettered: %s", letter.where, letter.reason)
             return True
 
         await consume_guarded(app, cast(faust.Stream[bytes], stream), context.settings, handle)
@@ -241,6 +247,7 @@ async def process_and_publish(
     *,
     latest: KeyValue | None = None,
     still_owned: Callable[[], bool] | None = None,
+    dead_letter_log: RateLimitedLog | None = None,
 ) -> BatchResult | None:
     """Process one batch, deliver its outputs, then save its state; raise if any step fails.
 
@@ -259,6 +266,9 @@ async def process_and_publish(
     Returns None, having written nothing, when ``still_owned`` says the worker gave
     one of the batch's partitions up, or began to stop, while its profiles were
     delivered: the agent then leaves the batch unacked for the partition's next owner.
+
+    Each dead letter is logged once delivered, through ``dead_letter_log`` (rate-limited
+    in the worker; every one when None); the metrics count them all.
 
     If any step raises, the error is logged with the batch's
     ``topic[partition]@offsets`` and re-raised, and the batch is never acked.
@@ -302,7 +312,10 @@ async def process_and_publish(
         )
         raise
     for dead in result.dead_letters:
-        logger.warning("%s dead-lettered: %s", dead.where, dead.reason)
+        if dead_letter_log is None:
+            logger.warning("%s dead-lettered: %s", dead.where, dead.reason)
+        else:
+            dead_letter_log.log("%s dead-lettered: %s", dead.where, dead.reason)
     metrics.observe_batch(len(records), result)
     metrics.observe_published(result.profiles, delivered_at)
     return result

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from hup.runtime import Profiler
 from stream.agents import install_agent
 from stream.broker import TopicSpec
+from stream.expiry import install_expiry
 from stream.metrics import Metrics
 from stream.settings import Settings
 from stream.startup import WorkerContext
@@ -76,7 +77,18 @@ def faust_options(settings: Settings) -> dict[str, Any]:
         "table_standby_replicas": settings.standby_replicas,
         "web_enabled": settings.web_port != 0,
         "web_port": settings.web_port or 6066,
+        "web_bind": settings.web_bind,
         **({"web_host": settings.web_host} if settings.web_host else {}),
+        # Closed by default: faust's own pages dump raw table contents (/table/...), the
+        # cluster's hosts and partition assignment (/router/), sensor statistics and the
+        # service graph. Routed /profiles queries do not need /router: app.router
+        # answers from the assignor inside the process.
+        "debug": False,
+        "web_tables_enabled": False,
+        "web_router_enabled": False,
+        "web_stats_enabled": False,
+        "web_graph_enabled": False,
+        "web_metrics_enabled": False,
         "autodiscover": False,
         # Changelog writes the agent can await before acking (faust's own flush gives up).
         "Table": ConfirmedTable,
@@ -180,9 +192,15 @@ def create_app(
     )
     # faust types this signal so that no receiver satisfies mypy (mode's own SyncSignal does).
     app.on_worker_init.connect(context.prepare)  # type: ignore[arg-type]
-    app.task(context.serve_metrics)
     install_agent(app, topics, context)
-    install_views(app, topics.latest)
+    install_views(
+        app,
+        topics.latest,
+        token=settings.api_token.get_secret_value() if settings.api_token else None,
+        max_id_chars=settings.max_id_chars,
+    )
+    if settings.state_ttl_s:
+        install_expiry(app, topics, settings.state_ttl_s, context.metrics)
     return app
 
 

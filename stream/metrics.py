@@ -95,6 +95,12 @@ class Metrics:
             ["partition"],
             registry=registry,
         )
+        self.state_expired = Counter(
+            "hup_state_expired",
+            "Users removed from the state and latest-profile tables for being idle longer "
+            "than HUP_STATE_TTL_S (by event time), each with a changelog tombstone.",
+            registry=registry,
+        )
         # Partitions that carry a label now, so a revoked partition's series is removed.
         self._labelled: dict[str, set[int]] = {"users": set(), "lag": set()}
 
@@ -128,6 +134,11 @@ class Metrics:
         """Count a user whose first state was just written to ``partition``."""
         self.users_in_state.labels(str(partition)).inc()
         self._labelled["users"].add(partition)
+
+    def remove_user(self, partition: int) -> None:
+        """Count a user whose state was removed from ``partition`` (expiry)."""
+        if partition in self._labelled["users"]:
+            self.users_in_state.labels(str(partition)).dec()
 
     def set_consumer_lag(self, lags: Mapping[int, int]) -> None:
         """Replace the per-partition lag (partitions not in ``lags`` are dropped)."""

@@ -11,6 +11,11 @@ No input yields a record the producer would refuse (HUP_PRODUCER_MAX_REQUEST_SIZ
 `stream.limits`): a dead letter keeps a prefix of the original bytes, and an event whose
 profile or state record would be too large (a very long user_id, event_id, item_id or
 category) is dead-lettered instead of applied, leaving the user's state as it was.
+
+Each event is held to the input bounds (`hup.schema.InputLimits`, HUP_MAX_* settings)
+and its ``ts`` to at most ``max_future_s`` ahead of the processor's clock: one event far
+in the future would otherwise leave every later gap of its user clamped to zero for
+good. An event beyond a bound is dead-lettered and counted as ``over_limit_<bound>``.
 """
 
 from __future__ import annotations
@@ -27,11 +32,12 @@ import orjson
 from hup.exceptions import EventValidationError
 from hup.incremental import ProfileState
 from hup.runtime import Applied, Profiler
-from hup.schema import Event, parse_event_json
+from hup.schema import DEFAULT_LIMITS, Event, InputLimits, parse_event_json
 from stream.limits import DEFAULT_MAX_RECORD_BYTES, FRAMING_RESERVE, clip_text, fit_dead_letter
 from stream.userstate import UserState, load_user_state
 
 __all__ = [
+    "DEFAULT_MAX_FUTURE_S",
     "ORIGIN_HEADER",
     "BatchResult",
     "DeadLetter",
@@ -47,6 +53,8 @@ logger = logging.getLogger(__name__)
 
 # The header in which the re-keying stage (`stream.rekey`) sends a record's `Origin`.
 ORIGIN_HEADER = "hup-origin"
+# How far ahead of the clock an event's ts may be (HUP_MAX_FUTURE_S's default): a day.
+DEFAULT_MAX_FUTURE_S = 86_400.0
 
 
 @dataclass(frozen=True)
@@ -92,6 +100,8 @@ class DeadLetter:
     value: bytes
     reason: str
     where: str = ""  # the original record's ``topic[partition]@offset``, for logs
+    # The input bounds (`hup.schema.InputLimits`) the event exceeded, for the metrics.
+    limits: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -106,7 +116,10 @@ class BatchResult:
 
 
 def dead_letter(
-    record: InputRecord, reason: str, max_bytes: int = DEFAULT_MAX_RECORD_BYTES
+    record: InputRecord,
+    reason: str,
+    max_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+    limits: frozenset[str] = frozenset(),
 ) -> DeadLetter:
     """Wrap a bad record: base64 of its original bytes, topic, partition, offset, reason.
 
@@ -126,7 +139,8 @@ def dead_letter(
         "offset": where.offset,
     }
     key, value = fit_dead_letter(fields, where.key, record.value, max_bytes)
-    return DeadLetter(key, value, reason, f"{where.topic}[{where.partition}]@{where.offset}")
+    where_text = f"{where.topic}[{where.partition}]@{where.offset}"
+    return DeadLetter(key, value, reason, where_text, limits)
 
 
 class KeyValue(Protocol):
@@ -152,6 +166,8 @@ class Processor:
         require_user_key: bool = False,
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
         require_origin: bool = False,
+        limits: InputLimits = DEFAULT_LIMITS,
+        max_future_s: float = DEFAULT_MAX_FUTURE_S,
     ) -> None:
         """Bind a model.
 
@@ -167,6 +183,8 @@ class Processor:
             require_origin: dead-letter records without an origin (the re-keying stage's
                 topic, HUP_REPARTITION=1: a record it did not write has no input position
                 to be de-duplicated by).
+            limits: the bounds each event is held to (HUP_MAX_* settings).
+            max_future_s: dead-letter events whose ts is further ahead of ``clock`` than this.
         """
         self.profiler = profiler
         self.coalesce = coalesce
@@ -174,6 +192,8 @@ class Processor:
         self.require_user_key = require_user_key
         self.max_record_bytes = max_record_bytes
         self.require_origin = require_origin
+        self.limits = limits
+        self.max_future_s = max_future_s
 
     def load_user(self, store: KeyValue, key: bytes, outcomes: Counter[str]) -> UserState:
         """The user's state, or a fresh one when absent, foreign (other model) or corrupt.
@@ -187,6 +207,7 @@ class Processor:
         """Apply a batch; see the module docstring for the guarantees."""
         result = BatchResult()
         per_user: dict[str, list[tuple[InputRecord, Event]]] = defaultdict(list)
+        now = self.clock()
         for record in records:
             result.outcomes["consumed"] += 1
             if self.require_origin and record.origin is None:
@@ -200,13 +221,10 @@ class Processor:
                 result.dead_letters.append(self._dead_letter(record, "empty message (no value)"))
                 continue
             try:
-                event = parse_event_json(record.value)
+                event = parse_event_json(record.value, self.limits)
             except EventValidationError as exc:
-                dead = self._dead_letter(record, str(exc))
-                logger.info(
-                    "%s[%d]@%d: %s", record.topic, record.partition, record.offset, dead.reason
-                )
-                result.dead_letters.append(dead)
+                result.outcomes.update(f"over_limit_{bound}" for bound in exc.limits)
+                result.dead_letters.append(self._dead_letter(record, str(exc), exc.limits))
                 continue
             if self.require_user_key and record.key != event.user_id.encode():
                 reason = (
@@ -214,6 +232,16 @@ class Processor:
                     "key events by user_id or enable repartitioning (HUP_REPARTITION=1)"
                 )
                 result.dead_letters.append(self._dead_letter(record, reason))
+                continue
+            if event.ts > now + self.max_future_s:
+                result.outcomes["over_limit_future_ts"] += 1
+                reason = (
+                    f"field 'ts': {event.ts!r} is {event.ts - now:.0f} s ahead of the worker's "
+                    f"clock, over the limit of {self.max_future_s:g} s (HUP_MAX_FUTURE_S)"
+                )
+                result.dead_letters.append(
+                    self._dead_letter(record, reason, frozenset({"future_ts"}))
+                )
                 continue
             per_user[event.user_id].append((record, event))
         result.outcomes["dlq"] += len(result.dead_letters)
@@ -259,9 +287,6 @@ class Processor:
                 too_large = self._too_large(user, event, new_state, out)
                 if too_large is not None:
                     # As if the event had never come: the state stays as it was.
-                    logger.warning(
-                        "%s[%d]@%d: %s", record.topic, record.partition, record.offset, too_large
-                    )
                     result.dead_letters.append(self._dead_letter(record, too_large))
                     result.outcomes["dlq"] += 1
                     continue
@@ -287,8 +312,10 @@ class Processor:
         """Key plus value bytes of the user's state record in the table's changelog."""
         return len(user.encode()) + stored.encoded_size(self.profiler.version)
 
-    def _dead_letter(self, record: InputRecord, reason: str) -> DeadLetter:
-        return dead_letter(record, reason, self.max_record_bytes)
+    def _dead_letter(
+        self, record: InputRecord, reason: str, limits: frozenset[str] = frozenset()
+    ) -> DeadLetter:
+        return dead_letter(record, reason, self.max_record_bytes, limits)
 
     def _too_large(
         self, user: str, event: Event, stored: UserState, profile: OutputProfile | None

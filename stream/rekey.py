@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import orjson
 
 from hup.exceptions import EventValidationError
-from hup.schema import parse_event_json
+from hup.schema import DEFAULT_LIMITS, InputLimits, parse_event_json
 from stream.limits import DEFAULT_MAX_RECORD_BYTES
 from stream.processor import ORIGIN_HEADER, DeadLetter, InputRecord, Origin, dead_letter
 
@@ -45,19 +45,24 @@ class Forward:
         )
 
 
-def rekey(record: InputRecord, max_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Forward | DeadLetter:
+def rekey(
+    record: InputRecord,
+    max_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+    limits: InputLimits = DEFAULT_LIMITS,
+) -> Forward | DeadLetter:
     """The record re-keyed by its event's ``user_id``, or its dead letter.
 
-    Dead-lettered: a record without a valid event, and one whose forward (value, user id
-    and origin header, which holds the original key in base64) would exceed ``max_bytes``,
-    since the producer would refuse it and stop the worker (`stream.limits`).
+    Dead-lettered: a record without a valid event (held to ``limits``, as the processor
+    holds it), and one whose forward (value, user id and origin header, which holds the
+    original key in base64) would exceed ``max_bytes``, since the producer would refuse
+    it and stop the worker (`stream.limits`).
     """
     if record.value is None:
         return dead_letter(record, "empty message (no value)", max_bytes)
     try:
-        event = parse_event_json(record.value)
+        event = parse_event_json(record.value, limits)
     except EventValidationError as exc:
-        return dead_letter(record, str(exc), max_bytes)
+        return dead_letter(record, str(exc), max_bytes, exc.limits)
     origin = {
         "topic": record.topic,
         "partition": record.partition,

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from hup.schema import DEFAULT_LIMITS, InputLimits
 from stream.limits import DEFAULT_MAX_REQUEST_SIZE
 
 __all__ = ["BrokerChoice", "SaslMechanism", "SecurityProtocol", "Settings"]
@@ -111,10 +112,32 @@ class Settings(BaseSettings):
     commit_interval_s: float = Field(default=1.0, gt=0)
     # Standby replicas of the state table on other workers (faster failover).
     standby_replicas: int = Field(default=0, ge=0)
+    # Bounds on one input event (`hup.schema.InputLimits`): an event beyond one is
+    # dead-lettered with a reason naming it and counted (hup_events{outcome="over_limit_*"}).
+    max_id_chars: int = Field(default=DEFAULT_LIMITS.max_id_chars, ge=20)  # 2^64 has 20 digits
+    max_event_id_chars: int = Field(default=DEFAULT_LIMITS.max_event_id_chars, ge=1)
+    max_category_levels: int = Field(default=DEFAULT_LIMITS.max_category_levels, ge=1)
+    max_dwell_s: float = Field(default=DEFAULT_LIMITS.max_dwell_s, gt=0)
+    # How far an event's ts may be ahead of the worker's clock. The gap to a user's next
+    # event is measured from the last ts, so one far-future ts would leave every later gap
+    # at zero; training data is not held to it (its times are the data's own).
+    max_future_s: float = Field(default=86_400.0, ge=0)
+    # Users whose last event is older than this many seconds (by event time) are removed
+    # from the state and latest-profile tables, with a tombstone in each changelog. 0: never.
+    state_ttl_s: float = Field(default=0.0, ge=0)
+    # Seconds the worker waits at start-up for the brokers to answer before it gives up.
+    startup_timeout_s: float = Field(default=30.0, gt=0)
     # Prometheus metrics HTTP port; 0 disables the endpoint.
     metrics_port: int = Field(default=9108, ge=0, le=65535)
-    # faust's web server port (its /metrics-free status pages); 0 disables it.
+    # The address the metrics endpoint listens on: loopback unless set (e.g. 0.0.0.0).
+    metrics_bind: str = "127.0.0.1"
+    # faust's web server port (the profile query API, /health, /ready); 0 disables it.
     web_port: int = Field(default=6066, ge=0, le=65535)
+    # The address the web server listens on: loopback unless set. Set HUP_API_TOKEN too
+    # whenever it is not loopback.
+    web_bind: str = "127.0.0.1"
+    # When set, GET /profiles/{user_id} requires "Authorization: Bearer <token>".
+    api_token: SecretStr | None = None
     # The host name other workers use to reach this one's web port: a query for a user
     # whose partition another worker owns is forwarded to that worker's advertised
     # http://{web_host}:{web_port}. Empty means faust's default, the machine's host name.
@@ -129,6 +152,7 @@ class Settings(BaseSettings):
         "kafka_sasl_password",
         "kafka_ssl_cafile",
         "model",
+        "api_token",
         mode="before",
     )
     @classmethod
@@ -154,6 +178,16 @@ class Settings(BaseSettings):
     def bootstrap_servers(self) -> str:
         """Where the worker connects: the configured cluster, else the local broker process."""
         return self.kafka_bootstrap_servers or f"127.0.0.1:{self.broker_port}"
+
+    @property
+    def input_limits(self) -> InputLimits:
+        """The bounds the processor holds each input event to."""
+        return InputLimits(
+            max_id_chars=self.max_id_chars,
+            max_event_id_chars=self.max_event_id_chars,
+            max_category_levels=self.max_category_levels,
+            max_dwell_s=self.max_dwell_s,
+        )
 
     @property
     def heartbeat_interval_s(self) -> float:

@@ -1,10 +1,17 @@
-"""What a worker prepares before it consumes: the model, torch threads, topics, metrics endpoint."""
+"""What a worker prepares before it consumes: the model, torch threads, ports, topics, metrics.
+
+Whatever keeps the worker from starting (no model, an unusable data directory, a port
+in use, no broker answering) ends it here, before faust starts its services and logs
+"Ready": one line on stderr naming the problem and exit status 2, never a traceback.
+"""
 
 from __future__ import annotations
 
 import logging
+import socket
+import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from confluent_kafka import KafkaException
@@ -15,12 +22,27 @@ from hup.runtime import Profiler
 from stream.limits import max_record_bytes
 from stream.metrics import Metrics
 from stream.processor import Processor
+from stream.ratelog import RateLimitedLog
 from stream.settings import Settings
-from stream.topics import TopicSpec, client_security_config, ensure_topics
+from stream.topics import (
+    BrokersUnreachableError,
+    TopicSpec,
+    client_security_config,
+    ensure_topics,
+)
 
-__all__ = ["WorkerContext"]
+__all__ = ["EXIT_CANNOT_START", "WorkerContext", "refuse_to_start"]
 
 logger = logging.getLogger(__name__)
+
+# The exit status of a worker that refuses to start (as the CLIs' usage errors).
+EXIT_CANNOT_START = 2
+
+
+def refuse_to_start(reason: str) -> NoReturn:
+    """End the process before it starts: ``reason`` in one line on stderr, exit status 2."""
+    print(f"hup worker: cannot start: {reason}", file=sys.stderr, flush=True)
+    raise SystemExit(EXIT_CANNOT_START)
 
 
 class WorkerContext:
@@ -41,6 +63,11 @@ class WorkerContext:
         self.metrics = metrics
         self.topics = list(topics)
         self._processor: Processor | None = None
+        self._prepared = False
+        # One per worker, shared by the agents: a flood of bad input logs a few lines.
+        self.dead_letter_log = RateLimitedLog(
+            logging.getLogger("stream.agents"), what="dead letters"
+        )
         if profiler is not None:
             self._use(profiler)
 
@@ -76,23 +103,32 @@ class WorkerContext:
             require_user_key=True,
             max_record_bytes=max_record_bytes(self.settings.producer_max_request_size),
             require_origin=self.settings.repartition,
+            limits=self.settings.input_limits,
+            max_future_s=self.settings.max_future_s,
         )
         self.metrics.set_model(profiler.version, str(self.settings.model or ""))
         logger.info("model %s loaded from %s", profiler.version, self.settings.model)
 
     def prepare(self, sender: Any = None, *args: Any, signal: Any = None, **kwargs: Any) -> None:
-        """Get the worker ready, or refuse to start with one line saying why.
+        """Get the worker ready, or refuse to start with one line saying why (`refuse_to_start`).
 
         Connected to faust's ``on_worker_init`` signal, which fires synchronously
-        before the event loop runs, so a ``SystemExit`` here ends the process with
-        its message and exit status 1 instead of a crash-and-restart loop.
+        before the event loop runs, so the ``SystemExit`` ends the process with exit
+        status 2 instead of a crash-and-restart loop. faust 0.15 sends that signal
+        twice under ``app.main()`` (once itself, once from its CLI): only the first
+        call prepares, or the metrics port would be found taken by this very worker.
         """
+        if self._prepared:
+            return
+        self._prepared = True
         torch.set_num_threads(self.settings.torch_threads)
         try:
             self.load_model()
         except CheckpointError as exc:
-            raise SystemExit(f"hup worker: cannot start: {exc}") from None
+            refuse_to_start(str(exc))
         self._create_datadir()
+        self._check_web_port()
+        self._serve_metrics()
         self._create_topics()
 
     def _create_datadir(self) -> None:
@@ -102,27 +138,54 @@ class WorkerContext:
         try:
             datadir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise SystemExit(
-                f"hup worker: cannot create HUP_DATADIR {datadir}: {exc.strerror or exc}"
-            ) from None
+            refuse_to_start(f"cannot create HUP_DATADIR {datadir}: {exc.strerror or exc}")
+
+    def _check_web_port(self) -> None:
+        # faust binds its web server only after recovery, and a port in use then ends the
+        # worker with a traceback after it logged "Ready". Trying the bind here (as aiohttp
+        # binds: SO_REUSEADDR) catches a port in use before anything starts.
+        port, bind = self.settings.web_port, self.settings.web_bind
+        if not port:
+            return
+        try:
+            infos = socket.getaddrinfo(bind, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+            for family, kind, proto, _, address in infos:
+                with socket.socket(family, kind, proto) as probe:
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    probe.bind(address)
+        except OSError as exc:
+            refuse_to_start(
+                f"the web port {bind}:{port} (HUP_WEB_BIND, HUP_WEB_PORT) is not available: "
+                f"{exc.strerror or exc}"
+            )
+
+    def _serve_metrics(self) -> None:
+        """Expose the registry on HUP_METRICS_BIND:HUP_METRICS_PORT (port 0: do not)."""
+        port, bind = self.settings.metrics_port, self.settings.metrics_bind
+        if not port:
+            return
+        try:
+            start_http_server(port, addr=bind, registry=self.metrics.registry)
+        except OSError as exc:
+            refuse_to_start(
+                f"the metrics port {bind}:{port} (HUP_METRICS_BIND, HUP_METRICS_PORT) is not "
+                f"available: {exc.strerror or exc}"
+            )
+        logger.info("metrics on http://%s:%d/metrics", bind, port)
 
     def _create_topics(self) -> None:
         # With the worker's own security settings: on a SASL/SSL cluster too, every topic
         # gets its explicit configs (the changelogs compacted), unless it exists already.
+        # The first broker call: an unreachable cluster ends the start-up here.
+        servers = self.settings.bootstrap_servers
         try:
             ensure_topics(
-                self.settings.bootstrap_servers,
+                servers,
                 self.topics,
+                timeout=self.settings.startup_timeout_s,
                 client_config=client_security_config(self.settings),
             )
+        except BrokersUnreachableError as exc:
+            refuse_to_start(f"{exc} (KAFKA_BOOTSTRAP_SERVERS, HUP_STARTUP_TIMEOUT_S)")
         except KafkaException as exc:
-            raise SystemExit(
-                f"hup worker: cannot create topics on {self.settings.bootstrap_servers}: {exc}"
-            ) from None
-
-    async def serve_metrics(self) -> None:
-        """Expose the registry over HTTP on HUP_METRICS_PORT (0: do not)."""
-        port = self.settings.metrics_port
-        if port:
-            start_http_server(port, registry=self.metrics.registry)
-            logger.info("metrics on http://0.0.0.0:%d/metrics", port)
+            refuse_to_start(f"cannot create topics on {servers}: {exc}")

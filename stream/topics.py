@@ -21,6 +21,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, Resourc
 from stream.settings import Settings
 
 __all__ = [
+    "BrokersUnreachableError",
     "TopicSpec",
     "check_cleanup_policies",
     "client_security_config",
@@ -32,6 +33,13 @@ log = logging.getLogger(__name__)
 # Creating a topic that exists, without the right to create topics: Kafka checks the
 # ACL first, so a pre-created topic on a locked-down cluster answers with one of these.
 _NOT_AUTHORIZED = (KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED)
+
+
+class BrokersUnreachableError(Exception):
+    """No broker of the bootstrap list answered a metadata request in time.
+
+    The message names the servers, the time waited and librdkafka's last error.
+    """
 
 
 @dataclass(frozen=True)
@@ -105,13 +113,31 @@ def ensure_topics(
         The names of the topics this call created.
 
     Raises:
+        BrokersUnreachableError: no broker answered within ``timeout``. librdkafka's own
+            log is off for this client (it would log every failed connection attempt);
+            its last error is in the message instead.
         KafkaException: for any error other than "topic already exists" (or "not
             authorized" for a topic that exists).
     """
     specs = list(specs)
     if not specs:
         return []
-    admin = AdminClient({**(client_config or {}), "bootstrap.servers": bootstrap})
+    errors: list[KafkaError] = []
+    admin = AdminClient(
+        {
+            **(client_config or {}),
+            "bootstrap.servers": bootstrap,
+            "log_level": 0,
+            "error_cb": errors.append,
+        }
+    )
+    try:
+        admin.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        last = errors[-1] if errors else exc.args[0]
+        raise BrokersUnreachableError(
+            f"no Kafka broker answered at {bootstrap} within {timeout:g} s: {last.str()}"
+        ) from None
     new_topics = [
         NewTopic(s.name, s.partitions, s.replication, config=dict(s.config)) for s in specs
     ]
@@ -122,6 +148,10 @@ def ensure_topics(
     for name, future in futures.items():
         try:
             future.result(timeout)
+        except TimeoutError:
+            raise BrokersUnreachableError(
+                f"the brokers at {bootstrap} did not create topic {name} within {timeout:g} s"
+            ) from None
         except KafkaException as exc:
             code = exc.args[0].code()
             if code == KafkaError.TOPIC_ALREADY_EXISTS:

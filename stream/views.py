@@ -14,24 +14,111 @@ rewrites it (see `stream.agents.process_and_publish`).
 
 The table is co-partitioned with the state and the input (keyed by user id), and
 `app.table_route` sends the request to the worker owning the key's partition.
+
+With HUP_API_TOKEN set, ``/profiles`` answers only requests that carry
+``Authorization: Bearer <token>`` (checked before routing, and again by the owner,
+which receives the same header; every worker of a cluster needs the same token).
+``/health`` and ``/ready`` stay open for probes and carry no user data. A request
+aiohttp cannot parse (a URL or header line over its 8190-byte limit) is answered 400
+and logged as one INFO line instead of aiohttp's ERROR with a traceback.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hmac
+import logging
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from functools import wraps
 from typing import Any, cast
 
 import faust
 import orjson
+from aiohttp.http_exceptions import BadHttpMessage
 from faust.exceptions import ConsumerNotStarted
 from faust.tables.manager import TableManager
 from faust.types import TableT
 from faust.web import Request, Response, View
 
-__all__ = ["UNKNOWN_USER", "install_views", "is_ready", "lookup_profile"]
+__all__ = [
+    "UNAUTHORIZED",
+    "UNKNOWN_USER",
+    "authorized",
+    "install_views",
+    "is_ready",
+    "lookup_profile",
+    "quiet_bad_requests",
+]
 
 UNKNOWN_USER = orjson.dumps({"error": "unknown user"})
+UNAUTHORIZED = {"error": "missing or wrong bearer token"}
 _JSON = "application/json"
+_Handler = Callable[..., Awaitable[Response]]
+
+
+def authorized(header: str | None, token: str | None) -> bool:
+    """Whether an ``Authorization`` header value carries ``token`` (always, if no token).
+
+    Compared in constant time, so the answer's timing does not reveal a prefix.
+    """
+    if token is None:
+        return True
+    if header is None:
+        return False
+    scheme, _, given = header.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    # Header values may hold undecodable bytes (surrogate escapes): compare bytes.
+    return hmac.compare_digest(
+        given.strip().encode("utf-8", "surrogateescape"), token.encode("utf-8")
+    )
+
+
+def _guarded(token: str | None, max_id_chars: int) -> Callable[[_Handler], _Handler]:
+    """Refuse a request without the token (401) or with an over-long user id (400)."""
+
+    def decorate(handler: _Handler) -> _Handler:
+        @wraps(handler)
+        async def get(web: View, request: Request, *args: Any, **kwargs: Any) -> Response:
+            if not authorized(request.headers.get("Authorization"), token):
+                return web.json(
+                    UNAUTHORIZED, status=401, headers={"WWW-Authenticate": 'Bearer realm="hup"'}
+                )
+            user_id = request.match_info.get("user_id", "")
+            if len(user_id) > max_id_chars:
+                error = f"user id of {len(user_id)} characters, over the limit of {max_id_chars}"
+                return web.json({"error": error}, status=400)
+            return await handler(web, request, *args, **kwargs)
+
+        return get
+
+    return decorate
+
+
+class _BadRequestFilter(logging.Filter):
+    """aiohttp's ERROR-with-traceback for an unparsable request, as one INFO line.
+
+    Such a request is the client's error (aiohttp answers it 400), and anyone who can
+    reach the port could otherwise fill the log with tracebacks.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, BadHttpMessage):
+            remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            detail = re.sub(r"\s+", " ", str(error.message)).strip()[:200]
+            record.msg = "answered 400 to a malformed or over-long HTTP request from %s: %s"
+            record.args = (remote, detail)
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+def quiet_bad_requests() -> None:
+    """Install `_BadRequestFilter` on aiohttp's server logger (once)."""
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _BadRequestFilter) for f in server_log.filters):
+        server_log.addFilter(_BadRequestFilter())
 
 
 def lookup_profile(table: Mapping[bytes, bytes], user_id: str) -> tuple[int, bytes]:
@@ -66,10 +153,21 @@ def _readiness(app: faust.App) -> tuple[bool, dict[str, Any]]:
     return is_ready(rebalancing=app.rebalancing, recovered=recovered, assigned=assigned), detail
 
 
-def install_views(app: faust.App, latest: TableT) -> None:
-    """Register ``/profiles/{user_id}``, ``/health`` and ``/ready`` on ``app``'s web server."""
+def install_views(
+    app: faust.App, latest: TableT, *, token: str | None = None, max_id_chars: int = 256
+) -> None:
+    """Register ``/profiles/{user_id}``, ``/health`` and ``/ready`` on ``app``'s web server.
+
+    Args:
+        app: The worker app.
+        latest: The latest-profile table.
+        token: The bearer token ``/profiles`` requires (HUP_API_TOKEN); None: none.
+        max_id_chars: Longer user ids are answered 400 (HUP_MAX_ID_CHARS: none is stored).
+    """
+    quiet_bad_requests()
 
     @app.page("/profiles/{user_id}")
+    @_guarded(token, max_id_chars)
     @app.table_route(table=latest, match_info="user_id")
     async def profile(web: View, request: Request, user_id: str) -> Response:
         # No current event here: faust's RocksDB store looks the key up in every

@@ -3,10 +3,11 @@
 Equivalent to ``faust -A stream.app worker --without-web -l info`` (the web
 flag follows HUP_WEB_PORT, the level HUP_LOG_LEVEL). Both read every setting
 from the environment (see `stream.settings.Settings`). The worker refuses to
-start, with one line on stderr and exit status 1, when HUP_MODEL is unset or
-unreadable. SIGTERM/SIGINT stop it gracefully: the agent finishes or abandons
-its batch (an abandoned batch is not acked), faust commits acked offsets and
-flushes its producer.
+start, with one line on stderr and exit status 2, when HUP_MODEL is unset or
+unreadable, its web or metrics port is taken, or no broker answers within
+HUP_STARTUP_TIMEOUT_S (`stream.startup`). SIGTERM/SIGINT stop it gracefully: the
+agent finishes or abandons its batch (an abandoned batch is not acked), faust
+commits acked offsets and flushes its producer.
 """
 
 from __future__ import annotations

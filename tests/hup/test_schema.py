@@ -3,6 +3,7 @@
 import json
 import math
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -251,3 +252,212 @@ def test_shipped_schema_file_matches_the_models() -> None:
     # The file ships with the package (package data): its absence is a failure, not a skip.
     assert SHIPPED_SCHEMA.is_file(), f"{SHIPPED_SCHEMA} is missing"
     assert json.loads(SHIPPED_SCHEMA.read_text()) == event_json_schema()
+
+
+# --- bounds, exact numbers and strict JSON ------------------------------------------------
+
+_MICRO = {
+    "user_id": "u1",
+    "ts": 1_700_000_000.5,
+    "item_id": "sku-1",
+    "categories": ["c1", "c1a", "c1a1"],
+    "behavior": "Cart",
+}
+_DWELL = {"kind": "dwell", "user_id": "u1", "ts": 1_700_000_000.5, "item_id": "sku-1", "dwell_s": 3}
+
+
+def _micro_json(**changes: str) -> str:
+    """The valid micro event as JSON text, with some members replaced by raw JSON text."""
+    members = {k: json.dumps(v) for k, v in _MICRO.items()}
+    members.update(changes)
+    return "{" + ", ".join(f'"{k}": {v}' for k, v in members.items()) + "}"
+
+
+def _dwell_json(**changes: str) -> str:
+    members = {k: json.dumps(v) for k, v in _DWELL.items()}
+    members.update(changes)
+    return "{" + ", ".join(f'"{k}": {v}' for k, v in members.items()) + "}"
+
+
+_LIMITS = hup.schema.DEFAULT_LIMITS
+_ID_MAX = _LIMITS.max_id_chars
+_LEVELS_MAX = _LIMITS.max_category_levels
+
+# (name, raw message, valid?): every one goes through parse_event_json and through the
+# shipped schema after a strict decode; both must agree, and agree with the expectation.
+RAW_CORPUS: list[tuple[str, str, bool]] = [
+    ("valid micro", _micro_json(), True),
+    ("valid dwell", _dwell_json(), True),
+    ("kind absent is micro", _micro_json(), True),
+    ("user_id at the length limit", _micro_json(user_id=json.dumps("u" * _ID_MAX)), True),
+    ("user_id over the length limit", _micro_json(user_id=json.dumps("u" * (_ID_MAX + 1))), False),
+    ("item_id over the length limit", _micro_json(item_id=json.dumps("i" * 100_000)), False),
+    ("category over the length limit", _micro_json(categories=json.dumps(["c" * 300])), False),
+    ("event_id at the limit", _micro_json(event_id=json.dumps("e" * 256)), True),
+    ("event_id over the limit", _micro_json(event_id=json.dumps("e" * 257)), False),
+    ("event_id of 900 KB", _micro_json(event_id=json.dumps("e" * 900_000)), False),
+    ("levels at the limit", _micro_json(categories=json.dumps(["c"] * _LEVELS_MAX)), True),
+    ("levels over the limit", _micro_json(categories=json.dumps(["c"] * (_LEVELS_MAX + 1))), False),
+    ("dwell at the limit", _dwell_json(dwell_s="86400"), True),
+    ("dwell over the limit", _dwell_json(dwell_s="86400.5"), False),
+    ("dwell 1e308", _dwell_json(dwell_s="1e308"), False),
+    ("ts at the maximum", _micro_json(ts="253402300799"), True),
+    ("ts after 9999", _micro_json(ts="253402300800"), False),
+    ("ts 1e308", _micro_json(ts="1e308"), False),
+    ("ts 1e400", _micro_json(ts="1e400"), False),
+    ("ts a huge integer", _micro_json(ts="1" + "0" * 400), False),
+    ("ts NaN", _micro_json(ts="NaN"), False),
+    ("ts Infinity", _micro_json(ts="Infinity"), False),
+    ("integer id 2^64-1", _micro_json(user_id=str(2**64 - 1)), True),
+    ("integer id 2^64", _micro_json(user_id=str(2**64)), False),
+    ("integer id 2^64+1", _micro_json(user_id=str(2**64 + 1)), False),
+    ("integer id -2^63", _micro_json(user_id=str(-(2**63))), True),
+    ("integer id -2^63-1", _micro_json(user_id=str(-(2**63) - 1)), False),
+    ("integer id of 400 digits", _micro_json(item_id="9" * 400), False),
+    ("id 1.0", _micro_json(user_id="1.0"), True),
+    ("id 1e3", _micro_json(user_id="1e3"), True),
+    ("id 1e19", _micro_json(user_id="1e19"), True),
+    ("id 2^64-1 written with .0", _micro_json(user_id="18446744073709551615.0"), True),
+    ("id 2^64 written with .0", _micro_json(user_id="18446744073709551616.0"), False),
+    ("id 1.5", _micro_json(user_id="1.5"), False),
+    (
+        "id a fraction a double rounds to an integer",
+        _micro_json(user_id="4503599627370496.4"),
+        False,
+    ),
+    ("category id 1e999999999", _micro_json(categories="[1e999999999]"), False),
+    ("behaviour fullwidth digit", _micro_json(behavior=json.dumps("１")), False),
+    ("behaviour arabic-indic digit", _micro_json(behavior=json.dumps("٩")), False),
+    ("behaviour no-break space", _micro_json(behavior=json.dumps("\u00a0Cart")), False),
+    ("behaviour JSON whitespace", _micro_json(behavior=json.dumps(" Cart\n")), True),
+    ("behaviour leading zeros", _micro_json(behavior=json.dumps("009")), True),
+    ("behaviour 9.0", _micro_json(behavior="9.0"), True),
+    ("behaviour 9e0", _micro_json(behavior="9e0"), True),
+    ("behaviour 9.5", _micro_json(behavior="9.5"), False),
+    ("behaviour upper case", _micro_json(behavior=json.dumps("CART")), True),
+    ("behaviour Kelvin sign", _micro_json(behavior=json.dumps("\u212aart")), False),
+    ("id with a final newline", _micro_json(categories=json.dumps(["c1\n"])), False),
+    ("id ideographic space only", _micro_json(user_id=json.dumps("\u3000")), False),
+    ("id U+0085 only", _micro_json(user_id=json.dumps("\u0085")), False),
+    ("id U+FEFF only", _micro_json(user_id=json.dumps("\ufeff")), False),
+    ("id with a no-break space", _micro_json(user_id=json.dumps("\u00a0x")), True),
+    ("id with a lone surrogate", _micro_json(user_id='"\\ud800"'), False),
+    ("duplicate ts", _micro_json()[:-1] + ', "ts": 5}', False),
+    ("duplicate user_id, same value", _micro_json()[:-1] + ', "user_id": "u1"}', False),
+    ("deep nesting", _micro_json(categories="[" * 1000 + "]" * 1000), False),
+    ("not an object", "[1, 2]", False),
+    ("empty object", "{}", False),
+    ("not JSON", "{", False),
+]
+
+
+def _strict_json(raw: str) -> object:
+    """JSON as RFC 8259 and 7493 read it: members named once, numbers exact, no lone surrogates."""
+
+    def unique(pairs: list[tuple[str, object]]) -> dict[str, object]:
+        if len({k for k, _ in pairs}) != len(pairs):
+            raise ValueError("duplicate member")
+        return dict(pairs)
+
+    def refuse(name: str) -> object:
+        raise ValueError(name)
+
+    data = json.loads(raw, object_pairs_hook=unique, parse_float=Decimal, parse_constant=refuse)
+    json.dumps(data, default=str, ensure_ascii=False).encode()  # lone surrogates raise
+    return data
+
+
+def _exact_schema_validator() -> jsonschema.protocols.Validator:
+    """The shipped schema's validator, with JSON's exact numbers: 1.0 and 1e3 are integers."""
+    base = jsonschema.Draft202012Validator
+
+    def is_integer(checker: object, instance: object) -> bool:
+        if isinstance(instance, Decimal):
+            return instance.is_finite() and instance == instance.to_integral_value()
+        return base.TYPE_CHECKER.is_type(instance, "integer")
+
+    exact = jsonschema.validators.extend(
+        base, type_checker=base.TYPE_CHECKER.redefine("integer", is_integer)
+    )
+    return exact(json.loads(SHIPPED_SCHEMA.read_text()))
+
+
+def _schema_accepts(validator: jsonschema.protocols.Validator, raw: str) -> bool:
+    try:
+        data = _strict_json(raw)
+    except (ValueError, RecursionError, UnicodeEncodeError):
+        return False
+    return validator.is_valid(data)
+
+
+def _validator_accepts(raw: str) -> bool:
+    try:
+        parse_event_json(raw.encode("utf-8", "surrogatepass"))
+    except EventValidationError:
+        return False
+    return True
+
+
+def test_the_validator_and_the_shipped_schema_agree_on_one_corpus() -> None:
+    validator = _exact_schema_validator()
+    disagreements = []
+    for name, raw, expected in RAW_CORPUS:
+        by_schema, by_validator = _schema_accepts(validator, raw), _validator_accepts(raw)
+        if not by_schema == by_validator == expected:
+            disagreements.append(f"{name}: schema {by_schema}, validator {by_validator}")
+    assert not disagreements, disagreements
+
+
+def test_big_integer_ids_are_exact_or_refused() -> None:
+    exact = parse_event_json(_micro_json(user_id=str(2**64 - 1), item_id="1e19"))
+    assert (exact.user_id, exact.item_id) == (str(2**64 - 1), "10000000000000000000")
+    for id_text in (str(2**64), str(2**64 + 1)):  # one double apart from each other
+        with pytest.raises(EventValidationError, match="send other ids as strings"):
+            parse_event_json(_micro_json(user_id=id_text))
+
+
+def test_a_duplicate_key_is_refused_and_named() -> None:
+    with pytest.raises(EventValidationError, match="duplicate key 'ts'"):
+        parse_event_json(_micro_json()[:-1] + ', "ts": 5}')
+
+
+def test_a_fullwidth_behaviour_code_is_refused() -> None:
+    with pytest.raises(EventValidationError, match="unknown behaviour"):
+        parse_event_json(_micro_json(behavior=json.dumps("１")))
+
+
+@pytest.mark.parametrize(
+    ("limits", "raw", "bound"),
+    [
+        (hup.schema.InputLimits(max_id_chars=4), _micro_json(item_id='"sku-1"'), "id_chars"),
+        (hup.schema.InputLimits(max_id_chars=4), _micro_json(item_id="12345"), "id_chars"),
+        (
+            hup.schema.InputLimits(max_event_id_chars=2),
+            _micro_json(event_id='"e-1"'),
+            "event_id_chars",
+        ),
+        (hup.schema.InputLimits(max_category_levels=2), _micro_json(), "category_levels"),
+        (hup.schema.InputLimits(max_dwell_s=2.5), _dwell_json(), "dwell_s"),
+    ],
+    ids=["string id", "integer id", "event_id", "levels", "dwell"],
+)
+def test_configured_limits_refuse_and_name_the_bound(
+    limits: hup.schema.InputLimits, raw: str, bound: str
+) -> None:
+    parse_event_json(raw)  # within the defaults
+    with pytest.raises(EventValidationError) as info:
+        parse_event_json(raw, limits)
+    assert info.value.limits == {bound}
+    assert "HUP_MAX_" in str(info.value)
+
+
+def test_an_error_other_than_a_bound_names_none() -> None:
+    with pytest.raises(EventValidationError) as info:
+        parse_event_json(_micro_json(ts="-1"))
+    assert info.value.limits == frozenset()
+
+
+def test_a_long_id_is_not_quoted_in_the_reason() -> None:
+    with pytest.raises(EventValidationError) as info:
+        parse_event_json(_micro_json(user_id=json.dumps("u" * 100_000)))
+    assert len(str(info.value)) < 200

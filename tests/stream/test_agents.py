@@ -341,15 +341,22 @@ def test_the_app_carries_the_mandatory_broker_settings(profiler: Profiler, tmp_p
 
 
 def test_prepare_refuses_a_missing_model_with_its_path(
-    tmp_path: Path, metrics: Metrics, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    metrics: Metrics,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setattr("stream.startup.ensure_topics", lambda *a, **k: [])
     monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
     missing = tmp_path / "nowhere"
-    with pytest.raises(SystemExit, match=str(missing)):
+    with pytest.raises(SystemExit) as refused:
         WorkerContext(Settings(model=missing), metrics, []).prepare()
-    with pytest.raises(SystemExit, match="HUP_MODEL is not set"):
+    assert refused.value.code == 2
+    assert str(missing) in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:
         WorkerContext(Settings(model=None), metrics, []).prepare()
+    assert refused.value.code == 2
+    assert "HUP_MODEL is not set" in capsys.readouterr().err
 
 
 def test_prepare_loads_the_model_and_creates_the_topics(
@@ -358,10 +365,12 @@ def test_prepare_loads_the_model_and_creates_the_topics(
     created, threads = [], []
     monkeypatch.setattr(
         "stream.startup.ensure_topics",
-        lambda bootstrap, specs, client_config: created.append(specs),
+        lambda bootstrap, specs, timeout, client_config: created.append(specs),
     )
     monkeypatch.setattr(torch, "set_num_threads", threads.append)
-    settings = Settings(model=checkpoint_dir, kafka_bootstrap_servers="k:9092")
+    settings = Settings(
+        model=checkpoint_dir, kafka_bootstrap_servers="k:9092", metrics_port=0, web_port=0
+    )
     context = WorkerContext(settings, metrics, topic_specs(settings))
     with pytest.raises(RuntimeError, match="not loaded"):
         _ = context.processor
@@ -391,11 +400,13 @@ def test_prepare_creates_the_topics_on_a_secured_cluster_too(
     calls = []
     monkeypatch.setattr(
         "stream.startup.ensure_topics",
-        lambda bootstrap, specs, client_config: calls.append((specs, client_config)),
+        lambda bootstrap, specs, timeout, client_config: calls.append((specs, client_config)),
     )
     monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
     settings = Settings(
         model=checkpoint_dir,
+        metrics_port=0,
+        web_port=0,
         kafka_security_protocol="SASL_SSL",
         kafka_sasl_username="worker",
         kafka_sasl_password="secret",  # noqa: S106

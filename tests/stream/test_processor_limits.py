@@ -11,6 +11,7 @@ import base64
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pytest
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
@@ -18,6 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from hup.data import Dataset
 from hup.runtime import Profiler
+from hup.schema import InputLimits
 from state.store import MemoryStore
 from stream.app import faust_options
 from stream.limits import (
@@ -152,12 +154,16 @@ def test_a_dead_letter_of_a_huge_key_has_no_kafka_key(profiler: Profiler) -> Non
 
 # --- events whose outputs would not fit ------------------------------------------------------
 
+# The input bounds (HUP_MAX_ID_CHARS, HUP_MAX_EVENT_ID_CHARS) refuse these events first with
+# their defaults; raised this far, only the record size stops them, which is what is tested.
+_UNBOUNDED = InputLimits(max_id_chars=10**7, max_event_id_chars=10**7)
+
 
 def test_an_event_with_a_huge_event_id_is_dead_lettered_not_applied(
     profiler: Profiler,
 ) -> None:
     store = MemoryStore()
-    processor = Processor(profiler, require_user_key=True)
+    processor = Processor(profiler, require_user_key=True, limits=_UNBOUNDED)
     first = processor.process([_record(_event(event_id="e1"), offset=0)], store)
     assert len(first.profiles) == 1
     before = store.get(b"u1")
@@ -180,7 +186,7 @@ def test_an_event_with_a_huge_event_id_is_dead_lettered_not_applied(
 
 def test_a_rejected_event_alone_leaves_the_state_untouched(profiler: Profiler) -> None:
     store = MemoryStore()
-    processor = Processor(profiler)
+    processor = Processor(profiler, limits=_UNBOUNDED)
     processor.process([_record(_event(), offset=0)], store)
     before = store.get(b"u1")
     result = processor.process([_record(_event(event_id="e" * 998_000), offset=1)], store)
@@ -193,7 +199,7 @@ def test_an_event_with_a_huge_item_id_is_dead_lettered(profiler: Profiler) -> No
     store = MemoryStore()
     huge = _event(item_id="i" * 997_000)
     assert _producer_accepts(b"u1", huge, DEFAULT_MAX_REQUEST_SIZE)
-    result = Processor(profiler).process([_record(huge)], store)
+    result = Processor(profiler, limits=_UNBOUNDED).process([_record(huge)], store)
     _assert_all_sendable(result, store)
     assert "state would be a record of" in result.dead_letters[0].reason
     assert "item_id 997000 bytes" in result.dead_letters[0].reason
@@ -204,7 +210,8 @@ def test_a_huge_user_id_writes_no_state(profiler: Profiler) -> None:
     user = "u" * 600_000  # as key and user_id, the profile record is over 1.2 MB
     store = MemoryStore()
     record = _record(_event(user=user), key=user.encode())
-    result = Processor(profiler, require_user_key=True).process([record], store)
+    processor = Processor(profiler, require_user_key=True, limits=_UNBOUNDED)
+    result = processor.process([record], store)
     _assert_all_sendable(result, store)
     assert "user_id 600000 bytes" in result.dead_letters[0].reason
     assert result.dead_letters[0].key is None  # too long to key the dead letter by
@@ -213,7 +220,7 @@ def test_a_huge_user_id_writes_no_state(profiler: Profiler) -> None:
 
 def test_the_limit_follows_the_max_request_size(profiler: Profiler, traffic: Dataset) -> None:
     small = 65_536
-    processor = Processor(profiler, max_record_bytes=max_record_bytes(small))
+    processor = Processor(profiler, max_record_bytes=max_record_bytes(small), limits=_UNBOUNDED)
     store = MemoryStore()
     records = [
         _record(b"{" + b"x" * 100_000, offset=0),
@@ -247,3 +254,111 @@ def test_a_dead_letter_with_no_key_or_no_value_never_exceeds_the_limit(missing: 
         key, value = (None, data) if missing == "key" else (data, None)
         record_key, letter = fit_dead_letter(fields, key, value, limit)
         assert len(letter) + len(record_key or b"") <= limit, limit
+
+
+# --- input bounds ------------------------------------------------------------------------------
+
+_NOW = 1_700_100_000.0  # the processor's clock in these tests
+
+
+def _fixed_clock() -> float:
+    return _NOW
+
+
+@pytest.mark.parametrize(
+    ("event", "bound"),
+    [
+        (_event(user="u" * 257), "id_chars"),
+        (_event(item_id="i" * 100_000), "id_chars"),
+        (_event(event_id="e" * 900_000), "event_id_chars"),
+        (_event(categories=["c"] * 17), "category_levels"),
+        (_event(kind="dwell", dwell_s=90_000.0, behavior=None, categories=None), "dwell_s"),
+        (_event(ts=_NOW + 86_400 + 1), "future_ts"),
+    ],
+    ids=["user_id", "item_id", "event_id", "levels", "dwell", "future ts"],
+)
+def test_an_event_beyond_a_bound_is_dead_lettered_and_counted(
+    profiler: Profiler, event: bytes, bound: str
+) -> None:
+    data = orjson.loads(event)
+    value = orjson.dumps({k: v for k, v in data.items() if v is not None})
+    record = _record(value, key=data["user_id"].encode())
+    store = MemoryStore()
+    result = Processor(profiler, require_user_key=True, clock=_fixed_clock).process([record], store)
+    [dead] = result.dead_letters
+    assert result.outcomes["dlq"] == 1 and result.outcomes[f"over_limit_{bound}"] == 1
+    assert dead.limits == {bound}
+    assert "HUP_MAX_" in dead.reason and not result.profiles and len(store) == 0
+    _assert_all_sendable(result, store)
+
+
+def test_a_ts_within_the_future_bound_is_applied(profiler: Profiler) -> None:
+    processor = Processor(profiler, clock=_fixed_clock, max_future_s=3600.0)
+    result = processor.process([_record(_event(ts=_NOW + 3599.0))], MemoryStore())
+    assert result.outcomes["applied"] == 1 and not result.dead_letters
+    result = processor.process([_record(_event(ts=_NOW + 3601.0), offset=1)], MemoryStore())
+    assert "HUP_MAX_FUTURE_S" in result.dead_letters[0].reason
+
+
+def test_a_duplicate_key_is_dead_lettered(profiler: Profiler) -> None:
+    value = _event()[:-1] + b',"user_id":"u2"}'  # which user is it?
+    result = Processor(profiler).process([_record(value)], MemoryStore())
+    assert "duplicate key 'user_id'" in result.dead_letters[0].reason
+
+
+def test_the_settings_reach_the_processor(checkpoint_dir: Path) -> None:
+    settings = Settings(
+        model=checkpoint_dir,
+        max_id_chars=40,
+        max_event_id_chars=10,
+        max_category_levels=2,
+        max_dwell_s=60,
+        max_future_s=5,
+    )
+    context = WorkerContext(settings, Metrics(CollectorRegistry()), [])
+    context.load_model()
+    processor = context.processor
+    assert processor.limits == InputLimits(40, 10, 2, 60.0) and processor.max_future_s == 5
+
+
+@pytest.mark.parametrize("poison_ts", [1e308, _NOW + 2 * 86_400], ids=["1e308", "in two days"])
+def test_a_poisoned_ts_leaves_the_user_as_a_twin_who_never_sent_it(
+    profiler: Profiler, traffic: Dataset, poison_ts: float
+) -> None:
+    """User A gets a far-future ts among normal events; twin B gets the normal ones only."""
+    session = traffic.sessions[0]
+    events = [e.model_dump(mode="json", exclude_none=True) for e in session.events]
+    assert len(events) >= 6
+
+    def record(user: str, body: dict[str, object], offset: int) -> InputRecord:
+        return InputRecord(orjson.dumps({**body, "user_id": user}), TOPIC, 0, offset, user.encode())
+
+    poison = {**events[2], "ts": poison_ts}
+    a = [record("A", e, i) for i, e in enumerate([*events[:2], poison, *events[2:]])]
+    b = [record("B", e, i) for i, e in enumerate(events)]
+    store = MemoryStore()
+    processor = Processor(profiler, require_user_key=True, clock=_fixed_clock)
+    # One event per batch, A's and B's k-th normal events side by side.
+    results = [processor.process(a[:1] + b[:1], store), processor.process(a[1:2] + b[1:2], store)]
+    results.append(processor.process(a[2:3], store))  # the poison, alone
+    results += [processor.process([x, y], store) for x, y in zip(a[3:], b[2:], strict=True)]
+
+    [dead] = [d for r in results for d in r.dead_letters]
+    assert dead.where == f"{TOPIC}[0]@2" and "'ts'" in dead.reason
+    profiles: dict[str, list[dict[str, object]]] = {"A": [], "B": []}
+    for result in results:
+        for profile in result.profiles:
+            body = orjson.loads(profile.value)
+            profiles[body.pop("user_id")].append(body)
+    assert len(profiles["A"]) == len(profiles["B"]) > 0
+    for got, want in zip(profiles["A"], profiles["B"], strict=True):
+        vectors, twin = got.pop("profile"), want.pop("profile")
+        for ranked in [k for k in want if k.startswith("top_")]:  # top_categories, ...
+            top, twin_top = got.pop(ranked), want.pop(ranked)
+            assert [c["id"] for c in top] == [c["id"] for c in twin_top], ranked
+            scores = [c["score"] for c in top], [c["score"] for c in twin_top]
+            assert np.allclose(*scores, atol=1e-5), ranked
+        assert got == want  # seq, event_ts, event_id, model version, published_ts
+        for level in ("micro", "item"):  # to float rounding: A and B are rows of one model call
+            assert np.allclose(vectors[level], twin[level], rtol=0, atol=1e-6)
+        assert np.allclose(vectors["category"], twin["category"], rtol=0, atol=1e-6)

@@ -47,14 +47,15 @@ def test_a_blank_optional_variable_is_unset(
 
 @pytest.mark.parametrize("value", [None, "", " "], ids=["unset", "empty", "blank"])
 def test_the_worker_refuses_to_start_without_a_model(
-    value: str | None, monkeypatch: pytest.MonkeyPatch
+    value: str | None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     if value is not None:
         monkeypatch.setenv("HUP_MODEL", value)
     context = WorkerContext(Settings(), Metrics(CollectorRegistry()), [])
     with pytest.raises(SystemExit) as refused:
         context.prepare()
-    message = str(refused.value.code)
+    assert refused.value.code == 2
+    message = capsys.readouterr().err
     assert "HUP_MODEL is not set" in message
     assert "config.json" not in message
 
@@ -85,13 +86,16 @@ def test_the_worker_creates_its_data_dir_with_parents(
 ) -> None:
     monkeypatch.setattr(startup, "ensure_topics", lambda *args, **kwargs: [])
     datadir = tmp_path / "fresh" / "checkout" / "data" / "worker"
-    settings = Settings(model=checkpoint_dir, datadir=datadir)
+    settings = Settings(model=checkpoint_dir, datadir=datadir, metrics_port=0, web_port=0)
     WorkerContext(settings, Metrics(CollectorRegistry()), []).prepare()
     assert datadir.is_dir()
 
 
 def test_an_unusable_data_dir_is_refused_in_one_line(
-    checkpoint_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    checkpoint_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setattr(startup, "ensure_topics", lambda *args, **kwargs: [])
     blocker = tmp_path / "a-file"
@@ -99,4 +103,6 @@ def test_an_unusable_data_dir_is_refused_in_one_line(
     settings = Settings(model=checkpoint_dir, datadir=blocker / "worker")
     with pytest.raises(SystemExit) as refused:
         WorkerContext(settings, Metrics(CollectorRegistry()), []).prepare()
-    assert f"cannot create HUP_DATADIR {blocker / 'worker'}" in str(refused.value.code)
+    assert refused.value.code == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert f"cannot create HUP_DATADIR {blocker / 'worker'}" in line

@@ -101,6 +101,7 @@ def test_the_worker_creates_topics_with_its_security_settings(
         bootstrap: str,
         specs: list[TopicSpec],
         *,
+        timeout: float = 30.0,
         client_config: Mapping[str, str] | None = None,
     ) -> list[str]:
         calls.append((bootstrap, list(specs), client_config))

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from types import SimpleNamespace
 
 import orjson
 import pytest
 import torch
+from aiohttp import web
 from faust.exceptions import SameNode
 from prometheus_client import CollectorRegistry
 
@@ -16,12 +18,12 @@ from hup.data import Dataset, iter_events
 from hup.runtime import Profiler
 from state.store import MemoryStore
 from stream.agents import process_and_publish
-from stream.app import LATEST_TABLE, create_app, topic_specs
+from stream.app import LATEST_TABLE, create_app, faust_options, topic_specs
 from stream.metrics import Metrics
 from stream.processor import InputRecord, Processor
 from stream.settings import Settings
 from stream.tablestore import BatchStore
-from stream.views import UNKNOWN_USER, is_ready, lookup_profile
+from stream.views import UNKNOWN_USER, authorized, is_ready, lookup_profile, quiet_bad_requests
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -141,7 +143,7 @@ def test_the_views_answer_from_the_latest_table(app) -> None:
     app.tables[LATEST_TABLE]._data = {b"alice": b'{"user_id":"alice"}'}
 
     def request(**match_info: str) -> SimpleNamespace:
-        return SimpleNamespace(match_info=match_info)
+        return SimpleNamespace(match_info=match_info, headers={})
 
     async def get(path: str, **match_info: str):
         return await views[path].get(request(**match_info), **match_info)
@@ -163,3 +165,117 @@ def test_an_unstarted_worker_is_alive_but_not_ready(app) -> None:
 
     assert response.status == 503
     assert orjson.loads(response.body)["ready"] is False
+
+
+# --- closed by default -------------------------------------------------------------------------
+
+
+def test_only_the_apis_pages_are_served(profiler: Profiler, tmp_path: Path) -> None:
+    app = create_app(Settings(app_id="pages-test", datadir=tmp_path), profiler=profiler)
+    app.web.blueprints.apply(app.web)
+    # faust's "/" answers {"status": "OK"}; its /table, /router, /graph, /stats are off.
+    assert set(app.web.views) == {"/", "/profiles/{user_id}", "/health", "/ready"}
+
+
+def test_the_servers_bind_loopback_unless_told() -> None:
+    assert faust_options(Settings())["web_bind"] == "127.0.0.1"
+    assert Settings().metrics_bind == "127.0.0.1"
+    assert faust_options(Settings(web_bind="0.0.0.0"))["web_bind"] == "0.0.0.0"  # noqa: S104
+
+
+@pytest.mark.parametrize(
+    ("header", "ok"),
+    [
+        (None, False),
+        ("Bearer s3cret", True),
+        ("bearer  s3cret ", True),
+        ("Bearer s3cre", False),
+        ("Bearer s3cret2", False),
+        ("Basic s3cret", False),
+        ("s3cret", False),
+        ("Bearer s3cr\udcffet", False),  # undecodable header bytes
+    ],
+)
+def test_authorized_needs_the_bearer_token(header: str | None, ok: bool) -> None:
+    assert authorized(header, "s3cret") is ok
+    assert authorized(header, None)  # no token configured: open
+
+
+@pytest.fixture
+def guarded_app(profiler: Profiler, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    settings = Settings(app_id="token-test", datadir=tmp_path, api_token="s3cret")  # noqa: S106
+    app = create_app(settings, profiler=profiler)
+    routed = []
+
+    async def same_node(*args: object, **kwargs: object) -> None:
+        routed.append(args)
+        raise SameNode()
+
+    monkeypatch.setattr(app.router, "route_req", same_node)
+    app.tables[LATEST_TABLE]._data = {b"alice": b'{"user_id":"alice"}'}
+    app.routed = routed
+    return app
+
+
+def _get_profile(app, user_id: str, headers: dict[str, str]):
+    request = SimpleNamespace(match_info={"user_id": user_id}, headers=headers)
+    return asyncio.run(app.web.views["/profiles/{user_id}"].get(request, user_id=user_id))
+
+
+def test_profiles_need_the_token_and_refusals_are_not_routed(guarded_app) -> None:
+    refused = _get_profile(guarded_app, "alice", {})
+    wrong = _get_profile(guarded_app, "alice", {"Authorization": "Bearer nope"})
+    assert (refused.status, wrong.status) == (401, 401)
+    assert refused.headers["WWW-Authenticate"].startswith("Bearer")
+    assert b"s3cret" not in refused.body
+    assert guarded_app.routed == []  # never forwarded to another worker
+
+    found = _get_profile(guarded_app, "alice", {"Authorization": "Bearer s3cret"})
+    assert (found.status, found.body) == (200, b'{"user_id":"alice"}')
+    health = asyncio.run(guarded_app.web.views["/health"].get(SimpleNamespace(headers={})))
+    assert health.status == 200  # probes need no token
+
+
+def test_an_over_long_user_id_is_a_400(guarded_app) -> None:
+    auth = {"Authorization": "Bearer s3cret"}
+    response = _get_profile(guarded_app, "u" * 257, auth)
+    assert (
+        response.status == 400 and "over the limit of 256" in orjson.loads(response.body)["error"]
+    )
+    assert _get_profile(guarded_app, "u" * 256, auth).status == 404
+
+
+def test_an_unparsable_request_is_one_info_line_without_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    quiet_bad_requests()
+
+    async def scenario() -> bytes:
+        async def health(request: web.Request) -> web.Response:
+            return web.json_response({"status": "ok"})
+
+        web_app = web.Application()
+        web_app.router.add_get("/health", health)
+        runner = web.AppRunner(web_app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /" + b"x" * 20_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+            await writer.drain()
+            answer = await reader.read(200)
+            writer.close()
+            return answer
+        finally:
+            await runner.cleanup()
+
+    with caplog.at_level(logging.DEBUG, logger="aiohttp.server"):
+        answer = asyncio.run(scenario())
+    assert answer.split(b" ")[1] == b"400"
+    records = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert records, "aiohttp logged nothing"
+    assert all(r.levelno == logging.INFO and r.exc_info is None for r in records)
+    assert "over-long" in records[0].getMessage()
+    assert "Traceback" not in caplog.text
