@@ -126,6 +126,12 @@ class RepeatHeads(nn.Module):
         self.item_scorer = _scorer(ITEM_FEATURES, hidden)
         self.item_gate = nn.Linear(profile_dim + 1, 1)
         self.item_log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+        # A learned prior per item and category in the explore channel: it learns their
+        # popularity, which a profile's cosine alone does not carry.
+        self.item_bias = nn.Parameter(torch.zeros(config.n_items))
+        self.category_biases = nn.ParameterList(
+            nn.Parameter(torch.zeros(n)) for n in config.n_categories
+        )
         levels = range(config.n_levels)
         self.category_scorers = nn.ModuleList(_scorer(CATEGORY_FEATURES, hidden) for _ in levels)
         self.category_gates = nn.ModuleList(nn.Linear(profile_dim + 1, 1) for _ in levels)
@@ -172,6 +178,7 @@ def mixture(
     gate: nn.Module,
     gate_input: Tensor,
     log_scale: Tensor,
+    bias: Tensor,
     excluded: Tensor | None,
 ) -> Mixture:
     """The repeat and explore channels of N points (see `RepeatHeads`).
@@ -179,13 +186,14 @@ def mixture(
     Args:
         profile: [N, D] profiles; table: [V, D] the embedding table of that space.
         candidates: [N, R] remembered ids (0 = empty); features: [N, R, F] their features.
-        scorer, gate, log_scale: the channel's modules; gate_input: [N, G] profiles joined.
+        scorer, gate, log_scale, bias: the channel's modules and parameters (bias [V] is
+            the explore channel's prior per id); gate_input: [N, G] profiles joined.
         excluded: [N] an id per row never to recommend (0 = none), or None.
 
     The OOV id 0 and the excluded ids get probability 0 in both channels.
     """
     cosine = F.normalize(profile, dim=-1) @ F.normalize(table, dim=-1).T  # [N, V]
-    logits = cosine * log_scale.exp()
+    logits = cosine * log_scale.exp() + bias
     logits[:, OOV] = -math.inf
     valid = candidates != OOV
     if excluded is not None:
@@ -404,6 +412,7 @@ class HupModel(nn.Module):
             heads.item_gate,
             self.gate_input(profiles),
             heads.item_log_scale,
+            heads.item_bias,
             repeat["repeat_open_item"],
         )
 
@@ -421,6 +430,7 @@ class HupModel(nn.Module):
             heads.category_gates[level],
             self.gate_input(profiles),
             heads.category_log_scale[level],
+            heads.category_biases[level],
             None,
         )
 
