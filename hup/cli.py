@@ -308,6 +308,14 @@ def _fit_with_progress(
         f"{checkpoint.info['clamped_gaps']} training events with out-of-order timestamps, "
         "gaps clamped to 0)"
     )
+    below = checkpoint.info.get("below_s_pop")
+    if below:
+        s_pop = checkpoint.info["valid_s_pop"]
+        err.print(
+            "[bold yellow]warning:[/] the model is below S-POP (the session's own items, "
+            "most recent first) on validation: "
+            + ", ".join(f"{key} S-POP {100 * s_pop[key]:.2f} %" for key in below)
+        )
 
 
 @app.command()

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from hup.baselines import Recommender
+from hup.baselines import Recommender, SPop
 from hup.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from hup.config import VARIANTS, HupConfig
 from hup.data import Session
@@ -214,11 +214,44 @@ def train_model(
         "history": history,
         "best_epoch": best_epoch,
         "clamped_gaps": clamped,
+        **_compare_with_s_pop(history, best_epoch, train, valid, taxonomy),
     }
     if out is None:
         return Checkpoint(model, spec, vocab, "unsaved", info), history
     save_checkpoint(out, model, spec, vocab, info)
     return load_checkpoint(out, options.device), history
+
+
+def _compare_with_s_pop(
+    history: Sequence[Mapping[str, float]],
+    best_epoch: int,
+    train: Sequence[Session],
+    valid: Sequence[Session],
+    taxonomy: Taxonomy | None,
+) -> dict[str, Any]:
+    """S-POP's validation figures and whether the trained model is below them (then warn).
+
+    S-POP (the session's own items, most recent first) is the floor a consumer could compute
+    without any model; a model below it on validation is not worth serving.
+    """
+    if not valid or best_epoch < 1:
+        return {}
+    report = evaluate([SPop()], train, [], valid, n_resamples=1, taxonomy=taxonomy)
+    s_pop = validation_metrics(report)
+    best = history[best_epoch - 1]
+    below = [
+        key
+        for key in ("valid_recall20", "valid_mrr20")
+        if best[key] < s_pop[key]  # the model's figure at the epoch it keeps
+    ]
+    if below:
+        logger.warning(
+            "the model is below S-POP on validation (%s): model %s, S-POP %s",
+            ", ".join(below),
+            ", ".join(f"{100 * best[k]:.2f} %" for k in below),
+            ", ".join(f"{100 * s_pop[k]:.2f} %" for k in below),
+        )
+    return {"valid_s_pop": s_pop, "below_s_pop": below}
 
 
 def log_clamped_gaps(sessions: Sequence[FeaturizedSession]) -> int:

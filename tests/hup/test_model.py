@@ -33,9 +33,7 @@ def vocab_and_sequences() -> tuple[Vocabularies, list[list[EventFeatures]]]:
     return vocab, sorted(sequences, key=len)
 
 
-def _model(
-    vocab: Vocabularies, variant: str = "hup-paper", seed: int = 0, **overrides
-) -> HupModel:
+def _model(vocab: Vocabularies, variant: str = "hup-paper", seed: int = 0, **overrides) -> HupModel:
     torch.manual_seed(seed)
     config = HupConfig(
         n_items=len(vocab.items),

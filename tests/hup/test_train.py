@@ -25,6 +25,7 @@ HISTORY_KEYS = {
     "valid_recall20",
     "valid_mrr20",
     "valid_category_recall5",
+    "valid_score",
     "seconds",
 }
 TINY = {"hidden": 16, "window": 5, "batch_size": 8, "skipgram": False}
@@ -93,15 +94,20 @@ def test_early_stopping_respects_patience_and_keeps_the_best_epoch(
 
     def fake_metrics(checkpoint, train_sessions, valid_sessions) -> dict[str, float]:
         snapshots.append({k: v.clone() for k, v in checkpoint.model.state_dict().items()})
-        # Only item Recall@20 decides; the other figures move the other way.
-        recall = next(feed)
-        return {"valid_recall20": recall, "valid_mrr20": 1 - recall, "valid_category_recall5": 0.5}
+        # Only the early-stopping score decides; the other figures move the other way.
+        score = next(feed)
+        return {
+            "valid_recall20": 1 - score,
+            "valid_mrr20": 1 - score,
+            "valid_category_recall5": 0.5,
+            "valid_score": score,
+        }
 
     monkeypatch.setattr(hup.train, "_validation_metrics", fake_metrics)
     options = TrainOptions(epochs=5, patience=patience, **TINY)
     checkpoint, history = train_model(train, valid, options, taxonomy=taxonomy)
     assert [r["epoch"] for r in history] == list(range(1, epochs_run + 1))
-    assert [r["valid_recall20"] for r in history] == scores[:epochs_run]
+    assert [r["valid_score"] for r in history] == scores[:epochs_run]
     assert checkpoint.info["best_epoch"] == best_epoch
     # The returned weights are those of the best epoch, not the last.
     final = checkpoint.model.state_dict()
@@ -165,3 +171,26 @@ def test_out_of_order_timestamps_are_counted_in_training(splits, make_micro) -> 
     checkpoint, _ = train_model([*train, shuffled], valid, options, taxonomy=taxonomy)
     baseline, _ = train_model(train, valid, options, taxonomy=taxonomy)
     assert checkpoint.info["clamped_gaps"] == baseline.info["clamped_gaps"] + 2
+
+
+def test_a_model_below_s_pop_on_validation_is_flagged(splits, caplog) -> None:
+    train, valid, taxonomy = splits
+    options = TrainOptions(epochs=1, **TINY)
+    with caplog.at_level("WARNING", logger="hup.train"):
+        checkpoint, history = train_model(train, valid, options, taxonomy=taxonomy)
+    s_pop = checkpoint.info["valid_s_pop"]
+    best = history[checkpoint.info["best_epoch"] - 1]
+    expected = [k for k in ("valid_recall20", "valid_mrr20") if best[k] < s_pop[k]]
+    assert checkpoint.info["below_s_pop"] == expected
+    # One epoch of a tiny model on 14 sessions is below S-POP; the warning says so.
+    assert expected
+    assert "below S-POP on validation" in caplog.text
+
+
+def test_validation_score_is_the_mean_of_recall_and_mrr(splits) -> None:
+    train, valid, taxonomy = splits
+    _, history = train_model(train, valid, TrainOptions(epochs=1, **TINY), taxonomy=taxonomy)
+    record = history[0]
+    assert record["valid_score"] == pytest.approx(
+        (record["valid_recall20"] + record["valid_mrr20"]) / 2
+    )
