@@ -190,12 +190,20 @@ def train(
     taxonomy: TaxonomyOption = None,
     set_: SetOption = None,
     folds: FoldsOption = None,
+    only_fold: Annotated[
+        int | None,
+        typer.Option(
+            help="With --folds K: train fold N only (1..K), e.g. to run folds in parallel"
+        ),
+    ] = None,
 ) -> None:
     """Train on the protocol's train split; the validation split picks the epoch.
 
     With ``--folds K``, one model per fold into ``OUT/fold-1`` .. ``OUT/fold-K``, and
     ``OUT/folds.json`` naming the data and K (what `hup evaluate --folds K` checks).
     """
+    if only_fold is not None and (folds is None or not 1 <= only_fold <= folds):
+        raise _fail(f"--only-fold {only_fold} needs --folds K with 1 <= {only_fold} <= K")
     _check_device(device)
     if softmax_weight < 0 or softmax_negatives < 0:
         raise _fail("--softmax-weight and --softmax-negatives must be >= 0")
@@ -256,6 +264,8 @@ def train(
         )
         run_options = options
     for split in splits:
+        if only_fold is not None and split.fold != only_fold:
+            continue
         target, label = out, data
         if len(splits) > 1:
             target = fold_dir(out, split.fold)
@@ -271,7 +281,8 @@ def train(
         _fit_with_progress(fit, target)
     if len(splits) > 1:
         manifest = write_fold_manifest(out, data, splits)
-        err.print(f"wrote {len(splits)} fold checkpoints and {manifest}")
+        written = 1 if only_fold is not None else len(splits)
+        err.print(f"wrote {written} fold checkpoint(s) and {manifest}")
 
 
 def _fit_with_progress(

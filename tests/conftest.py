@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from hup.checkpoint import save_untrained_checkpoint
+from hup.config import VARIANTS
 from hup.data import Dataset
 from hup.vocab import Taxonomy
 from stream.broker import start_broker
@@ -37,7 +38,8 @@ def make_random_checkpoint(
     """Write an untrained (seeded) checkpoint for a synthetic dataset; returns its directory.
 
     The vocabulary covers the first half of the sessions only, so the rest exercises OOV
-    ids. Random weights are enough to test the plumbing and exact parity.
+    ids. Random weights are enough to test the plumbing and exact parity. The model is the
+    default one (`hup`, repeat-aware), so its published `top_items` are checked too.
     """
 
     def write(dataset: Dataset, name: str) -> Path:
@@ -45,7 +47,9 @@ def make_random_checkpoint(
         half = dataset.sessions[: len(dataset.sessions) // 2]
         directory = tmp_path_factory.mktemp(name)
         events = (e for s in half for e in s.events)
-        save_untrained_checkpoint(directory, events, Taxonomy(dataset.taxonomy), window=8)
+        save_untrained_checkpoint(
+            directory, events, Taxonomy(dataset.taxonomy), window=8, **VARIANTS["hup"]
+        )
         return directory
 
     return write

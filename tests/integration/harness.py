@@ -15,13 +15,16 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
 import torch
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from hup.data import Session
-from hup.model import collate_features
+from hup.model import collate_features, collate_repeat
+from hup.recommender import rank_profiles
+from hup.repeat import repeat_inputs
 from hup.runtime import Profiler
 from hup.schema import Event
 from stream.app import topic_specs
@@ -207,7 +210,8 @@ class Reader:
 class Reference:
     """The offline full-sequence forward pass: per user, one profile per accepted event."""
 
-    profiles: dict[str, list[dict[str, torch.Tensor]]]  # head -> vector, per accepted event
+    # Per accepted event: head -> vector, and the top_items / top_categories (id, score) lists.
+    profiles: dict[str, list[dict[str, Any]]]
     event_ts: dict[str, list[float]]  # ts of each accepted event, in input order
 
     def count(self) -> int:
@@ -221,18 +225,25 @@ class Reference:
 
 
 def offline_reference(profiler: Profiler, sessions: Sequence[Session]) -> Reference:
-    """What the worker must publish, computed with `HupModel.forward` over whole sequences."""
+    """What the worker must publish, computed with `HupModel.forward` over whole sequences.
+
+    Per accepted event: the vector of every head, and under ``top_items`` and
+    ``top_categories`` the (id, score) lists ranked from them by the offline rule
+    (`hup.recommender.rank_profiles` on the featurizer's memory at that event).
+    """
     per_user: dict[str, list[Event]] = defaultdict(list)
     for session in sessions:
         per_user[session.user_id].extend(session.events)
     profiles, stamps = {}, {}
+    vocab = profiler.checkpoint.vocabularies
     for user, events in per_user.items():
         state = profiler.featurizer.initial_state()
-        feats, accepted = [], []
+        feats, accepted, states = [], [], []
         for event in events:
             state, f, _ = profiler.featurizer.apply(state, event)
             if f is not None:
                 feats.append(f)
+                states.append(state)
                 accepted.append(event.ts)
         stamps[user] = accepted
         if not feats:
@@ -241,18 +252,44 @@ def offline_reference(profiler: Profiler, sessions: Sequence[Session]) -> Refere
         batch = collate_features([feats])
         with torch.no_grad():
             out = profiler.model(batch, torch.nonzero(batch["valid"]))
-        profiles[user] = [{k: v[n] for k, v in out.items()} for n in range(len(feats))]
+        inputs = dict(out)
+        if profiler.model.repeat_heads is not None:
+            inputs.update(collate_repeat([repeat_inputs(s) for s in states]))
+        opened = [s.item_id if s.has_open and s.item_id else None for s in states]
+        items, levels = rank_profiles(
+            profiler.model, inputs, profiler.top_items, profiler.top_n, opened
+        )
+        finest = vocab.categories[-1].tokens
+        profiles[user] = [
+            {
+                **{k: v[n] for k, v in out.items()},
+                "top_items": [(vocab.items.tokens[i], s) for i, s in zip(*items[n], strict=True)],
+                "top_categories": [(finest[i], s) for i, s in zip(*levels[-1][n], strict=True)],
+            }
+            for n in range(len(feats))
+        ]
     return Reference(profiles, stamps)
 
 
-def profile_diff(message: Mapping, reference: Mapping[str, torch.Tensor]) -> float:
-    """Largest absolute difference between a published profile and the reference, all levels."""
+def profile_diff(message: Mapping, reference: Mapping[str, Any]) -> float:
+    """Largest absolute difference between a published profile and the reference.
+
+    Every level's vector, and the scores of ``top_items`` and ``top_categories``, whose ids
+    must be the reference's, in the same order.
+    """
     got = message["profile"]
     pairs = [("item", got["item"]), ("micro", got["micro"])] + [
         (f"category{k}", v) for k, v in enumerate(got["category"])
     ]
-    assert {head for head, _ in pairs} == set(reference), sorted(reference)
-    return max((torch.tensor(v) - reference[head]).abs().max().item() for head, v in pairs)
+    vectors = {k for k in reference if not k.startswith("top_")}
+    assert {head for head, _ in pairs} == vectors, sorted(reference)
+    worst = max((torch.tensor(v) - reference[head]).abs().max().item() for head, v in pairs)
+    for key in ("top_items", "top_categories"):
+        published = message[key]
+        assert [c["id"] for c in published] == [i for i, _ in reference[key]], key
+        for c, (_, score) in zip(published, reference[key], strict=True):
+            worst = max(worst, abs(c["score"] - score))
+    return worst
 
 
 def without_clock(message: Mapping) -> dict:
@@ -269,15 +306,16 @@ def assert_same_republish(message: Mapping, first: Mapping, tolerance: float) ->
     matmul's float rounding depends on the batch (stepping one user alone and in a
     batch of 40 differs by up to 1.5e-8), so bit-equality is not a property of the step.
     """
-    numeric = ("profile", "top_categories")
+    numeric = ("profile", "top_categories", "top_items")
     assert {k: v for k, v in without_clock(message).items() if k not in numeric} == {
         k: v for k, v in without_clock(first).items() if k not in numeric
     }
-    got_top, want_top = message["top_categories"], first["top_categories"]
-    assert [c["id"] for c in got_top] == [c["id"] for c in want_top]
-    assert all(
-        abs(a["score"] - b["score"]) < tolerance for a, b in zip(got_top, want_top, strict=True)
-    )
+    for key in ("top_categories", "top_items"):
+        got_top, want_top = message[key], first[key]
+        assert [c["id"] for c in got_top] == [c["id"] for c in want_top], key
+        assert all(
+            abs(a["score"] - b["score"]) < tolerance for a, b in zip(got_top, want_top, strict=True)
+        ), key
     got, want = message["profile"], first["profile"]
     pairs = [(got["item"], want["item"]), (got["micro"], want["micro"])] + list(
         zip(got["category"], want["category"], strict=True)
