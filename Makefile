@@ -44,7 +44,7 @@ typecheck: install ## mypy over the packages
 	$(BIN)/mypy
 
 train: install ## Train a small HUP on synthetic data into runs/synthetic
-	$(BIN)/hup train --data synthetic:users=2000,seed=1 --softmax-weight 1 --out runs/synthetic
+	$(BIN)/hup train --data synthetic:users=2000,seed=1 --out runs/synthetic
 
 eval: install ## Evaluate runs/synthetic on held-out synthetic data
 	$(BIN)/hup evaluate --model runs/synthetic --data synthetic:users=2000,seed=1

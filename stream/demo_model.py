@@ -99,7 +99,7 @@ def ensure_model(
         checkpoint, _ = train_model(
             train,
             valid,
-            TrainOptions(epochs=epochs, patience=epochs, data=train_data, softmax_weight=1.0),
+            TrainOptions(epochs=epochs, patience=epochs, data=train_data),
             taxonomy=taxonomy,
             out=model_dir,
             progress=on_batch,
