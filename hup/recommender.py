@@ -27,7 +27,7 @@ __all__ = [
     "model_device",
     "profiles_at_points",
     "rankings_from_ids",
-    "top_k_excluding",
+    "cosine_scores",
     "top_k_of_scores",
 ]
 
@@ -108,19 +108,6 @@ def profiles_at_points(
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order))
     return {name: torch.cat(parts)[inverse.to(parts[0].device)] for name, parts in out.items()}
-
-
-def top_k_excluding(
-    profiles: Tensor, table: Tensor, k: int, excluded: Sequence[int | None]
-) -> list[list[int]]:
-    """Ids of the k rows of `table` most cosine-similar to each profile (never OOV id 0).
-
-    Args:
-        profiles: [N, D]; table: embedding table [V, D]; excluded: one id per profile to
-            leave out (the last input item), or None.
-    """
-    scores = F.normalize(profiles, dim=-1) @ F.normalize(table, dim=-1).T  # [N, V]
-    return top_k_of_scores(scores, k, excluded)
 
 
 def top_k_of_scores(scores: Tensor, k: int, excluded: Sequence[int | None]) -> list[list[int]]:
@@ -218,9 +205,9 @@ def rank_profiles(
             for k in range(model.config.n_levels)
         ]
     else:
-        item_scores = _cosines(profiles["item"], model.item_embedding.weight)
+        item_scores = cosine_scores(profiles["item"], model.item_embedding.weight)
         level_scores = [
-            _cosines(profiles[f"category{k}"], model.category_embedding(k).weight)
+            cosine_scores(profiles[f"category{k}"], model.category_embedding(k).weight)
             for k in range(model.config.n_levels)
         ]
     items = _top_k_scored(item_scores, k_items, excluded)
@@ -228,7 +215,8 @@ def rank_profiles(
     return items, levels
 
 
-def _cosines(profiles: Tensor, table: Tensor) -> Tensor:
+def cosine_scores(profiles: Tensor, table: Tensor) -> Tensor:
+    """Cosine of each profile [N, D] to each row of an embedding table [V, D]: [N, V]."""
     return F.normalize(profiles, dim=-1) @ F.normalize(table, dim=-1).T
 
 

@@ -15,7 +15,7 @@ from hup.data import Session
 from hup.features import FeatureSpec
 from hup.model import HupModel
 from hup.points import prediction_points
-from hup.recommender import HupRecommender, profiles_at_points, top_k_excluding
+from hup.recommender import HupRecommender, cosine_scores, profiles_at_points, top_k_of_scores
 from hup.runtime import Profiler
 from hup.synthetic import SyntheticConfig, generate
 from hup.vocab import Taxonomy, build_vocabularies
@@ -32,6 +32,10 @@ PROFILE = torch.tensor([[3.0, 0.0]])
 def _cosines(profile: torch.Tensor, ids: list[int]) -> list[float]:
     unit = torch.nn.functional.normalize
     return (unit(profile, dim=-1) @ unit(TABLE[ids], dim=-1).T).flatten().tolist()
+
+
+def top_k_excluding(profiles, table, k, excluded):
+    return top_k_of_scores(cosine_scores(profiles, table), k, excluded)
 
 
 def test_top_k_is_in_descending_cosine_order_without_oov() -> None:
