@@ -47,6 +47,7 @@ DISPLAY_NAMES: dict[str, str] = {
     "mind": "MIND",
     "dhan": "DHAN",
     "hup": "HUP",
+    "hup-paper": "HUP-paper",
     "hup-nomicro": "HUP-NoMicro",
     "hup-lstm": "HUP-LSTM",
     "hup-tlstm": "HUP-TLSTM",
