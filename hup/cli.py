@@ -26,6 +26,7 @@ from hup.data import Dataset, load_dataset, split_sessions
 from hup.evaluate import evaluate as run_evaluation
 from hup.evaluate import to_json, to_markdown
 from hup.exceptions import HupError
+from hup.peers import peer_baselines
 from hup.schema import write_event_schema
 from hup.train import TrainOptions, train_model
 from hup.vocab import Taxonomy
@@ -253,7 +254,8 @@ def evaluate(
     seed: int = 0,
     resamples: Annotated[int, typer.Option(help="Bootstrap resamples")] = 1000,
     baselines: Annotated[
-        bool, typer.Option(help='Also run POP, S-POP, Item-KNN and "last category"')
+        bool,
+        typer.Option(help='Also run POP, S-POP, Item-KNN, "last category", V-SKNN and STAN'),
     ] = True,
     device: Annotated[str, typer.Option(help="cpu or cuda: where the model is loaded")] = "cpu",
     taxonomy: Annotated[
@@ -294,7 +296,7 @@ def evaluate(
     train_sessions, valid_sessions, test_sessions = split_sessions(dataset.sessions)
     recommenders: list[Recommender] = [recommender]
     if baselines:
-        recommenders += protocol_baselines()
+        recommenders += [*protocol_baselines(), *peer_baselines()]
     command = "hup " + shlex.join(sys.argv[1:])
     report = run_evaluation(
         recommenders,

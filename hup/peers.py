@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import sparse
 
-from hup.baselines import Rankings, _Baseline, _fill, _micro
+from hup.baselines import Rankings, Recommender, _Baseline, _fill, _micro
 from hup.data import Session
 from hup.points import PredictionPoint, prediction_points
 from hup.repeat import RepeatWeights, SessionInput, repeat_orders, tune_repeat
@@ -368,6 +368,6 @@ class Stan(_SessionKnnPeer[StanParams]):
         return stan_scores(queries, candidates, index, params)
 
 
-def peer_baselines() -> list[_Baseline]:
+def peer_baselines() -> list[Recommender]:
     """The session-kNN peers, V-SKNN and STAN, as `hup evaluate` adds them to its table."""
     return [VSknn(), Stan()]
