@@ -44,19 +44,43 @@ from hup.sknn import (
 )
 
 __all__ = [
+    "DEFAULT_TUNE_SECONDS",
     "STAN_GRID",
-    "TUNE_SECONDS",
     "VSKNN_GRID",
     "Stan",
     "VSknn",
     "coordinate_search",
+    "default_tune_seconds",
     "peer_baselines",
 ]
 
 logger = logging.getLogger(__name__)
 
-TUNE_SECONDS = float(os.environ.get("HUP_PEER_TUNE_S", "120"))
-"""Time budget of one peer's kNN search in `fit` (env ``HUP_PEER_TUNE_S``, default 120 s)."""
+DEFAULT_TUNE_SECONDS = 120.0
+
+
+def default_tune_seconds() -> float:
+    """Time budget of one peer's kNN search in `fit`: env ``HUP_PEER_TUNE_S``, default 120 s.
+
+    A value that is not a number of seconds >= 0 is reported in one warning line and the
+    default applies: a tuning budget is no reason to stop an evaluation.
+    """
+    raw = os.environ.get("HUP_PEER_TUNE_S")
+    if raw is None:
+        return DEFAULT_TUNE_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not value >= 0:  # also catches NaN
+        logger.warning(
+            "HUP_PEER_TUNE_S=%r is not a number of seconds >= 0; using %.0f",
+            raw, DEFAULT_TUNE_SECONDS,
+        )  # fmt: skip
+        return DEFAULT_TUNE_SECONDS
+    return value
+
+
 TUNE_K = 20  # the cut-off of the tuning objective (the protocol's item cut-off)
 _CHUNK = 512  # queries scored at once: bounds the [chunk, V] score matrices
 
@@ -186,7 +210,7 @@ class _SessionKnnPeer(_Baseline, Generic[P]):
         self.params: P = params
         self.repeat = RepeatWeights()
         self.tune = tune
-        self.tune_seconds = TUNE_SECONDS if tune_seconds is None else tune_seconds
+        self.tune_seconds = default_tune_seconds() if tune_seconds is None else tune_seconds
         self._index: SessionIndex | None = None
 
     def _score(

@@ -12,6 +12,7 @@ from hup.baselines import SPop, TrainingPopularity
 from hup.data import Session, load_dataset, split_sessions
 from hup.evaluate import _check, evaluate
 from hup.peers import (
+    DEFAULT_TUNE_SECONDS,
     STAN_GRID,
     VSKNN_GRID,
     Stan,
@@ -19,6 +20,7 @@ from hup.peers import (
     _chunks,
     _new_item_ranks,
     coordinate_search,
+    default_tune_seconds,
     peer_baselines,
 )
 from hup.points import PredictionPoint, prediction_points
@@ -175,6 +177,20 @@ def test_fit_tunes_on_validation_within_the_grids(synthetic) -> None:
     model = VSknn(start, tune=False)
     model.fit(train, valid)
     assert model.params == start
+
+
+def test_the_tuning_budget_comes_from_the_environment(monkeypatch, caplog) -> None:
+    monkeypatch.delenv("HUP_PEER_TUNE_S", raising=False)
+    assert default_tune_seconds() == DEFAULT_TUNE_SECONDS
+    monkeypatch.setenv("HUP_PEER_TUNE_S", "7.5")
+    assert default_tune_seconds() == 7.5 and Stan().tune_seconds == 7.5
+    assert VSknn(tune_seconds=3).tune_seconds == 3
+    for bad in ("soon", "-1", "nan"):
+        monkeypatch.setenv("HUP_PEER_TUNE_S", bad)
+        caplog.clear()
+        assert default_tune_seconds() == DEFAULT_TUNE_SECONDS
+        assert [r.levelname for r in caplog.records] == ["WARNING"]
+        assert "HUP_PEER_TUNE_S" in caplog.text
 
 
 def test_rank_before_fit_is_an_error() -> None:
