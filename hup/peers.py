@@ -85,16 +85,16 @@ TUNE_K = 20  # the cut-off of the tuning objective (the protocol's item cut-off)
 _CHUNK = 512  # queries scored at once: bounds the [chunk, V] score matrices
 
 VSKNN_GRID: dict[str, tuple[Any, ...]] = {
-    "k": (25, 50, 100, 200),
+    "k": (10, 25, 50, 100, 200),
     "sample": (250, 500, 1000, 2000),
-    "idf_weight": (0.0, 1.0, 2.0, 5.0),
+    "idf_weight": (0.0, 1.0, 2.0, 5.0, 10.0),
     "cosine": (False, True),
 }
 STAN_GRID: dict[str, tuple[Any, ...]] = {
-    "k": (25, 50, 100, 200),
-    "lambda1": (1.0, 2.0, 4.0, 8.0),
+    "k": (10, 25, 50, 100, 200),
+    "lambda1": (1.0, 2.0, 4.0, 8.0, 16.0),
     "lambda2": (100.0, 300.0, 1000.0, math.inf),
-    "lambda3": (1.0, 2.0, 4.0, 8.0),
+    "lambda3": (1.0, 2.0, 4.0, 8.0, 16.0),
 }
 
 P = TypeVar("P", VSknnParams, StanParams)
