@@ -207,6 +207,7 @@ class _SessionKnnPeer(_Baseline, Generic[P]):
     def __init__(self, params: P, tune: bool = True, tune_seconds: float | None = None) -> None:
         """Start from ``params``; ``tune`` searches the grid on the validation split in `fit`."""
         super().__init__()
+        self.initial = params  # every `fit` starts its search here, so refits are alike
         self.params: P = params
         self.repeat = RepeatWeights()
         self.tune = tune
@@ -245,6 +246,7 @@ class _SessionKnnPeer(_Baseline, Generic[P]):
         """Index ``train`` (in time order); tune on ``valid`` when asked and it has points."""
         super().fit(train, valid)
         self._index = SessionIndex(train, self.popularity.item_order)
+        self.params, self.repeat = self.initial, RepeatWeights()
         points = prediction_points(valid) if self.tune else []
         if not points:
             return
@@ -270,14 +272,14 @@ class _SessionKnnPeer(_Baseline, Generic[P]):
             if t in index.ids and t not in s.last_run
         ]
         if not new:
-            return self.params, math.nan, 0
+            return self.initial, math.nan, 0
         chosen = [inputs[i] for i, _ in new]
         ids = np.asarray([j for _, j in new], dtype=np.int64)
         own = np.asarray([len(s.own_items(self._items)) for s in chosen], dtype=np.int64)
         chunks = list(_chunks(chosen, index))
 
         def objective(settings: dict[str, Any]) -> float:
-            params = dataclasses.replace(self.params, **settings)
+            params = dataclasses.replace(self.initial, **settings)
             total = 0.0
             for n, (queries, candidates) in enumerate(chunks):
                 part = slice(n * _CHUNK, n * _CHUNK + len(queries))
@@ -287,9 +289,9 @@ class _SessionKnnPeer(_Baseline, Generic[P]):
                 total += float(inside.sum() + (inside / ranks).sum())
             return total / len(targets)
 
-        start = {name: getattr(self.params, name) for name in self.grid}
+        start = {name: getattr(self.initial, name) for name in self.grid}
         best, value, tried = coordinate_search(self.grid, start, objective, self.tune_seconds)
-        return dataclasses.replace(self.params, **best), value, tried
+        return dataclasses.replace(self.initial, **best), value, tried
 
     def rank(
         self,

@@ -60,7 +60,7 @@ _MIN_LOG_WEIGHT = -700.0  # exp() of anything lower underflows to 0 and would dr
 
 @dataclass(frozen=True)
 class VSknnParams:
-    """V-SKNN's settings (module docstring); the defaults are the middle of `hup.peers`' grid."""
+    """V-SKNN's settings (module docstring); the defaults are where `hup.peers`' search starts."""
 
     k: int = 100  # neighbours
     sample: int = 500  # most recent candidate sessions sharing a sku (m)

@@ -177,6 +177,14 @@ def test_fit_tunes_on_validation_within_the_grids(synthetic) -> None:
     model = VSknn(start, tune=False)
     model.fit(train, valid)
     assert model.params == start
+    # A refit searches from the given settings again, so it repeats the first fit.
+    model = Stan()
+    model.fit(train, valid)
+    first = (model.params, model.repeat)
+    model.fit(train, valid)
+    assert (model.params, model.repeat) == first
+    model.fit(train, [])
+    assert (model.params, model.repeat) == (StanParams(), RepeatWeights())
 
 
 def test_the_tuning_budget_comes_from_the_environment(monkeypatch, caplog) -> None:
