@@ -52,6 +52,7 @@ DISPLAY_NAMES: dict[str, str] = {
     "dhan": "DHAN",
     "sasrec": "SASRec",
     "hup": "HUP",
+    "hup-paper": "HUP-paper",
     "hup-nomicro": "HUP-NoMicro",
     "hup-lstm": "HUP-LSTM",
     "hup-tlstm": "HUP-TLSTM",
