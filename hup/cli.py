@@ -35,6 +35,7 @@ from hup.folds import (
     read_fold_manifest,
     write_fold_manifest,
 )
+from hup.peers import peer_baselines
 from hup.schema import write_event_schema
 from hup.splits import Split, protocol_splits
 from hup.train import TrainOptions, train_model
@@ -339,7 +340,8 @@ def evaluate(
     seed: int = 0,
     resamples: Annotated[int, typer.Option(help="Bootstrap resamples")] = 1000,
     baselines: Annotated[
-        bool, typer.Option(help='Also run POP, S-POP, Item-KNN and "last category"')
+        bool,
+        typer.Option(help='Also run POP, S-POP, Item-KNN, "last category", V-SKNN and STAN'),
     ] = True,
     device: Annotated[str, typer.Option(help="cpu or cuda: where the model is loaded")] = "cpu",
     taxonomy: Annotated[
@@ -391,7 +393,7 @@ def evaluate(
     (split,) = protocol_splits(dataset)
     recommenders: list[Recommender] = [recommender]
     if baselines:
-        recommenders += protocol_baselines()
+        recommenders += [*protocol_baselines(), *peer_baselines()]
     command = "hup " + shlex.join(sys.argv[1:])
     report = run_evaluation(
         recommenders,

@@ -19,6 +19,7 @@ import orjson
 from hup.baselines import Recommender, protocol_baselines
 from hup.evaluate import FoldedReport, score_points, summarize_folds
 from hup.exceptions import CheckpointError
+from hup.peers import peer_baselines
 from hup.splits import Split
 from hup.vocab import Taxonomy
 from hup.zoo.registry import load_recommender, recommender_taxonomy
@@ -168,7 +169,8 @@ def evaluate_fold_checkpoints(
         recommender, version, info, taxonomy = _load_fold(
             directory, split, data, device, given_taxonomy
         )
-        recommenders = [recommender, *(protocol_baselines() if baselines else [])]
+        others = [*protocol_baselines(), *peer_baselines()] if baselines else []
+        recommenders = [recommender, *others]
         logger.info("fold %d of %d: %s", split.fold, split.n_folds, version)
         parts.append(
             score_points(

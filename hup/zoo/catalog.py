@@ -35,6 +35,8 @@ DISPLAY_NAMES: dict[str, str] = {
     "pop": "POP",
     "s-pop": "S-POP",
     "item-knn": "Item-KNN",
+    "v-sknn": "V-SKNN",
+    "stan": "STAN",
     "bpr-mf": "BPR-MF",
     "word2vec": "Word2vec",
     "word2vec-avg": "Word2vec-avg",

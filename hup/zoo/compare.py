@@ -320,7 +320,7 @@ def _last_category(name: str) -> bool:
     """Whether the model ranks categories by the protocol's "last category" rule."""
     if name in ZOO_CLASSES:
         return not ZOO_CLASSES[name].category_heads
-    return name in ("s-pop", "item-knn")
+    return name in ("s-pop", "item-knn", "v-sknn", "stan")
 
 
 def to_comparison_json(comparison: Comparison) -> dict[str, Any]:

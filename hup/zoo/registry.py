@@ -4,7 +4,9 @@
 fits it on the training split (the validation split picks the epoch) and ranks the test
 points. Three kinds share the table:
 
-* the protocol's count baselines (POP, S-POP, Item-KNN): fitted by counting, no budget;
+* the training-free baselines: the protocol's count baselines (POP, S-POP, Item-KNN) and
+  the session-kNN peers (V-SKNN, STAN, `hup.peers`), which tune a few settings on the
+  validation split in `fit`; no training budget applies to them;
 * zoo models (`hup.zoo.catalog.ZOO_CLASSES`): trained by `hup.zoo.fit.fit_zoo`;
 * HUP and its Table 3 ablations (`hup.config.VARIANTS`): trained by `hup.train.train_model`.
 
@@ -24,6 +26,7 @@ from hup.baselines import POP, ItemKNN, Recommender, SPop
 from hup.checkpoint import Checkpoint, load_checkpoint, read_config
 from hup.config import VARIANTS, HupConfig
 from hup.data import Session
+from hup.peers import Stan, VSknn
 from hup.recommender import HupRecommender
 from hup.train import TrainOptions, train_model
 from hup.vocab import Taxonomy
@@ -46,7 +49,13 @@ __all__ = [
 
 Factory = Callable[[FitOptions, Taxonomy | None], Recommender]
 
-BASELINES: dict[str, Callable[[], Recommender]] = {"pop": POP, "s-pop": SPop, "item-knn": ItemKNN}
+BASELINES: dict[str, Callable[[], Recommender]] = {
+    "pop": POP,
+    "s-pop": SPop,
+    "item-knn": ItemKNN,
+    "v-sknn": VSknn,
+    "stan": Stan,
+}
 
 
 # FitOptions' own fields: the budget is set there, never through ``overrides``.

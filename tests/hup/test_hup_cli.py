@@ -109,7 +109,7 @@ def test_evaluate_prints_a_table_and_writes_json(trained: Path, tmp_path: Path) 
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
     assert rows[0].startswith("| method | mode |")
     methods = {row.split("|")[1].strip() for row in rows[1:]}
-    assert {"HUP", "POP", "S-POP", "Item-KNN", "Last category"} <= methods
+    assert {"HUP", "POP", "S-POP", "Item-KNN", "Last category", "V-SKNN", "STAN"} <= methods
     last_category = next(row for row in rows if row.startswith("| Last category | every |"))
     assert last_category.split("|")[5:7] == [" – ", " – "]  # no item figures, not zeros
     assert "20 resamples" in result.stdout
