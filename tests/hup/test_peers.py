@@ -218,6 +218,8 @@ def test_the_peers_beat_spop_on_the_jd_samples(name: str) -> None:
     train, valid, test = split_sessions(load_dataset(f"jd:{JD_DIR / name}").sessions)
     for peer in (VSknn(), Stan()):
         report = evaluate([peer, SPop()], train, valid, test, n_resamples=200)
-        assert len(report.differences) == 2  # peer - S-POP: item Recall@20 and MRR@20
-        for d in report.differences:
+        # peer - S-POP on item Recall@20 and MRR@20 (the categories are ranked alike).
+        items = [d for d in report.differences if d.metric.startswith("item ")]
+        assert [d.metric for d in items] == ["item Recall@20", "item MRR@20"]
+        for d in items:
             assert d.estimate.lo > 0, (name, d)
