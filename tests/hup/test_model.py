@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from adam_steps import adam_losses
 
 from hup.config import VARIANTS, HupConfig
 from hup.features import EventFeatures, FeatureSpec, Featurizer
@@ -140,15 +141,7 @@ def _first_batch(sequences, batch_size=8):
 def test_loss_decreases_over_adam_steps(softmax_weight, vocab_and_sequences) -> None:
     vocab, sequences = vocab_and_sequences
     model = _model(vocab, softmax_weight=softmax_weight).train()
-    batch, positions, targets = _first_batch([s[:10] for s in sequences[:4]])
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(30):
-        loss = model.loss(batch, positions, targets)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = adam_losses(model, *_first_batch([s[:10] for s in sequences[:4]]))
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < losses[0] - 0.1, losses
 

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from adam_steps import adam_losses
 
 from hup.config import VARIANTS, HupConfig
 from hup.features import FeatureSpec, Featurizer
@@ -162,15 +163,7 @@ def test_no_candidates_means_explore_only() -> None:
 def test_repeat_model_loss_decreases_over_adam_steps() -> None:
     model, sessions = _repeat_model()
     model.train()
-    batch, positions, targets = next(batches(sessions, 12, repeat=True))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(30):
-        loss = model.loss(batch, positions, targets)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = adam_losses(model, *next(batches(sessions, 12, repeat=True)))
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < losses[0] - 0.1, losses
     assert model.repeat_heads is not None
