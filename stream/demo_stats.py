@@ -151,12 +151,16 @@ class DemoStats:
             tops = ", ".join(
                 f"{c['id']} {c['score']:.2f}" for c in message.get("top_categories", [])
             )
+            items = ", ".join(
+                f"{c['id']} {c['score']:.2f}" for c in message.get("top_items", [])[:5]
+            )
             item = message.get("profile", {}).get("item") or []
             head = ", ".join(f"{v:+.3f}" for v in item[:vector_values])
             lines += [
                 f"profile of {user}: model {message.get('model_version')}, "
                 f"seq {message.get('seq')}",
                 f"  top categories     {tops}",
+                f"  top items          {items}",
                 f"  item vector        [{head}, ...] ({len(item)} values)",
             ]
         return lines

@@ -55,7 +55,7 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert int(profiles.group(1)) > 0
     assert int(dead.group(1)) > 0
     assert "events sent          200" in output
-    assert "p50" in output and "top categories" in output
+    assert "p50" in output and "top categories" in output and "top items" in output
     assert "worker: stopped (exit code 0)" in output
     assert (tmp_path / "model" / "VERSION").is_file()
 
@@ -101,6 +101,7 @@ def test_stats_match_profiles_to_sends_and_ignore_others() -> None:
                 "seq": seq,
                 "profile": {"micro": None, "item": [0.1, 0.2], "category": [[1.0]]},
                 "top_categories": [{"id": "c1", "score": 0.5}],
+                "top_items": [{"id": "sku-9", "score": 0.25}, {"id": "sku-3", "score": 0.125}],
             }
         )
 
@@ -117,6 +118,7 @@ def test_stats_match_profiles_to_sends_and_ignore_others() -> None:
     assert "dead letters         2, e.g. \"field 'ts': bad\"" in report
     assert "profile of u1: model hup-x, seq 1" in report
     assert "[+0.100, +0.200, ...]" in report
+    assert "top items          sku-9 0.25, sku-3 0.12" in report
     assert "profiles 1" in stats.line()
 
 
