@@ -50,7 +50,9 @@ class SasrecConfig(ZooConfig):
     # `hup train`): 1e-2 peaked at 30.1 % (epoch 8); 3e-3 learnt too slowly (13.7 % at epoch
     # 8), 1e-3 hardly at all (0.3 % at epoch 2) and the zoo's 3e-2 was unstable (14.4 %).
     learning_rate: float = 1e-2
-    dropout: float = 0.3  # on embeddings, attention weights and feed-forward layers
+    # On embeddings, attention weights and feed-forward layers: the paper's 0.5 for sparse
+    # data; on the same split (rate 1e-2) it peaked at 30.9 % against 30.1 % with the zoo's 0.3.
+    dropout: float = 0.5
 
 
 class _Block(nn.Module):
