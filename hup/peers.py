@@ -207,7 +207,7 @@ class _SessionKnnPeer(_Baseline, Generic[P]):
     def __init__(self, params: P, tune: bool = True, tune_seconds: float | None = None) -> None:
         """Start from ``params``; ``tune`` searches the grid on the validation split in `fit`."""
         super().__init__()
-        self.initial = params  # every `fit` starts its search here, so refits are alike
+        self.initial: P = params  # every `fit` starts its search here, so refits are alike
         self.params: P = params
         self.repeat = RepeatWeights()
         self.tune = tune
