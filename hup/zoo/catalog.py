@@ -9,6 +9,7 @@ from hup.zoo.dupn import Dupn
 from hup.zoo.gru4rec import Gru4Rec
 from hup.zoo.mind import Mind
 from hup.zoo.rib import Rib
+from hup.zoo.sasrec import Sasrec
 from hup.zoo.sdm import Sdm
 from hup.zoo.shrnn import SHrnn
 from hup.zoo.time_lstm import TimeLstm
@@ -28,6 +29,7 @@ ZOO_CLASSES: dict[str, type[SequenceModel]] = {
     "sdm": Sdm,
     "mind": Mind,
     "dhan": Dhan,
+    "sasrec": Sasrec,
 }
 """Neural/embedding models trained by `hup.zoo.fit.fit_zoo` and saved as zoo checkpoints."""
 
@@ -48,6 +50,7 @@ DISPLAY_NAMES: dict[str, str] = {
     "sdm": "SDM",
     "mind": "MIND",
     "dhan": "DHAN",
+    "sasrec": "SASRec",
     "hup": "HUP",
     "hup-paper": "HUP-paper",
     "hup-nomicro": "HUP-NoMicro",
