@@ -497,7 +497,9 @@ class HupModel(nn.Module):
         # Only as many earlier entries as the fullest window here has: the slots no point
         # fills would be masked out of the softmax anyway, and they cost memory and time.
         current = entry[rows, times]
-        back = min(self.config.window - 1, int(current.max()) if len(current) else 0)
+        back = self.config.window - 1
+        if len(current) and not current.is_meta:  # a meta tensor has no values to size by
+            back = min(back, int(current.max()))
         offsets = torch.arange(-back, 0, device=ys.device)  # [<= W-1]
         past = current.unsqueeze(1) + offsets  # [N, back] earlier entries
         has_past = past >= 0
