@@ -266,6 +266,7 @@ def _profile(user: str, seq: int) -> dict:
         "event_id": f"{user}:{seq}",
         "profile": {"micro": None, "item": [0.5, -0.25], "category": [[1.0], [0.0, 1.0]]},
         "top_categories": [{"id": "c1.2", "score": 0.875}, {"id": "c0.1", "score": 0.5}],
+        "top_items": [{"id": "sku-7", "score": 0.25}],
     }
 
 
@@ -356,6 +357,8 @@ def test_processor_output_validates_against_the_schema(checkpoint_dir: Path, tra
         {"seq": 0},
         {"model_version": ""},
         {"top_categories": [{"id": "c1"}]},
+        {"top_items": [{"id": "sku-7"}]},
+        {"top_items": None},
         {"profile": {"micro": None, "item": [], "category": [[1.0]]}},
         {"extra": 1},
     ],
