@@ -17,11 +17,19 @@ In memory (`ProfileState`), L layers, hidden H, window W:
 * `window_count` int64 [L]: entries each layer opened so far; slots [0, min(count, W))
   are filled.
 
-Stored (`to_arrays`, encoded by `state.codec`): `hidden`, `open_signal`, `window_count`,
-`window{l}` float32 [min(count, W), A + V] (the filled slots only), the featurizer's
-memory `feature_f` float64 / `feature_i` int64 / `feature_s` utf-8, `last_ts` float64 0-d
-(read by expiry), `meta` int64 [4] (events applied, input partition and offset of the
-last applied event: the stream's idempotency record; and W) and `sources` int64 [n, 2] (per
+Window entries are kept at float16 precision (`round_summary`): a committed entry is
+rounded when it closes, the open entry is used unrounded, and `HupModel.forward` rounds
+at the same points, so the stream and the offline pass agree and a state stores half
+the bytes.
+
+Stored (`to_arrays`, encoded by `state.codec`): `hidden` float32; `meta` int64
+[4 + 3L]: events applied, input partition and offset of the last applied event (the
+stream's idempotency record), W, then per layer the open signal, the window count and
+the entry width A + V; `windows` int16, the bits of float16 values (the codec has no
+float16): every layer's filled slots [min(count, W), A + V], flattened and joined in
+layer order; the featurizer's memory `feature_f`
+float64 / `feature_i` int64 / `feature_s` utf-8 (`feature_arrays`); `last_ts` float64
+0-d (read by expiry) and `sources` int64 [n, 2] (per
 partition of the input topic, the offset of the last event applied from it; absent
 when empty).
 
@@ -47,7 +55,7 @@ from torch import Tensor
 
 from hup.exceptions import StateError
 from hup.features import EventFeatures, FeatureState
-from hup.model import HupModel
+from hup.model import HupModel, round_summary
 
 __all__ = ["ProfileState", "initial_state", "step"]
 
@@ -95,26 +103,58 @@ class ProfileState:
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Plain named arrays (the stored layout in the module docstring)."""
         feature_f, feature_i, feature_s = feature_arrays(self.features)
+        window = len(self.windows[0])
+        filled = np.minimum(self.window_count, window)
         arrays = {
             "hidden": self.hidden,
-            "open_signal": self.open_signal,
-            "window_count": self.window_count,
+            "meta": np.concatenate(
+                [
+                    [self.applied, self.input_partition, self.input_offset, window],
+                    self.open_signal,
+                    self.window_count,
+                    [ring.shape[1] for ring in self.windows],
+                ]
+            ).astype(np.int64),
+            "windows": np.concatenate(
+                [ring[:n].ravel() for ring, n in zip(self.windows, filled.tolist(), strict=True)]
+            )
+            .astype(np.float16)
+            .view(np.int16),
             "feature_f": feature_f,
             "feature_i": feature_i,
             "feature_s": feature_s,
             "last_ts": np.array(self.features.last_ts, dtype=np.float64),
-            "meta": np.array(
-                [self.applied, self.input_partition, self.input_offset, len(self.windows[0])],
-                dtype=np.int64,
-            ),
         }
         if self.source_offsets:
             arrays["sources"] = np.array(self.source_offsets, dtype=np.int64)
-        for layer, (ring, count) in enumerate(
-            zip(self.windows, self.window_count.tolist(), strict=True)
-        ):
-            arrays[f"window{layer}"] = ring[: min(count, len(ring))]
         return arrays
+
+    def array_sizes(self) -> list[tuple[str, int, int]]:
+        """(name, ndim, bytes) of each array `to_arrays` returns, without building them.
+
+        What the stream's per-event record-size check reads (a test holds the two equal).
+        """
+        n_layers = len(self.windows)
+        window = len(self.windows[0])
+        entries = sum(
+            min(n, window) * ring.shape[1]
+            for ring, n in zip(self.windows, self.window_count.tolist(), strict=True)
+        )
+        f = self.features
+        levels = len(f.category_ids)
+        text = len(f.item.encode()) + sum(len(c.encode()) + 1 for c in f.categories)
+        sizes = [
+            ("hidden", 3, self.hidden.nbytes),
+            ("meta", 1, 8 * (4 + 3 * n_layers)),
+            ("windows", 1, 2 * entries),
+            ("feature_f", 1, 8 * (6 + 2 * levels)),
+            ("feature_i", 1, 8 * (5 + 2 * levels)),
+            ("feature_s", 1, text),
+            ("last_ts", 0, 8),
+        ]
+        if self.source_offsets:
+            sizes.append(("sources", 2, 16 * len(self.source_offsets)))
+        return sizes
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> ProfileState:
@@ -123,27 +163,29 @@ class ProfileState:
             hidden = arrays["hidden"]
             n_layers = hidden.shape[1]
             features = feature_state(arrays["feature_f"], arrays["feature_i"], arrays["feature_s"])
-            applied, partition, offset, window = arrays["meta"].tolist()
+            meta = arrays["meta"]
+            if meta.shape != (4 + 3 * n_layers,):
+                raise ValueError(f"meta has shape {meta.shape}, expected {(4 + 3 * n_layers,)}")
+            applied, partition, offset, window = meta[:4].tolist()
+            open_signal = meta[4 : 4 + n_layers]
+            count = meta[4 + n_layers : 4 + 2 * n_layers]
+            widths = meta[4 + 2 * n_layers :].tolist()
             sources = arrays.get("sources", np.zeros((0, 2), dtype=np.int64))
             if sources.ndim != 2 or sources.shape[1] != 2:
                 raise ValueError(f"sources has shape {sources.shape}, expected [n, 2]")
-            count = arrays["window_count"]
-            if count.shape != (n_layers,):
-                raise ValueError(f"window_count has shape {count.shape}, expected {(n_layers,)}")
-            windows = []
-            for layer, n in enumerate(count.tolist()):
-                stored = arrays[f"window{layer}"]
-                if stored.ndim != 2 or len(stored) != min(n, window):
-                    raise ValueError(
-                        f"window{layer} has shape {stored.shape}, expected {min(n, window)} rows"
-                    )
-                ring = np.zeros((window, stored.shape[1]), dtype=np.float32)
-                ring[: len(stored)] = stored
+            flat = arrays["windows"].view(np.float16)
+            windows, start = [], 0
+            for n, width in zip(np.minimum(count, window).tolist(), widths, strict=True):
+                ring = np.zeros((window, width), dtype=np.float32)
+                ring[:n] = flat[start : start + n * width].reshape(n, width)
                 windows.append(ring)
+                start += n * width
+            if start != len(flat):
+                raise ValueError(f"windows has {len(flat)} values, the counts need {start}")
             return cls(
                 features=features,
                 hidden=hidden,
-                open_signal=arrays["open_signal"],
+                open_signal=open_signal,
                 windows=tuple(windows),
                 window_count=count,
                 applied=applied,
@@ -608,6 +650,8 @@ def step(
             weights = torch.softmax(scores.masked_fill_(empty, float("-inf")), dim=-1)
             pooled = torch.bmm(weights.unsqueeze(1), ring[:, :n, layer.score.shape[0] :])
             out = torch.tanh(pooled.squeeze(1) + layer.head_bias)
+            # The open entry is stored as it will be read once committed.
+            ring[rows, slot] = round_summary(summary[:, :width])
         else:
             assert layer.head_t is not None  # noqa: S101
             rings.append(np.zeros((batch, 0, 0), dtype=np.float32))

@@ -22,7 +22,14 @@ from hup.features import EventFeatures
 from hup.layers import AttentionPool, BehaviorLSTMCell
 from hup.vocab import OOV
 
-__all__ = ["FEATURE_KEYS", "HupModel", "LayerInput", "collate_features", "stack_features"]
+__all__ = [
+    "FEATURE_KEYS",
+    "HupModel",
+    "LayerInput",
+    "collate_features",
+    "round_summary",
+    "stack_features",
+]
 
 FEATURE_KEYS = EventFeatures._fields
 
@@ -42,6 +49,17 @@ class LayerInput(NamedTuple):
 class _Head:
     source: str  # layer whose attention context feeds the head
     level: int | None  # category level, None for item-space heads
+
+
+def round_summary(summary: Tensor) -> Tensor:
+    """A committed window entry's summary at the precision it is stored with (float16).
+
+    The stream stores every committed entry's summary (`HupModel.entry_summary`) as
+    float16, half the bytes of float32; the sequence forward reads its past window
+    entries through this same rounding, so both compute the same profiles. The current
+    entry is never rounded. Gradients pass through unchanged.
+    """
+    return summary.to(torch.float16).to(summary.dtype)
 
 
 def stack_features(features: list[EventFeatures]) -> dict[str, Tensor]:
@@ -251,12 +269,19 @@ class HupModel(nn.Module):
         valid = batch["valid"]
         finer = None
         contexts: dict[str, Tensor] = {}
+        pooled: dict[str, Tensor] = {}
         for name in self.layer_names:
             inputs = self.layer_input(name, batch, finer)
             ys = self._run_layer(name, inputs, valid)  # [B, T, H]
-            contexts[name] = self._pool_at(name, ys, inputs, valid, positions)
+            if self.config.attention:
+                pooled.update(self._pool_at(name, ys, inputs, valid, positions))
+            else:
+                rows, times = positions[:, 0], positions[:, 1]
+                contexts[name] = ys[rows, times]
             finer = ys
-        return self.profiles(contexts)
+        if not self.config.attention:
+            return self.profiles(contexts)
+        return {name: pooled[name] for name in self.head_specs}
 
     def _run_layer(self, name: str, inputs: LayerInput, valid: Tensor) -> Tensor:
         batch_size, steps = valid.shape
@@ -282,11 +307,14 @@ class HupModel(nn.Module):
 
     def _pool_at(
         self, name: str, ys: Tensor, inputs: LayerInput, valid: Tensor, positions: Tensor
-    ) -> Tensor:
+    ) -> dict[str, Tensor]:
+        """Profiles of `name`'s heads at `positions`: attention over each one's window.
+
+        Past entries enter through their stored summaries (`round_summary`), the
+        current one at full precision, as in the stream.
+        """
         rows, times = positions[:, 0], positions[:, 1]
         last = ys[rows, times]  # [N, H]
-        if not self.config.attention:
-            return last
         batch_size, steps = valid.shape
         change = inputs.change & valid
         entry = change.long().cumsum(dim=1) - 1  # [B, T] index of the open entry at each event
@@ -303,9 +331,14 @@ class HupModel(nn.Module):
         window_times = torch.cat([past_times, times.unsqueeze(1)], dim=1)  # [N, W]
         mask = torch.cat([has_past, has_past.new_ones(has_past.shape[0], 1)], dim=1)
         window_times = torch.where(mask, window_times, 0)
-        keys = self.pool_of(name).keys(ys, self.signal_embedding(name, inputs.signal))  # [B, T, A]
+        keys, values = self.entry_summary(name, ys, inputs.signal)  # [B, T, A], [B, T, V]
         window = (rows.unsqueeze(1), window_times)
-        return self.pool_of(name).pool(keys[window], ys[window], mask, last)
+        keys, values = keys[window], values[window]  # [N, W, *]
+        past = torch.cat([has_past, has_past.new_zeros(has_past.shape[0], 1)], dim=1)
+        past = past.unsqueeze(-1)
+        keys = torch.where(past, round_summary(keys), keys)
+        values = torch.where(past, round_summary(values), values)
+        return self.pooled_profiles(name, keys, values, mask, last)
 
     # ---- training ----------------------------------------------------------------------------
 
