@@ -17,17 +17,11 @@ In memory (`ProfileState`), L layers, hidden H, window W:
 * `window_count` int64 [L]: entries each layer opened so far; slots [0, min(count, W))
   are filled.
 
-Window entries are kept at float16 precision (`round_summary`): a committed entry is
-rounded when it closes, the open entry is used unrounded, and `HupModel.forward` rounds
-at the same points, so the stream and the offline pass agree and a state stores half
-the bytes.
-
 Stored (`to_arrays`, encoded by `state.codec`): `hidden` float32; `meta` int64
 [4 + 3L]: events applied, input partition and offset of the last applied event (the
 stream's idempotency record), W, then per layer the open signal, the window count and
-the entry width A + V; `windows` int16, the bits of float16 values (the codec has no
-float16): every layer's filled slots [min(count, W), A + V], flattened and joined in
-layer order; the featurizer's memory `feature_f`
+the entry width A + V; `windows` float32: every layer's filled slots [min(count, W),
+A + V], flattened and joined in layer order; the featurizer's memory `feature_f`
 float64 / `feature_i` int64 / `feature_s` utf-8 (`feature_arrays`); `last_ts` float64
 0-d (read by expiry) and `sources` int64 [n, 2] (per
 partition of the input topic, the offset of the last event applied from it; absent
@@ -55,7 +49,7 @@ from torch import Tensor
 
 from hup.exceptions import StateError
 from hup.features import EventFeatures, FeatureState
-from hup.model import HupModel, round_summary
+from hup.model import HupModel
 
 __all__ = ["ProfileState", "initial_state", "step"]
 
@@ -117,9 +111,7 @@ class ProfileState:
             ).astype(np.int64),
             "windows": np.concatenate(
                 [ring[:n].ravel() for ring, n in zip(self.windows, filled.tolist(), strict=True)]
-            )
-            .astype(np.float16)
-            .view(np.int16),
+            ).astype(np.float32),
             "feature_f": feature_f,
             "feature_i": feature_i,
             "feature_s": feature_s,
@@ -146,7 +138,7 @@ class ProfileState:
         sizes = [
             ("hidden", 3, self.hidden.nbytes),
             ("meta", 1, 8 * (4 + 3 * n_layers)),
-            ("windows", 1, 2 * entries),
+            ("windows", 1, 4 * entries),
             ("feature_f", 1, 8 * (6 + 2 * levels)),
             ("feature_i", 1, 8 * (5 + 2 * levels)),
             ("feature_s", 1, text),
@@ -173,7 +165,7 @@ class ProfileState:
             sources = arrays.get("sources", np.zeros((0, 2), dtype=np.int64))
             if sources.ndim != 2 or sources.shape[1] != 2:
                 raise ValueError(f"sources has shape {sources.shape}, expected [n, 2]")
-            flat = arrays["windows"].view(np.float16)
+            flat = arrays["windows"]
             windows, start = [], 0
             for n, width in zip(np.minimum(count, window).tolist(), widths, strict=True):
                 ring = np.zeros((window, width), dtype=np.float32)
@@ -650,8 +642,6 @@ def step(
             weights = torch.softmax(scores.masked_fill_(empty, float("-inf")), dim=-1)
             pooled = torch.bmm(weights.unsqueeze(1), ring[:, :n, layer.score.shape[0] :])
             out = torch.tanh(pooled.squeeze(1) + layer.head_bias)
-            # The open entry is stored as it will be read once committed.
-            ring[rows, slot] = round_summary(summary[:, :width])
         else:
             assert layer.head_t is not None  # noqa: S101
             rings.append(np.zeros((batch, 0, 0), dtype=np.float32))

@@ -27,7 +27,6 @@ __all__ = [
     "HupModel",
     "LayerInput",
     "collate_features",
-    "round_summary",
     "stack_features",
 ]
 
@@ -49,17 +48,6 @@ class LayerInput(NamedTuple):
 class _Head:
     source: str  # layer whose attention context feeds the head
     level: int | None  # category level, None for item-space heads
-
-
-def round_summary(summary: Tensor) -> Tensor:
-    """A committed window entry's summary at the precision it is stored with (float16).
-
-    The stream stores every committed entry's summary (`HupModel.entry_summary`) as
-    float16, half the bytes of float32; the sequence forward reads its past window
-    entries through this same rounding, so both compute the same profiles. The current
-    entry is never rounded. Gradients pass through unchanged.
-    """
-    return summary.to(torch.float16).to(summary.dtype)
 
 
 def stack_features(features: list[EventFeatures]) -> dict[str, Tensor]:
@@ -310,8 +298,7 @@ class HupModel(nn.Module):
     ) -> dict[str, Tensor]:
         """Profiles of `name`'s heads at `positions`: attention over each one's window.
 
-        Past entries enter through their stored summaries (`round_summary`), the
-        current one at full precision, as in the stream.
+        Every entry enters through its summary (`entry_summary`), as in the stream.
         """
         rows, times = positions[:, 0], positions[:, 1]
         last = ys[rows, times]  # [N, H]
@@ -333,12 +320,7 @@ class HupModel(nn.Module):
         window_times = torch.where(mask, window_times, 0)
         keys, values = self.entry_summary(name, ys, inputs.signal)  # [B, T, A], [B, T, V]
         window = (rows.unsqueeze(1), window_times)
-        keys, values = keys[window], values[window]  # [N, W, *]
-        past = torch.cat([has_past, has_past.new_zeros(has_past.shape[0], 1)], dim=1)
-        past = past.unsqueeze(-1)
-        keys = torch.where(past, round_summary(keys), keys)
-        values = torch.where(past, round_summary(values), values)
-        return self.pooled_profiles(name, keys, values, mask, last)
+        return self.pooled_profiles(name, keys[window], values[window], mask, last)
 
     # ---- training ----------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""The incremental step's state: ring windows, float16 storage, size without encoding, plan cache."""
+"""The incremental step's state: ring windows, stored layout, size without encoding, plan cache."""
 
 from __future__ import annotations
 
@@ -57,16 +57,18 @@ def test_windows_fill_to_w_minus_one_committed_entries(model_and_featurizer) -> 
     assert full.window_count.tolist() == [3 * WINDOW] * 5
 
 
-def test_windows_are_stored_as_float16_and_read_back_exactly(model_and_featurizer) -> None:
+def test_windows_are_stored_filled_slots_only_and_read_back_exactly(model_and_featurizer) -> None:
     model, featurizer = model_and_featurizer
     state = _run(model, featurizer, 3 * WINDOW)[0].with_input(2, 40)
     arrays = state.to_arrays()
     entries = sum(ring.size for ring in state.windows)  # every slot filled
-    assert arrays["windows"].dtype == np.int16 and arrays["windows"].size == entries
+    assert arrays["windows"].dtype == np.float32 and arrays["windows"].size == entries
+    young = _run(model, featurizer, 2)[0]  # two entries opened per layer
+    assert young.to_arrays()["windows"].size == sum(2 * ring.shape[1] for ring in young.windows)
     back = ProfileState.from_arrays(arrays)
     for ring, again in zip(state.windows, back.windows, strict=True):
         assert ring.dtype == again.dtype == np.float32
-        np.testing.assert_array_equal(ring, again)  # the step keeps them float16-exact
+        np.testing.assert_array_equal(ring, again)
     assert back.features == state.features and back.source_offsets == ((2, 40),)
     np.testing.assert_array_equal(back.window_count, state.window_count)
 
