@@ -25,7 +25,8 @@ from hup.config import VARIANTS
 from hup.data import Dataset, load_dataset, split_sessions
 from hup.evaluate import evaluate as run_evaluation
 from hup.evaluate import to_json, to_markdown
-from hup.exceptions import HupError
+from hup.exceptions import HupError, MissingExtraError
+from hup.extras import require
 from hup.schema import write_event_schema
 from hup.train import TrainOptions, train_model
 from hup.vocab import Taxonomy
@@ -234,7 +235,10 @@ def train(
             )
             progress.reset(task)
 
-        checkpoint, _ = fit(progress=on_batch, on_epoch=on_epoch)
+        try:
+            checkpoint, _ = fit(progress=on_batch, on_epoch=on_epoch)
+        except MissingExtraError as exc:  # skip-gram needs gensim (extra "train")
+            raise _fail(str(exc)) from None
     err.print(
         f"saved {checkpoint.version} to {out} "
         f"(best epoch {checkpoint.info['best_epoch']}, {time.perf_counter() - started:.0f} s; "
@@ -340,6 +344,11 @@ def compare(
         names = resolve(models)
     except ValueError as exc:
         raise _fail(str(exc)) from exc
+    try:
+        # The chart comes last, after hours of training: check for matplotlib first.
+        require("matplotlib.figure", "train", "the chart of hup compare")
+    except MissingExtraError as exc:
+        raise _fail(str(exc)) from None
     options = FitOptions(
         epochs=epochs,
         patience=patience,
