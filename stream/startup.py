@@ -12,6 +12,8 @@ from prometheus_client import start_http_server
 
 from hup.exceptions import CheckpointError
 from hup.runtime import Profiler
+from stream import internals
+from stream.broker import is_embedded_broker
 from stream.limits import max_record_bytes
 from stream.metrics import Metrics
 from stream.processor import Processor
@@ -40,6 +42,8 @@ class WorkerContext:
         self.settings = settings
         self.metrics = metrics
         self.topics = list(topics)
+        # Whether the cluster is the embedded tansu broker; known once `prepare` ran.
+        self.embedded_broker = False
         self._processor: Processor | None = None
         if profiler is not None:
             self._use(profiler)
@@ -81,6 +85,11 @@ class WorkerContext:
         before the event loop runs, so a ``SystemExit`` here ends the process with
         its message and exit status 1 instead of a crash-and-restart loop.
         """
+        try:
+            # Also here for `faust -A stream.app worker`, which skips stream.worker.main.
+            internals.check()
+        except internals.FaustInternalsError as exc:
+            raise SystemExit(f"hup worker: cannot start: {exc}") from None
         torch.set_num_threads(self.settings.torch_threads)
         try:
             self.load_model()
@@ -88,6 +97,7 @@ class WorkerContext:
             raise SystemExit(f"hup worker: cannot start: {exc}") from None
         self._create_datadir()
         self._create_topics()
+        self._detect_embedded_broker()
 
     def _create_datadir(self) -> None:
         # faust creates HUP_DATADIR without its parents, so a fresh checkout (no data/)
@@ -113,6 +123,26 @@ class WorkerContext:
             raise SystemExit(
                 f"hup worker: cannot create topics on {self.settings.bootstrap_servers}: {exc}"
             ) from None
+
+    def _detect_embedded_broker(self) -> None:
+        # The tansu high-watermark correction (stream.highwater) is for the embedded
+        # broker only: against Kafka it would cost a fetch per partition for nothing.
+        try:
+            self.embedded_broker = is_embedded_broker(
+                self.settings.bootstrap_servers,
+                client_config=client_security_config(self.settings),
+            )
+        except KafkaException as exc:
+            raise SystemExit(
+                f"hup worker: cannot start: no answer from {self.settings.bootstrap_servers}: {exc}"
+            ) from None
+        logger.info(
+            "broker %s: %s",
+            self.settings.bootstrap_servers,
+            "the embedded broker (tansu high-watermark correction on)"
+            if self.embedded_broker
+            else "Kafka (tansu high-watermark correction off)",
+        )
 
     async def serve_metrics(self) -> None:
         """Expose the registry over HTTP on HUP_METRICS_PORT (0: do not)."""
