@@ -343,6 +343,7 @@ def main(
                     workdir,
                     broker.bootstrap_servers,
                     drain_timeout,
+                    ready_timeout,
                 )
     except AssertionError as exc:  # the harness's timeouts and early exits
         console.print(f"chaos run failed: {exc}\n(logs kept in {workdir})")

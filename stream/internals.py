@@ -86,12 +86,12 @@ def _present(internal: Internal) -> bool:
     except ImportError:
         return False
     if class_name:
-        owner = getattr(owner, class_name, None)
-        if not isinstance(owner, type):
+        cls = getattr(owner, class_name, None)
+        if not isinstance(cls, type):
             return False
-        if hasattr(owner, internal.name):
+        if hasattr(cls, internal.name):
             return True
-        return any(internal.name in vars(cls).get("__annotations__", {}) for cls in owner.__mro__)
+        return any(internal.name in vars(base).get("__annotations__", {}) for base in cls.__mro__)
     return hasattr(owner, internal.name)
 
 
