@@ -22,12 +22,14 @@ from hup.config import HupConfig
 from hup.exceptions import CheckpointError
 from hup.features import FeatureSpec
 from hup.model import HupModel
+from hup.neighbours import NeighbourTable
 from hup.vocab import Taxonomy, Vocabularies, build_vocabularies
 
 __all__ = [
     "Checkpoint",
     "content_version",
     "load_checkpoint",
+    "randomize_neighbours",
     "read_config",
     "read_files",
     "save_checkpoint",
@@ -156,8 +158,25 @@ def save_untrained_checkpoint(
             **config,
         )
     )
+    randomize_neighbours(model, seed)
     directory.mkdir(parents=True, exist_ok=True)
     return save_checkpoint(directory, model, FeatureSpec(n_levels=n_levels), vocabularies)
+
+
+def randomize_neighbours(model: HupModel, seed: int = 0) -> None:
+    """Fill the model's co-visitation tables with seeded random ids and weights.
+
+    An untrained model's tables are empty, which would leave their path through the
+    explore channel untested by the plumbing and parity checks that use such models.
+    """
+    if model.repeat_heads is None:
+        return
+    generator = torch.Generator().manual_seed(seed)
+    for table in model.repeat_heads.neighbour_modules():
+        n_ids, k = table.ids.shape[1:]
+        ids = torch.randint(0, n_ids, (n_ids, k), generator=generator)
+        weights = torch.rand(n_ids, k, generator=generator)
+        table.install(NeighbourTable(ids.numpy(), weights.numpy()))
 
 
 def read_files(

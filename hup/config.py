@@ -74,10 +74,12 @@ class HupConfig(SavedConfig):
     repeat: bool = False
     repeat_hidden: int = 32  # hidden units of each repeat scorer
     dropout: float = 0.0  # on every layer's input while training
+    # Co-visitation neighbours per id in the explore channel (`hup.neighbours`); 0 = none.
+    neighbours: int = 0
 
 
 VARIANTS: dict[str, dict[str, Any]] = {
-    "hup": {"repeat": True, "dropout": 0.2},
+    "hup": {"repeat": True, "dropout": 0.2, "neighbours": 50},
     "hup-paper": {},
     "hup-nomicro": {"use_micro": False},
     "hup-lstm": {"cell": "lstm"},

@@ -11,6 +11,7 @@ in `hup.incremental` one event at a time (the stream); the parity test holds the
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, cast
 
@@ -22,7 +23,8 @@ from torch import Tensor, nn
 from hup.config import HupConfig
 from hup.features import EventFeatures
 from hup.layers import AttentionPool, BehaviorLSTMCell
-from hup.repeat import CATEGORY_FEATURES, ITEM_FEATURES, RepeatInputs
+from hup.neighbours import NeighbourTable
+from hup.repeat import CATEGORY_FEATURES, ITEM_FEATURES, REPEAT_SLOTS, RepeatInputs
 from hup.vocab import OOV
 
 __all__ = [
@@ -31,6 +33,8 @@ __all__ = [
     "HupModel",
     "LayerInput",
     "Mixture",
+    "NEIGHBOUR_PART",
+    "Neighbours",
     "RepeatHeads",
     "collate_features",
     "collate_repeat",
@@ -102,9 +106,74 @@ def collate_repeat(inputs: list[RepeatInputs]) -> dict[str, Tensor]:
     }
 
 
+NEIGHBOUR_PART = "neighbour_part"
+"""Batch key: per point, which `Neighbours` table it reads (absent = 0, every training session)."""
+
+
 def _scorer(features: int, hidden: int) -> nn.Sequential:
-    # Candidate features plus the candidate's cosine to the profile -> one logit.
-    return nn.Sequential(nn.Linear(features + 1, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+    # Candidate features plus the candidate's cosine to the profile (and its co-visitation
+    # score when the model has neighbours) -> one logit.
+    return nn.Sequential(nn.Linear(features, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+
+
+NEIGHBOUR_GAIN = 100.0
+"""Initial weight of the most recent id's co-visitation row (1 / (1 + rank) after it).
+
+Table weights are about 0.01..1 (`hup.neighbours`); without a gain their log1p is a
+fraction of a nat, and the explore channel, whose cosine logits span about 20 nats, would
+need many epochs to learn to trust them. With it a co-visited id starts 1-4 nats up.
+"""
+
+
+class Neighbours(nn.Module):
+    """The co-visitation score of every id from a user's recent ids (`hup.neighbours`).
+
+    score(v) = log(1 + sum over the recent ids r of w_rank(r) * table[r, v]), with a
+    learned positive weight per recency rank (starting at ``NEIGHBOUR_GAIN / (1 + rank)``). The table is a buffer, saved with the
+    checkpoint: [P, V, k], where table 0 counts every training session and the others are
+    the held-out tables training points read (the saved model keeps table 0 only).
+    """
+
+    def __init__(self, n_ids: int, k: int) -> None:
+        """Empty tables for `n_ids` ids of `k` neighbours each; `install` fills them."""
+        super().__init__()
+        k = min(k, n_ids)
+        self.register_buffer("ids", torch.zeros(1, n_ids, k, dtype=torch.long))
+        self.register_buffer("weights", torch.zeros(1, n_ids, k))
+        ranks = torch.arange(REPEAT_SLOTS, dtype=torch.float32)
+        self.log_rank_weight = nn.Parameter(torch.log(NEIGHBOUR_GAIN / (1.0 + ranks)))
+
+    def install(self, table: NeighbourTable) -> None:
+        """Use `table` ([V, k] or stacked [P, V, k], see `hup.neighbours.stacked_tables`)."""
+        ids = torch.as_tensor(table.ids, dtype=torch.long)
+        weights = torch.as_tensor(table.weights, dtype=torch.float32)
+        if ids.dim() == 2:
+            ids, weights = ids.unsqueeze(0), weights.unsqueeze(0)
+        if ids.shape[1:] != self.ids.shape[1:] or weights.shape != ids.shape:
+            raise ValueError(
+                f"neighbour table of shape {tuple(ids.shape)} does not fit "
+                f"{tuple(self.ids.shape[1:])}"
+            )
+        device = self.ids.device
+        self.ids, self.weights = ids.to(device), weights.to(device)
+
+    def keep_full_table(self) -> None:
+        """Drop the held-out tables: what is saved and served reads table 0 only."""
+        self.ids, self.weights = self.ids[:1].contiguous(), self.weights[:1].contiguous()
+
+    def forward(self, recent: Tensor, part: Tensor | None) -> Tensor:
+        """Scores [N, V] of the recent ids [N, R] (most recent first, 0 = empty).
+
+        Row n reads table ``part[n]`` (None: table 0 for every row).
+        """
+        n_rows, n_recent = recent.shape
+        if part is None:
+            part = recent.new_zeros(n_rows)
+        table = (part.unsqueeze(1), recent)
+        ids = self.ids[table]  # [N, R, k]
+        weights = self.weights[table] * self.log_rank_weight[:n_recent].exp().view(1, -1, 1)
+        scores = weights.new_zeros(n_rows, self.ids.shape[1])
+        return torch.log1p(scores.scatter_add(1, ids.flatten(1), weights.flatten(1)))
 
 
 class RepeatHeads(nn.Module):
@@ -116,14 +185,17 @@ class RepeatHeads(nn.Module):
     user's remembered items (`hup.repeat`), each scored by a small net from what the user
     did with it and its cosine to the profile; the gate g reads every profile vector and
     how many candidates there are. Items the user has not seen can only come from the
-    explore channel, so the profile vectors keep their meaning for consumers.
+    explore channel, so the profile vectors keep their meaning for consumers. With
+    ``config.neighbours`` the explore logits also add the co-visitation score of each id
+    from the user's recent ids (`Neighbours`), which the repeat scorer reads too.
     """
 
     def __init__(self, config: HupConfig, profile_dim: int) -> None:
         """Create the scorers and gates; `profile_dim` is the width of all profiles joined."""
         super().__init__()
         hidden = config.repeat_hidden
-        self.item_scorer = _scorer(ITEM_FEATURES, hidden)
+        extra = 2 if config.neighbours else 1  # cosine (and co-visitation score)
+        self.item_scorer = _scorer(ITEM_FEATURES + extra, hidden)
         self.item_gate = nn.Linear(profile_dim + 1, 1)
         self.item_log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
         # A learned prior per item and category in the explore channel: it learns their
@@ -133,9 +205,40 @@ class RepeatHeads(nn.Module):
             nn.Parameter(torch.zeros(n)) for n in config.n_categories
         )
         levels = range(config.n_levels)
-        self.category_scorers = nn.ModuleList(_scorer(CATEGORY_FEATURES, hidden) for _ in levels)
+        self.category_scorers = nn.ModuleList(
+            _scorer(CATEGORY_FEATURES + extra, hidden) for _ in levels
+        )
         self.category_gates = nn.ModuleList(nn.Linear(profile_dim + 1, 1) for _ in levels)
         self.category_log_scale = nn.Parameter(torch.full((config.n_levels,), math.log(10.0)))
+        self.item_neighbours: Neighbours | None = None
+        self.category_neighbours: nn.ModuleList | None = None
+        if config.neighbours:
+            self.item_neighbours = Neighbours(config.n_items, config.neighbours)
+            self.category_neighbours = nn.ModuleList(
+                Neighbours(n, config.neighbours) for n in config.n_categories
+            )
+            # How much the explore channel trusts the co-visitation score, per space.
+            self.item_neighbour_scale = nn.Parameter(torch.tensor(1.0))
+            self.category_neighbour_scale = nn.Parameter(torch.ones(config.n_levels))
+
+    def neighbour_modules(self) -> list[Neighbours]:
+        """The item table, then each category level's (empty without neighbours)."""
+        if self.item_neighbours is None or self.category_neighbours is None:
+            return []
+        return [self.item_neighbours, *cast(list[Neighbours], list(self.category_neighbours))]
+
+    def set_priors(self, item_counts: np.ndarray, category_counts: Sequence[np.ndarray]) -> None:
+        """Start the explore channel's per-id biases at the log of the training visit counts.
+
+        A profile's cosine carries no popularity; a zero bias leaves the explore channel to
+        learn it from scratch, and on small data it ranks rare ids similar to the profile
+        above the popular ids users actually move to next.
+        """
+        for bias, counts in zip(
+            [self.item_bias, *self.category_biases], [item_counts, *category_counts], strict=True
+        ):
+            prior = torch.as_tensor(np.log1p(counts), dtype=bias.dtype)
+            bias.data.copy_(prior - prior.mean())
 
 
 class Mixture(NamedTuple):
@@ -180,6 +283,8 @@ def mixture(
     log_scale: Tensor,
     bias: Tensor,
     excluded: Tensor | None,
+    neighbours: Tensor | None = None,
+    neighbour_scale: Tensor | None = None,
 ) -> Mixture:
     """The repeat and explore channels of N points (see `RepeatHeads`).
 
@@ -189,11 +294,17 @@ def mixture(
         scorer, gate, log_scale, bias: the channel's modules and parameters (bias [V] is
             the explore channel's prior per id); gate_input: [N, G] profiles joined.
         excluded: [N] an id per row never to recommend (0 = none), or None.
+        neighbours: [N, V] co-visitation scores (`Neighbours`) added to the explore logits
+            times ``neighbour_scale`` and read by the repeat scorer, or None.
 
     The OOV id 0 and the excluded ids get probability 0 in both channels.
     """
     cosine = F.normalize(profile, dim=-1) @ F.normalize(table, dim=-1).T  # [N, V]
     logits = cosine * log_scale.exp() + bias
+    candidate_inputs = [features, cosine.gather(1, candidates).unsqueeze(-1)]
+    if neighbours is not None and neighbour_scale is not None:
+        logits = logits + neighbour_scale * neighbours
+        candidate_inputs.append(neighbours.gather(1, candidates).unsqueeze(-1))
     logits[:, OOV] = -math.inf
     valid = candidates != OOV
     if excluded is not None:
@@ -201,8 +312,7 @@ def mixture(
         logits[rows, excluded] = -math.inf  # an excluded 0 is OOV, blocked already
         valid = valid & (candidates != excluded.unsqueeze(1))
     explore = torch.log_softmax(logits, dim=-1)
-    candidate_cosine = cosine.gather(1, candidates).unsqueeze(-1)
-    scores = scorer(torch.cat([features, candidate_cosine], dim=-1)).squeeze(-1)
+    scores = scorer(torch.cat(candidate_inputs, dim=-1)).squeeze(-1)
     any_valid = valid.any(dim=1)
     scores = scores.masked_fill(~valid, -math.inf).masked_fill(~any_valid.unsqueeze(1), 0.0)
     repeat = torch.softmax(scores, dim=-1) * valid
@@ -403,10 +513,15 @@ class HupModel(nn.Module):
         `repeat` holds the `collate_repeat` tensors of the same points as `profiles`.
         """
         heads = self._repeat_heads()
+        recent = repeat["repeat_items"]
+        neighbours, scale = None, None
+        if heads.item_neighbours is not None:
+            neighbours = heads.item_neighbours(recent, repeat.get(NEIGHBOUR_PART))
+            scale = heads.item_neighbour_scale
         return mixture(
             profiles["item"],
             self.item_embedding.weight,
-            repeat["repeat_items"],
+            recent,
             repeat["repeat_item_features"],
             heads.item_scorer,
             heads.item_gate,
@@ -414,6 +529,8 @@ class HupModel(nn.Module):
             heads.item_log_scale,
             heads.item_bias,
             repeat["repeat_open_item"],
+            neighbours,
+            scale,
         )
 
     def category_mixture(
@@ -421,10 +538,15 @@ class HupModel(nn.Module):
     ) -> Mixture:
         """The next-category distribution of `level` of the repeat-aware model (0 for OOV)."""
         heads = self._repeat_heads()
+        recent = repeat["repeat_categories"][:, level]
+        neighbours, scale = None, None
+        if heads.category_neighbours is not None:
+            neighbours = heads.category_neighbours[level](recent, repeat.get(NEIGHBOUR_PART))
+            scale = heads.category_neighbour_scale[level]
         return mixture(
             profiles[f"category{level}"],
             self.category_embedding(level).weight,
-            repeat["repeat_categories"][:, level],
+            recent,
             repeat["repeat_category_features"][:, level],
             heads.category_scorers[level],
             heads.category_gates[level],
@@ -432,6 +554,8 @@ class HupModel(nn.Module):
             heads.category_log_scale[level],
             heads.category_biases[level],
             None,
+            neighbours,
+            scale,
         )
 
     # ---- full-sequence forward -------------------------------------------------------------

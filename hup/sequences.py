@@ -10,7 +10,7 @@ from torch import Tensor
 
 from hup.data import Session
 from hup.features import EventFeatures, FeatureSpec, FeatureState, Featurizer
-from hup.model import collate_features, collate_repeat
+from hup.model import NEIGHBOUR_PART, collate_features, collate_repeat
 from hup.repeat import RepeatInputs, repeat_inputs
 from hup.vocab import Taxonomy, build_vocabularies
 
@@ -106,15 +106,18 @@ def batches(
     batch_size: int,
     generator: torch.Generator | None = None,
     repeat: bool = False,
+    parts: Sequence[int] | None = None,
 ) -> Iterator[tuple[dict[str, Tensor], Tensor, dict[str, Tensor]]]:
     """Training batches: (collated features, positions [N, 2], targets) over sessions with points.
 
     Sessions are grouped by length so that padding stays small; batch order is shuffled.
     Targets keep the OOV id 0 of skus and categories below the vocabulary's min-count; the
     losses leave those points out of that level's term (`HupModel.loss`). With ``repeat``
-    the batch also holds each point's repeat inputs (`hup.model.REPEAT_KEYS`).
+    the batch also holds each point's repeat inputs (`hup.model.REPEAT_KEYS`); ``parts``
+    (one per session) adds each point's neighbour table (`hup.model.NEIGHBOUR_PART`).
     """
-    usable = [s for s in sessions if training_positions(s.features)]
+    kept = [i for i, s in enumerate(sessions) if training_positions(s.features)]
+    usable = [sessions[i] for i in kept]
     order = sorted(range(len(usable)), key=lambda i: len(usable[i].features))
     groups = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     shuffle = (
@@ -125,10 +128,13 @@ def batches(
     for g in shuffle:
         chosen = [usable[i] for i in groups[g]]
         positions, target_items, target_categories, memories = [], [], [], []
+        point_parts: list[int] = []
         for row, session in enumerate(chosen):
             feats = session.features
+            part = parts[kept[groups[g][row]]] if parts is not None else 0
             for t, target in training_positions(feats):
                 positions.append((row, t))
+                point_parts.append(part)
                 target_items.append(feats[target].item)
                 target_categories.append(feats[target].categories)
                 if repeat:
@@ -136,6 +142,8 @@ def batches(
         collated = collate_features([s.features for s in chosen])
         if repeat:
             collated.update(collate_repeat(memories))
+        if parts is not None:
+            collated[NEIGHBOUR_PART] = torch.tensor(point_parts, dtype=torch.long)
         yield (
             collated,
             torch.tensor(positions, dtype=torch.long),

@@ -23,6 +23,7 @@ from hup.data import Session
 from hup.evaluate import evaluate
 from hup.features import FeatureSpec, Featurizer
 from hup.model import HupModel
+from hup.neighbours import part_of, run_sequences, stacked_tables, target_counts
 from hup.recommender import HupRecommender
 from hup.schema import MicroEvent
 from hup.sequences import FeaturizedSession, batches, count_batches, featurize_session
@@ -196,9 +197,12 @@ def train_model(
     featurizer = Featurizer(spec, vocab)
     train_seqs = [featurize_session(featurizer, s) for s in train]
     clamped = log_clamped_gaps(train_seqs)
+    parts = _install_session_statistics(model, train_seqs)
     history, best_epoch = fit_epochs(
         model,
-        lambda generator: batches(train_seqs, options.batch_size, generator, repeat=config.repeat),
+        lambda generator: batches(
+            train_seqs, options.batch_size, generator, repeat=config.repeat, parts=parts
+        ),
         lambda: _validation_metrics(Checkpoint(model, spec, vocab, "unsaved", {}), train, valid),
         epochs=options.epochs,
         patience=options.patience,
@@ -209,6 +213,9 @@ def train_model(
         progress=progress,
         on_epoch=on_epoch,
     )
+    if model.repeat_heads is not None:
+        for table in model.repeat_heads.neighbour_modules():
+            table.keep_full_table()
     info = {
         "options": dataclasses.asdict(options),
         "history": history,
@@ -220,6 +227,33 @@ def train_model(
         return Checkpoint(model, spec, vocab, "unsaved", info), history
     save_checkpoint(out, model, spec, vocab, info)
     return load_checkpoint(out, options.device), history
+
+
+def _install_session_statistics(
+    model: HupModel, train: Sequence[FeaturizedSession]
+) -> list[int] | None:
+    """Set the repeat-aware model's explore priors and co-visitation tables from `train`.
+
+    Returns each training session's neighbour table (`hup.neighbours.part_of`), or None
+    when the model has no neighbours.
+    """
+    heads = model.repeat_heads
+    if heads is None:
+        return None
+    config = model.config
+    items, categories = run_sequences(train, config.n_levels)
+    heads.set_priors(
+        target_counts(items, config.n_items),
+        [target_counts(c, n) for c, n in zip(categories, config.n_categories, strict=True)],
+    )
+    tables = heads.neighbour_modules()
+    if not tables:
+        return None
+    k = config.neighbours
+    tables[0].install(stacked_tables(items, config.n_items, k))
+    for table, sequences, n in zip(tables[1:], categories, config.n_categories, strict=True):
+        table.install(stacked_tables(sequences, n, k))
+    return [part_of(i) for i in range(len(train))]
 
 
 def _compare_with_s_pop(

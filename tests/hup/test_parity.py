@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hup.checkpoint import Checkpoint
+from hup.checkpoint import Checkpoint, randomize_neighbours
 from hup.config import VARIANTS, HupConfig
 from hup.data import Session
 from hup.features import FeatureSpec, Featurizer
@@ -38,7 +38,9 @@ def _model(sessions: Sequence[Session], taxonomy: Taxonomy | None, n_levels: int
         n_categories=tuple(len(v) for v in vocab.categories),
         **overrides,
     )
-    return HupModel(config).eval(), Featurizer(FeatureSpec(n_levels=n_levels), vocab)
+    model = HupModel(config).eval()
+    randomize_neighbours(model)
+    return model, Featurizer(FeatureSpec(n_levels=n_levels), vocab)
 
 
 def _offline(model: HupModel, featurizer: Featurizer, sessions: Sequence[Session]):

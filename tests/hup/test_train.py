@@ -13,6 +13,10 @@ import hup.train
 from hup.checkpoint import load_checkpoint
 from hup.config import VARIANTS
 from hup.data import Session, split_sessions
+from hup.features import Featurizer
+from hup.model import NEIGHBOUR_PART
+from hup.neighbours import HELD_OUT_PARTS, neighbour_table, run_sequences
+from hup.sequences import featurize_session
 from hup.synthetic import SyntheticConfig, generate
 from hup.train import TrainOptions, train_model
 from hup.vocab import Taxonomy
@@ -109,10 +113,13 @@ def test_early_stopping_respects_patience_and_keeps_the_best_epoch(
     assert [r["epoch"] for r in history] == list(range(1, epochs_run + 1))
     assert [r["valid_score"] for r in history] == scores[:epochs_run]
     assert checkpoint.info["best_epoch"] == best_epoch
-    # The returned weights are those of the best epoch, not the last.
+    # The returned weights are those of the best epoch, not the last; of the neighbour
+    # tables (`hup.model.Neighbours`) only table 0, of every training session, is kept.
     final = checkpoint.model.state_dict()
     for name, value in snapshots[best_epoch - 1].items():
-        assert torch.equal(final[name], value), name
+        table = "neighbours." in name and name.endswith((".ids", ".weights"))
+        kept = value[:1] if table else value
+        assert torch.equal(final[name], kept), name
     if best_epoch != epochs_run:
         assert any(not torch.equal(final[n], v) for n, v in snapshots[-1].items())
 
@@ -194,3 +201,37 @@ def test_validation_score_is_the_mean_of_recall_and_mrr(splits) -> None:
     assert record["valid_score"] == pytest.approx(
         (record["valid_recall20"] + record["valid_mrr20"]) / 2
     )
+
+
+def test_the_saved_model_reads_the_co_visitation_table_of_every_training_session(
+    splits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    train, valid, taxonomy = splits
+    seen_parts: list[torch.Tensor] = []
+    real_batches = hup.train.batches
+
+    def recording_batches(*args, **kwargs):
+        for batch, positions, targets in real_batches(*args, **kwargs):
+            seen_parts.append(batch[NEIGHBOUR_PART])
+            yield batch, positions, targets
+
+    monkeypatch.setattr(hup.train, "batches", recording_batches)
+    options = TrainOptions(epochs=1, **TINY)
+    train_model(train, valid, options, taxonomy=taxonomy, out=tmp_path / "ckpt")
+    loaded = load_checkpoint(tmp_path / "ckpt")
+    heads = loaded.model.repeat_heads
+    assert heads is not None and loaded.model.config.neighbours == VARIANTS["hup"]["neighbours"]
+
+    featurizer = Featurizer(loaded.spec, loaded.vocabularies)
+    items, categories = run_sequences(
+        [featurize_session(featurizer, s) for s in train], loaded.vocabularies.n_levels
+    )
+    expected = neighbour_table(items, loaded.model.config.n_items, loaded.model.config.neighbours)
+    table = heads.item_neighbours
+    assert table is not None and tuple(table.ids.shape) == (1, *expected.ids.shape)
+    assert table.ids[0].tolist() == expected.ids.tolist()
+    assert table.weights[0].numpy() == pytest.approx(expected.weights)
+    assert heads.item_neighbours.weights.any()  # the synthetic sessions do co-visit
+    # Training points read the held-out tables 1..HELD_OUT_PARTS, never table 0.
+    parts = torch.cat(seen_parts)
+    assert int(parts.min()) >= 1 and int(parts.max()) <= HELD_OUT_PARTS
