@@ -12,13 +12,15 @@ import faust
 import pytest
 from faust.types import TP
 
-from stream.acks import AckGuard, keep_queue_on_resume
+from stream.acks import PERSISTENT_HOLE_S, AckGuard, PersistentHoleError, keep_queue_on_resume
 
 
 @dataclass
 class FakeConsumer:
     acked: list[tuple[str, int, int]] = field(default_factory=list)
     gaps: list[tuple[str, int, int, int]] = field(default_factory=list)
+    seeks: list[tuple[TP, int]] = field(default_factory=list)
+    assigned: set[TP] = field(default_factory=lambda: {TP("events", 0), TP("events", 1)})
     _unacked_messages: set = field(default_factory=set)
 
     def ack(self, message: Any) -> bool:
@@ -28,9 +30,23 @@ class FakeConsumer:
     async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
         self.gaps.append((tp.topic, tp.partition, offset_from, offset_to))
 
+    def assignment(self) -> set[TP]:
+        return self.assigned
 
-def message(topic: str, partition: int, offset: int) -> SimpleNamespace:
-    return SimpleNamespace(topic=topic, partition=partition, offset=offset, tp=TP(topic, partition))
+    async def seek(self, tp: TP, offset: int) -> None:
+        self.seeks.append((tp, offset))
+
+
+class Message:
+    """Hashable by identity, like faust's messages in its set of unacked ones."""
+
+    def __init__(self, topic: str, partition: int, offset: int) -> None:
+        self.topic, self.partition, self.offset = topic, partition, offset
+        self.tp = TP(topic, partition)
+
+
+def message(topic: str, partition: int, offset: int) -> Message:
+    return Message(topic, partition, offset)
 
 
 def event(topic: str, partition: int, offset: int) -> SimpleNamespace:
@@ -57,14 +73,6 @@ def test_a_processed_message_is_acked_once_and_other_topics_pass() -> None:
     assert guard.refused == 2
 
 
-class Message:
-    """Hashable by identity, like faust's messages in its set of unacked ones."""
-
-    def __init__(self, topic: str, partition: int, offset: int) -> None:
-        self.topic, self.partition, self.offset = topic, partition, offset
-        self.tp = TP(topic, partition)
-
-
 def test_an_abandoned_event_is_released_without_being_acked() -> None:
     consumer = FakeConsumer()
     guard = AckGuard(consumer, ["events"])  # type: ignore[arg-type]
@@ -85,11 +93,12 @@ def test_faust_gaps_on_the_guarded_topic_are_ignored_and_others_pass() -> None:
     assert consumer.gaps == [("changelog", 0, 5, 6)]
 
 
-def test_a_hole_between_processed_offsets_is_marked_as_a_gap_and_logged(
+def test_on_a_transactional_topic_a_hole_between_processed_offsets_is_marked_as_a_gap(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     consumer = FakeConsumer()
-    guard = AckGuard(consumer, ["events"])  # type: ignore[arg-type]
+    actions: list[str] = []
+    guard = AckGuard(consumer, ["events"], transactional=True, on_hole=actions.append)  # type: ignore[arg-type]
 
     async def process(*offsets: int) -> None:
         for offset in offsets:
@@ -99,6 +108,7 @@ def test_a_hole_between_processed_offsets_is_marked_as_a_gap_and_logged(
         asyncio.run(process(10, 11, 14, 12, 15))  # 12: a redelivery, not a new hole
     assert consumer.gaps == [("events", 0, 12, 13)]
     assert guard.holes == 1
+    assert actions == ["committed"]
     assert "events[0]@12..13 never reached the agent" in caplog.text
     # Partition 0 away and back: others processed 16..99 meanwhile, which is no hole.
     asyncio.run(guard.on_partitions_revoked(None, {TP("events", 0)}))
@@ -115,3 +125,108 @@ def test_the_stream_queue_survives_the_resume_that_ends_a_rebalance() -> None:
     app.flow_control.resume()
     assert kept.channel.queue.qsize() == 1  # type: ignore[attr-defined]
     assert other.channel.queue.qsize() == 0  # what faust does to every queue
+
+
+P0, P1 = TP("events", 0), TP("events", 1)
+
+
+def _offsets(events: list) -> list[tuple[int, int]]:
+    return [(e.message.partition, e.message.offset) for e in events]
+
+
+def test_a_hole_holds_the_partition_back_and_reads_it_again_from_the_hole(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    consumer = FakeConsumer()
+    actions: list[str] = []
+    guard = AckGuard(consumer, ["events"], on_hole=actions.append)  # type: ignore[arg-type]
+    for offset in (10, 11):
+        asyncio.run(guard.processed(event("events", 0, offset)))  # type: ignore[arg-type]
+
+    held = Message("events", 0, 14)  # hashable, as faust's are in its set of unacked ones
+    batch = [event("events", 0, 12), event("events", 1, 3), SimpleNamespace(message=held)]
+    batch.append(event("events", 0, 15))
+    ready, holes = guard.split(batch)  # type: ignore[arg-type]
+    assert _offsets(ready) == [(0, 12), (1, 3)]  # up to the hole, and other partitions
+    assert list(holes) == [P0] and holes[P0].start == 13
+    assert _offsets(holes[P0].events) == [(0, 14), (0, 15)]
+
+    consumer._unacked_messages = {held}
+    with caplog.at_level(logging.WARNING, logger="stream.acks"):
+        asyncio.run(guard.reread(holes))
+    assert consumer.seeks == [(P0, 13)]  # fetched again from the hole
+    assert consumer._unacked_messages == set()  # released: a rebalance does not wait for it
+    assert consumer.gaps == []  # never committed over
+    assert actions == ["reread"] and guard.holes == 1
+    assert "events[0]@13..13 never reached the agent; reading the partition again" in caplog.text
+    assert consumer.ack(message("events", 0, 14)) is False  # held back, so never acked
+
+    # The re-read brings 13 and 14: processed in order, nothing left open.
+    asyncio.run(guard.processed(ready[0]))  # type: ignore[arg-type]
+    again = [event("events", 0, 13), event("events", 0, 14)]
+    ready, holes = guard.split(again)  # type: ignore[arg-type]
+    assert _offsets(ready) == [(0, 13), (0, 14)] and holes == {}
+
+
+def test_a_hole_inside_one_batch_of_a_fresh_partition_is_found_too() -> None:
+    guard = AckGuard(FakeConsumer(), ["events"])  # type: ignore[arg-type]
+    batch = [event("events", 1, n) for n in (100, 101, 105, 106)]
+    ready, holes = guard.split(batch)  # type: ignore[arg-type]
+    assert _offsets(ready) == [(1, 100), (1, 101)]
+    assert holes[P1].start == 102 and _offsets(holes[P1].events) == [(1, 105), (1, 106)]
+
+
+def test_redeliveries_and_other_topics_pass() -> None:
+    guard = AckGuard(FakeConsumer(), ["events"])  # type: ignore[arg-type]
+    asyncio.run(guard.processed(event("events", 0, 20)))  # type: ignore[arg-type]
+    batch = [event("events", 0, 18), event("events", 0, 21), event("other", 0, 90)]
+    ready, holes = guard.split(batch)  # type: ignore[arg-type]
+    assert len(ready) == 3 and holes == {}
+
+
+def test_a_hole_that_cannot_be_read_again_stops_the_worker_not_commits_over_it() -> None:
+    now = [0.0]
+    consumer = FakeConsumer()
+    actions: list[str] = []
+    guard = AckGuard(consumer, ["events"], on_hole=actions.append, clock=lambda: now[0])  # type: ignore[arg-type]
+    asyncio.run(guard.processed(event("events", 0, 4)))  # type: ignore[arg-type]
+
+    def arrives_again() -> None:
+        _, holes = guard.split([event("events", 0, 9)])  # type: ignore[arg-type]
+        asyncio.run(guard.reread(holes))
+
+    arrives_again()
+    now[0] = PERSISTENT_HOLE_S / 2
+    arrives_again()  # records fetched before the seek: seek again, the same hole
+    assert consumer.seeks == [(P0, 5), (P0, 5)] and actions == ["reread"]
+    now[0] = PERSISTENT_HOLE_S + 1
+    with pytest.raises(PersistentHoleError, match=r"events\[0\]@5..8 could not be read again"):
+        arrives_again()
+    assert consumer.gaps == []
+
+
+def test_a_revoked_partition_forgets_its_hole_and_an_unassigned_one_is_not_sought() -> None:
+    consumer = FakeConsumer(assigned={P1})
+    guard = AckGuard(consumer, ["events"])  # type: ignore[arg-type]
+    asyncio.run(guard.processed(event("events", 0, 1)))  # type: ignore[arg-type]
+    _, holes = guard.split([event("events", 0, 3)])  # type: ignore[arg-type]
+    asyncio.run(guard.reread(holes))
+    assert consumer.seeks == []  # no longer ours: its next owner reads from the committed offset
+    asyncio.run(guard.on_partitions_revoked(None, {P0}))
+    ready, holes = guard.split([event("events", 0, 40)])  # type: ignore[arg-type]
+    assert len(ready) == 1 and holes == {}
+
+
+def test_on_a_transactional_topic_nothing_is_held_back() -> None:
+    guard = AckGuard(FakeConsumer(), ["events"], transactional=True)  # type: ignore[arg-type]
+    asyncio.run(guard.processed(event("events", 0, 1)))  # type: ignore[arg-type]
+    ready, holes = guard.split([event("events", 0, 5)])  # type: ignore[arg-type]
+    assert len(ready) == 1 and holes == {}
+
+
+def test_refused_acks_are_counted() -> None:
+    refused: list[None] = []
+    consumer = FakeConsumer()
+    AckGuard(consumer, ["events"], on_refused=lambda: refused.append(None))  # type: ignore[arg-type]
+    consumer.ack(message("events", 0, 7))
+    assert len(refused) == 1
