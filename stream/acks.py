@@ -69,10 +69,17 @@ class PersistentHoleError(RuntimeError):
 
 @dataclass
 class Hole:
-    """Where a partition's offsets jump: the first missing offset and the events held back."""
+    """A partition's events held back in one batch, and whether the partition must be read again.
+
+    ``start`` is the partition's first offset not processed. ``reread`` is False when the
+    batch's last event of the partition continued from the processed offsets: the held
+    events were fetched before a re-read's seek, and the re-read in progress, which
+    the batch already drew from, brings them again.
+    """
 
     start: int
     events: list[EventT] = field(default_factory=list)
+    reread: bool = True
 
 
 class AckGuard:
@@ -121,35 +128,45 @@ class AckGuard:
     def split(self, events: Sequence[EventT]) -> tuple[list[EventT], dict[TP, Hole]]:
         """Separate the events the agent may process from those behind a hole.
 
-        ``events`` are in each partition's offset order. An event further on than the
-        next offset of its partition (one past the last processed, or past the
-        previous event of this batch) opens a hole: it and the partition's later
-        events are held back, per partition, for `reread`. On a transactional topic
-        nothing is held back. Redelivered events (at or below the last processed
-        offset) pass; the processor skips them by offset.
+        ``events`` are in the order faust fetched them. An event is processed when it
+        continues its partition (its offset is the next one: one past the last
+        processed, or past the previous event taken) or repeats an earlier offset (a
+        redelivery, which the processor skips by offset). An event further on is held
+        back, and the partition's later events of the batch are still taken when they
+        continue it: after a re-read's seek the stream's queue holds, one after the
+        other, the records fetched before the seek (further on, held back) and the
+        records read again from the hole (continuing), often in one batch. Holding
+        back every event after the first one further on would drop the re-read's
+        first records with the stale ones, seek again, and never reach the hole.
+
+        A partition needs a re-read (``Hole.reread``) when nothing after its last held
+        event of the batch continued it (redeliveries do not). When a later event did,
+        the held events come again with the re-read in progress. On a transactional
+        topic nothing is held back.
 
         Returns:
-            The events to process, in order, and the holes found, per partition.
+            The events to process, in order, and the held-back events, per partition.
         """
         if self.transactional:
             return list(events), {}
         ready: list[EventT] = []
         holes: dict[TP, Hole] = {}
         expected: dict[TP, int] = {tp: last + 1 for tp, last in self._last_processed.items()}
+        last_held: dict[TP, bool] = {}
         for event in events:
             message = event.message
             tp, offset = message.tp, message.offset
             if tp.topic not in self.topics:
                 ready.append(event)
                 continue
-            if tp in holes:
-                holes[tp].events.append(event)
-                continue
             nxt = expected.get(tp)
             if nxt is not None and offset > nxt:
-                holes[tp] = Hole(nxt, [event])
+                holes.setdefault(tp, Hole(nxt)).events.append(event)
+                last_held[tp] = True
                 continue
             ready.append(event)
+            if nxt is None or offset >= nxt:  # continues it (not a redelivery)
+                last_held[tp] = False
             expected[tp] = offset + 1 if nxt is None else max(offset + 1, nxt)
             open_hole = self._open_holes.get(tp)
             if open_hole is not None and offset >= open_hole[0]:
@@ -157,10 +174,16 @@ class AckGuard:
                 logger.info(
                     "%s[%d]@%d read again after a hole", tp.topic, tp.partition, open_hole[0]
                 )
+        for tp, hole in holes.items():
+            hole.start = expected[tp]
+            hole.reread = last_held[tp]
         return ready, holes
 
     async def reread(self, holes: dict[TP, Hole]) -> None:
-        """Release the events held back by ``holes`` and seek their partitions back to the hole.
+        """Release the events held back by ``holes``; seek back to the hole where needed.
+
+        A partition whose re-read is in progress (``Hole.reread`` False) is not sought
+        again: a seek makes faust fetch the partition's rest once more.
 
         Raises:
             PersistentHoleError: A hole is still there `PERSISTENT_HOLE_S` after its
@@ -171,7 +194,9 @@ class AckGuard:
         for tp, hole in holes.items():
             for event in hole.events:
                 self.abandon(event)
-            last = hole.events[0].message.offset - 1
+            if not hole.reread:
+                continue
+            last = min(e.message.offset for e in hole.events if e.message.offset > hole.start) - 1
             seen = self._open_holes.get(tp)
             if seen is None or seen[0] != hole.start:
                 self._open_holes[tp] = (hole.start, now)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -230,3 +231,123 @@ def test_refused_acks_are_counted() -> None:
     AckGuard(consumer, ["events"], on_refused=lambda: refused.append(None))  # type: ignore[arg-type]
     consumer.ack(message("events", 0, 7))
     assert len(refused) == 1
+
+
+def test_a_re_read_behind_stale_records_in_the_same_batch_is_processed_without_a_new_seek(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    consumer = FakeConsumer()
+    actions: list[str] = []
+    guard = AckGuard(consumer, ["events"], on_hole=actions.append)  # type: ignore[arg-type]
+    asyncio.run(guard.processed(event("events", 0, 99)))  # type: ignore[arg-type]
+    _, holes = guard.split([event("events", 0, 102)])  # type: ignore[arg-type]
+    asyncio.run(guard.reread(holes))
+    assert consumer.seeks == [(P0, 100)] and actions == ["reread"]
+
+    # The queue: records fetched before the seek, then the re-read from the hole.
+    stale = [Message("events", 0, n) for n in (110, 111)]
+    batch = [SimpleNamespace(message=m) for m in stale]
+    batch += [event("events", 0, n) for n in (100, 101, 102)]
+    consumer._unacked_messages = set(stale)
+    with caplog.at_level(logging.INFO, logger="stream.acks"):
+        ready, holes = guard.split(batch)  # type: ignore[arg-type]
+        asyncio.run(guard.reread(holes))
+    assert _offsets(ready) == [(0, 100), (0, 101), (0, 102)]
+    assert _offsets(holes[P0].events) == [(0, 110), (0, 111)]
+    assert holes[P0].start == 103 and holes[P0].reread is False
+    assert consumer.seeks == [(P0, 100)]  # the re-read in progress brings 110 and 111 again
+    assert consumer._unacked_messages == set()  # the stale ones are released
+    assert actions == ["reread"]  # no new hole
+    assert "events[0]@100 read again after a hole" in caplog.text
+
+
+def test_a_jump_after_the_re_read_in_one_batch_is_read_again_from_the_first_missing_offset(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    consumer = FakeConsumer()
+    actions: list[str] = []
+    guard = AckGuard(consumer, ["events"], on_hole=actions.append)  # type: ignore[arg-type]
+    asyncio.run(guard.processed(event("events", 0, 99)))  # type: ignore[arg-type]
+    batch = [event("events", 0, n) for n in (320, *range(100, 109), 115, 116)]
+    with caplog.at_level(logging.WARNING, logger="stream.acks"):
+        ready, holes = guard.split(batch)  # type: ignore[arg-type]
+        asyncio.run(guard.reread(holes))
+    assert _offsets(ready) == [(0, n) for n in range(100, 109)]
+    assert holes[P0].start == 109 and holes[P0].reread is True
+    assert _offsets(holes[P0].events) == [(0, 320), (0, 115), (0, 116)]
+    assert consumer.seeks == [(P0, 109)] and actions == ["reread"]
+    assert "events[0]@109..114 never reached the agent" in caplog.text
+
+
+class FetchLoop:
+    """faust 0.15's fetch loop (``Consumer._drain_messages``) over one partition, as a model.
+
+    Records fetched before a seek are still handed to the stream after it; a record
+    below faust's read offset is dropped as already read; a seek sets the fetch
+    position and the read offset. ``drop`` offsets are lost the first time they are
+    fetched (as faust lost records around rebalances).
+    """
+
+    def __init__(self, size: int, chunk: int, drop: set[int]) -> None:
+        self.size, self.chunk, self.drop = size, chunk, set(drop)
+        self.position, self.read = 0, -1
+        self.in_flight: deque[int] = deque()
+        self.queue: deque[int] = deque()
+
+    async def seek(self, tp: TP, offset: int) -> None:
+        self.position, self.read = offset, offset
+
+    def hand_over(self, n: int) -> None:
+        for _ in range(n):
+            if not self.in_flight:
+                if self.position >= self.size:
+                    return
+                end = min(self.position + self.chunk, self.size)
+                self.in_flight.extend(range(self.position, end))
+                self.position = end
+            offset = self.in_flight.popleft()
+            if offset in self.drop:
+                self.drop.discard(offset)
+            elif offset >= self.read:
+                self.queue.append(offset)
+                self.read = offset
+
+
+@pytest.mark.parametrize("batch_size", [7, 13, 20])
+@pytest.mark.parametrize("fetched_per_batch", [5, 30, 400])
+def test_a_dropped_range_is_read_again_and_processed_however_batches_fall(
+    batch_size: int, fetched_per_batch: int
+) -> None:
+    """The re-read's records are reached whether or not stale records share their batch."""
+    size = 330
+    loop = FetchLoop(size, chunk=500, drop={100, 101})
+    consumer = FakeConsumer(assigned={P0})
+    consumer.seek = loop.seek  # type: ignore[method-assign]
+    guard = AckGuard(consumer, ["events"])  # type: ignore[arg-type]
+    done = -1
+    for _ in range(200):
+        loop.hand_over(fetched_per_batch)
+        taken = [loop.queue.popleft() for _ in range(min(batch_size, len(loop.queue)))]
+        ready, holes = guard.split([event("events", 0, n) for n in taken])  # type: ignore[arg-type]
+        asyncio.run(guard.reread(holes))
+        for ev in ready:
+            offset = ev.message.offset
+            assert offset <= done + 1, (offset, done)  # never past a record not processed
+            done = max(done, offset)
+            asyncio.run(guard.processed(ev))  # type: ignore[arg-type]
+        if done == size - 1:
+            break
+    assert done == size - 1
+    assert guard.holes == 1
+
+
+def test_redeliveries_after_a_held_event_do_not_count_as_a_re_read_in_progress() -> None:
+    consumer = FakeConsumer()
+    guard = AckGuard(consumer, ["events"])  # type: ignore[arg-type]
+    asyncio.run(guard.processed(event("events", 0, 99)))  # type: ignore[arg-type]
+    batch = [event("events", 0, n) for n in (110, 98, 99)]
+    ready, holes = guard.split(batch)  # type: ignore[arg-type]
+    asyncio.run(guard.reread(holes))
+    assert _offsets(ready) == [(0, 98), (0, 99)]  # redelivered: the processor skips them
+    assert holes[P0].start == 100 and holes[P0].reread is True
+    assert consumer.seeks == [(P0, 100)]
