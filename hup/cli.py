@@ -26,7 +26,8 @@ from hup.config import VARIANTS
 from hup.data import Dataset, load_dataset
 from hup.evaluate import evaluate as run_evaluation
 from hup.evaluate import folded_json, folded_markdown, to_json, to_markdown
-from hup.exceptions import HupError
+from hup.exceptions import HupError, MissingExtraError
+from hup.extras import require
 from hup.folds import (
     check_fold_manifest,
     evaluate_fold_checkpoints,
@@ -313,7 +314,10 @@ def _fit_with_progress(
             )
             progress.reset(task)
 
-        checkpoint, _ = fit(progress=on_batch, on_epoch=on_epoch)
+        try:
+            checkpoint, _ = fit(progress=on_batch, on_epoch=on_epoch)
+        except MissingExtraError as exc:  # skip-gram needs gensim (extra "train")
+            raise _fail(str(exc)) from None
     err.print(
         f"saved {checkpoint.version} to {out} "
         f"(best epoch {checkpoint.info['best_epoch']}, {time.perf_counter() - started:.0f} s; "
@@ -501,6 +505,11 @@ def compare(
         names = resolve(models)
     except ValueError as exc:
         raise _fail(str(exc)) from exc
+    try:
+        # The chart comes last, after hours of training: check for matplotlib first.
+        require("matplotlib.figure", "train", "the chart of hup compare")
+    except MissingExtraError as exc:
+        raise _fail(str(exc)) from None
     options = FitOptions(
         epochs=epochs,
         patience=patience,

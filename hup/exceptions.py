@@ -28,3 +28,7 @@ class CheckpointError(HupError):
 
 class StateError(HupError):
     """A per-user profile state does not fit the model it is stepped with."""
+
+
+class MissingExtraError(HupError):
+    """An optional dependency is not installed; the message names the extra that brings it."""

@@ -21,6 +21,7 @@ from hup.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from hup.config import VARIANTS, HupConfig
 from hup.data import Session
 from hup.evaluate import evaluate
+from hup.extras import require
 from hup.features import FeatureSpec, Featurizer
 from hup.model import HupModel
 from hup.neighbours import part_of, run_sequences, stacked_tables, target_counts
@@ -117,14 +118,21 @@ def _n_levels(sessions: Sequence[Session], taxonomy: Taxonomy | None) -> int:
 
 
 def skipgram_vectors(train: Sequence[Session], dim: int, seed: int) -> KeyedVectors:
-    """Skip-gram sku vectors: one sentence per training session, one word per item run."""
-    from gensim.models import Word2Vec  # heavy import, only when asked for
+    """Skip-gram sku vectors: one sentence per training session, one word per item run.
+
+    Raises:
+        MissingExtraError: gensim (extra ``train``) is not installed.
+    """
+    # Heavy, and an extra: imported only when asked for.
+    word2vec = require(
+        "gensim.models", "train", "skip-gram item embeddings (or train with --no-skipgram)"
+    ).Word2Vec
 
     sentences = []
     for session in train:
         items = [e.item_id for e in session.events if isinstance(e, MicroEvent)]
         sentences.append([i for n, i in enumerate(items) if n == 0 or items[n - 1] != i])
-    w2v = Word2Vec(
+    w2v = word2vec(
         sentences,
         vector_size=dim,
         window=5,

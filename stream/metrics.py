@@ -101,6 +101,22 @@ class Metrics:
             "than HUP_STATE_TTL_S (by event time), each with a changelog tombstone.",
             registry=registry,
         )
+        self.offset_gaps = Counter(
+            "hup_offset_gaps",
+            "Holes in the input offsets the agent received: action=reread, read again "
+            "from the hole (a non-transactional topic is never committed over); "
+            "action=committed, transaction markers committed over (HUP_INPUT_TRANSACTIONAL=1).",
+            ["action"],
+            registry=registry,
+        )
+        for action in ("reread", "committed"):  # exported at 0, so panels and alerts see them
+            self.offset_gaps.labels(action)
+        self.acks_refused = Counter(
+            "hup_acks_refused",
+            "Acks of input records the agent never processed, refused so their offsets stay "
+            "uncommitted (faust skips records around rebalances and at shutdown).",
+            registry=registry,
+        )
         # Partitions that carry a label now, so a revoked partition's series is removed.
         self._labelled: dict[str, set[int]] = {"users": set(), "lag": set()}
 

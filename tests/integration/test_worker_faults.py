@@ -17,8 +17,10 @@ from harness import (
     assert_same_republish,
     create_topics,
     event_bytes,
+    free_port,
     produce,
     profile_diff,
+    scrape,
     worker_env,
 )
 
@@ -240,3 +242,67 @@ def test_repartitioning_rekeys_and_applies_once_across_a_sigkill(
         assert base64.b64decode(letter["key"]) == b"device-bad"
     for n in (1, 2):
         assert "never reached the agent" not in (tmp_path / f"worker-{n}.log").read_text()
+
+
+# Runs the real worker with faust's fetch loop dropping offsets 100 and 101 of input
+# partition 0 the first time it reads them: records lost on their way to the agent,
+# as faust did around rebalances (broker notes F5, 4). faust marks the jump as a gap.
+_HOLE_WORKER = """
+import os
+import faust.transport.consumer as consumer
+topic = os.environ["HUP_INPUT_TOPIC"]
+dropped = set()
+real = consumer.Consumer.getmany
+async def getmany(self, timeout):
+    async for tp, message in real(self, timeout):
+        if (tp.topic, tp.partition) == (topic, 0) and message.offset in (100, 101):
+            if message.offset not in dropped:
+                dropped.add(message.offset)
+                continue
+        yield tp, message
+consumer.Consumer.getmany = getmany
+from stream.worker import main
+main()
+"""
+
+
+def test_records_dropped_before_the_agent_are_read_again_not_committed_over(
+    kafka_bootstrap: str,
+    it_model: Path,
+    it_reference: Reference,
+    it_traffic: Dataset,
+    tmp_path: Path,
+) -> None:
+    sessions = it_traffic.sessions[:60]
+    reference = it_reference.restricted_to({s.user_id for s in sessions})
+    port = free_port()
+    env = worker_env(
+        kafka_bootstrap,
+        it_model,
+        tmp_path / "data",
+        HUP_BATCH_SIZE="20",
+        HUP_METRICS_PORT=str(port),
+    )
+    create_topics(kafka_bootstrap, env)
+    produce(
+        kafka_bootstrap,
+        env["HUP_INPUT_TOPIC"],
+        ((e.user_id.encode(), event_bytes(e)) for e in iter_events(sessions)),
+    )
+    reader = Reader(kafka_bootstrap, env["HUP_OUTPUT_TOPIC"])
+    log_path = tmp_path / "worker.log"
+    try:
+        worker = WorkerProcess(env, log_path, [sys.executable, "-c", _HOLE_WORKER])
+        reader.read_until(all_users_done(reference), 180, "every user's last profile", worker)
+        reader.poll_for(2.0)
+        samples = scrape(port)
+        assert worker.stop() == 0
+    finally:
+        reader.close()
+    assert check_at_least_once(reader.messages, reference) == 0
+    log = log_path.read_text()
+    topic = env["HUP_INPUT_TOPIC"]
+    assert f"{topic}[0]@100..101 never reached the agent; reading the partition again" in log
+    assert f"{topic}[0]@100 read again after a hole" in log
+    assert samples['hup_offset_gaps_total{action="reread"}'] == 1.0
+    assert samples['hup_offset_gaps_total{action="committed"}'] == 0.0

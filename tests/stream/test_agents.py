@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from hup.data import Dataset, iter_events
 from hup.runtime import Profiler
 from state.store import MemoryStore
-from stream.agents import describe, process_and_publish, to_record
+from stream.agents import describe, install_broker_fixes, process_and_publish, to_record
 from stream.app import broker_credentials, create_app, faust_options, topic_specs
 from stream.metrics import Metrics
 from stream.processor import InputRecord, Origin, Processor
@@ -362,10 +362,14 @@ def test_prepare_refuses_a_missing_model_with_its_path(
 def test_prepare_loads_the_model_and_creates_the_topics(
     checkpoint_dir: Path, metrics: Metrics, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    created, threads = [], []
+    created, threads, asked = [], [], []
     monkeypatch.setattr(
         "stream.startup.ensure_topics",
         lambda bootstrap, specs, timeout, client_config: created.append(specs),
+    )
+    monkeypatch.setattr(
+        "stream.startup.is_embedded_broker",
+        lambda bootstrap, client_config: asked.append(bootstrap) or True,
     )
     monkeypatch.setattr(torch, "set_num_threads", threads.append)
     settings = Settings(
@@ -374,7 +378,9 @@ def test_prepare_loads_the_model_and_creates_the_topics(
     context = WorkerContext(settings, metrics, topic_specs(settings))
     with pytest.raises(RuntimeError, match="not loaded"):
         _ = context.processor
+    assert context.embedded_broker is False  # unknown until prepared: no correction
     context.prepare()
+    assert asked == ["k:9092"] and context.embedded_broker is True
     assert context.processor.profiler.version
     assert threads == [1]
     assert [s.name for s in created[0]] == [s.name for s in topic_specs(settings)]
@@ -402,6 +408,7 @@ def test_prepare_creates_the_topics_on_a_secured_cluster_too(
         "stream.startup.ensure_topics",
         lambda bootstrap, specs, timeout, client_config: calls.append((specs, client_config)),
     )
+    monkeypatch.setattr("stream.startup.is_embedded_broker", lambda bootstrap, client_config: False)
     monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
     settings = Settings(
         model=checkpoint_dir,
@@ -416,3 +423,16 @@ def test_prepare_creates_the_topics_on_a_secured_cluster_too(
     assert [s.name for s in specs] == [s.name for s in topic_specs(settings)]
     assert client_config["security.protocol"] == "SASL_SSL"
     assert client_config["sasl.username"] == "worker"
+
+
+def test_the_high_watermark_correction_is_installed_on_the_embedded_broker_only(
+    profiler: Profiler, metrics: Metrics, tmp_path: Path
+) -> None:
+    for embedded in (False, True):
+        settings = Settings(datadir=tmp_path / str(embedded))
+        app = create_app(settings, profiler=profiler)
+        context = WorkerContext(settings, metrics, [], profiler)
+        context.embedded_broker = embedded
+        reported = app.consumer.highwaters
+        assert install_broker_fixes(app, context) is embedded
+        assert (app.consumer.highwaters == reported) is not embedded

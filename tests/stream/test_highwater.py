@@ -10,7 +10,7 @@ from aiokafka import AIOKafkaConsumer
 from confluent_kafka import Consumer, Producer, TopicPartition
 from faust.types import TP
 
-from stream.broker import TopicSpec, ensure_topics
+from stream.broker import TopicSpec, ensure_topics, is_embedded_broker, start_embedded_broker
 from stream.highwater import true_end_offset
 
 pytestmark = pytest.mark.integration
@@ -40,3 +40,12 @@ def test_the_end_offset_counts_every_record_of_the_last_batch(kafka_bootstrap: s
     # tansu reports 2 here (the last batch's base offset + 1, broker notes T1); Kafka 6.
     assert reported in (2, 6)
     assert asyncio.run(corrected()) == 6
+
+
+def test_only_the_embedded_broker_is_recognised_as_such() -> None:
+    # The correction is for tansu as the project runs it; a cluster with another id
+    # (here tansu itself, started under a Kafka-like id) is treated as real Kafka.
+    with start_embedded_broker() as embedded:
+        assert is_embedded_broker(embedded.bootstrap_servers, timeout=10)
+    with start_embedded_broker(cluster_id="4L6g3nShT-eMCtK--X86sw") as other:
+        assert not is_embedded_broker(other.bootstrap_servers, timeout=10)

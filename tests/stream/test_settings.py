@@ -85,6 +85,7 @@ def test_the_worker_creates_its_data_dir_with_parents(
     checkpoint_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(startup, "ensure_topics", lambda *args, **kwargs: [])
+    monkeypatch.setattr(startup, "is_embedded_broker", lambda *args, **kwargs: False)
     datadir = tmp_path / "fresh" / "checkout" / "data" / "worker"
     settings = Settings(model=checkpoint_dir, datadir=datadir, metrics_port=0, web_port=0)
     WorkerContext(settings, Metrics(CollectorRegistry()), []).prepare()

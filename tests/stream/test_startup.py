@@ -82,6 +82,7 @@ def test_the_metrics_server_listens_on_its_bind_address(
 ) -> None:
     served = []
     monkeypatch.setattr(startup, "ensure_topics", lambda *args, **kwargs: [])
+    monkeypatch.setattr(startup, "is_embedded_broker", lambda *args, **kwargs: False)
     monkeypatch.setattr(
         startup, "start_http_server", lambda port, addr, registry: served.append((addr, port))
     )
@@ -102,7 +103,11 @@ def test_a_second_prepare_does_nothing(
 ) -> None:
     # faust sends on_worker_init twice under app.main(): the metrics server starts once.
     served = []
+    detected = []
     monkeypatch.setattr(startup, "ensure_topics", lambda *args, **kwargs: [])
+    monkeypatch.setattr(
+        startup, "is_embedded_broker", lambda bootstrap, **kwargs: detected.append(bootstrap)
+    )
     monkeypatch.setattr(
         startup, "start_http_server", lambda port, addr, registry: served.append(port)
     )
@@ -111,3 +116,4 @@ def test_a_second_prepare_does_nothing(
     context.prepare()
     context.prepare()
     assert served == [settings.metrics_port]
+    assert detected == [settings.bootstrap_servers]
