@@ -7,6 +7,7 @@ in use, no broker answering) ends it here, before faust starts its services and 
 
 from __future__ import annotations
 
+import gc
 import logging
 import socket
 import sys
@@ -31,12 +32,42 @@ from stream.topics import (
     ensure_topics,
 )
 
-__all__ = ["EXIT_CANNOT_START", "WorkerContext", "refuse_to_start"]
+__all__ = [
+    "EXIT_CANNOT_START",
+    "GC_GEN0_THRESHOLD",
+    "WorkerContext",
+    "refuse_to_start",
+    "settle_memory",
+]
 
 logger = logging.getLogger(__name__)
 
 # The exit status of a worker that refuses to start (as the CLIs' usage errors).
 EXIT_CANNOT_START = 2
+
+# Allocations between two youngest-generation collections once the worker runs. Every
+# event allocates a few dozen short-lived containers (features, states, profile dicts),
+# so CPython's default of 700 collects several times per batch for nothing.
+GC_GEN0_THRESHOLD = 50_000
+
+
+def settle_memory() -> None:
+    """Freeze what start-up allocated and collect the young generation less often.
+
+    The model, the featurizer's vocabularies and faust's app are hundreds of thousands
+    of long-lived objects; without `gc.freeze` every full collection walks all of them
+    again (about 8 % of the worker's time, issue 11). Frozen objects are never
+    collected, which is right for what lives as long as the process.
+    """
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
+    logger.info(
+        "gc: %d start-up objects frozen, young generation collected every %d allocations",
+        gc.get_freeze_count(),
+        GC_GEN0_THRESHOLD,
+    )
 
 
 def refuse_to_start(reason: str) -> NoReturn:
@@ -130,6 +161,7 @@ class WorkerContext:
         self._check_web_port()
         self._serve_metrics()
         self._create_topics()
+        settle_memory()
 
     def _create_datadir(self) -> None:
         # faust creates HUP_DATADIR without its parents, so a fresh checkout (no data/)
