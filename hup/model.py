@@ -129,9 +129,10 @@ class Neighbours(nn.Module):
     """The co-visitation score of every id from a user's recent ids (`hup.neighbours`).
 
     score(v) = log(1 + sum over the recent ids r of w_rank(r) * table[r, v]), with a
-    learned positive weight per recency rank (starting at ``NEIGHBOUR_GAIN / (1 + rank)``). The table is a buffer, saved with the
-    checkpoint: [P, V, k], where table 0 counts every training session and the others are
-    the held-out tables training points read (the saved model keeps table 0 only).
+    learned positive weight per recency rank (starting at ``NEIGHBOUR_GAIN / (1 + rank)``).
+    The table is a buffer, saved with the checkpoint: [P, V, k], where table 0 counts
+    every training session and the others are the held-out tables training points read
+    (the saved model keeps table 0 only).
     """
 
     def __init__(self, n_ids: int, k: int) -> None:
