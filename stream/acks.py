@@ -22,7 +22,9 @@ gaps on those topics. A refused offset stays uncommitted; the rebalance that cau
 the skip seeks the partition back to the committed offset, so the event is fetched
 again and processed (or skipped by its offset if its state already has it).
 
-A *hole*, an offset the agent never saw between two it did, is never committed over
+A *hole*, an offset the agent never saw between two it did (or between the committed
+offset a partition is read from after an assignment and the first event the agent
+sees of it), is never committed over
 on a non-transactional topic, where every offset holds a record: `AckGuard.split`
 holds back the partition's events from the hole on, unprocessed and unacked, and
 `AckGuard.reread` seeks the partition back to the hole, so its records are fetched
@@ -42,7 +44,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -124,6 +126,12 @@ class AckGuard:
         # method up on the instance.
         self._add_gap: AddGap = consumer._add_gap  # type: ignore[attr-defined]  # noqa: SLF001
         consumer._add_gap = self._guarded_add_gap  # type: ignore[attr-defined]  # noqa: SLF001
+        # faust's `perform_seek` (after every assignment's recovery) looks this up on the
+        # instance too; its result says where each partition's next record must be.
+        self._seek_to_committed: Callable[[], Awaitable[Mapping[Any, int | None]]] = (
+            consumer.seek_to_committed
+        )
+        consumer.seek_to_committed = self._guarded_seek_to_committed  # type: ignore[method-assign]
 
     def split(self, events: Sequence[EventT]) -> tuple[list[EventT], dict[TP, Hole]]:
         """Separate the events the agent may process from those behind a hole.
@@ -221,6 +229,28 @@ class AckGuard:
                 )
             if tp in assigned:
                 await self._consumer.seek(tp, hole.start)
+
+    def read_from(self, offsets: Mapping[Any, int | None]) -> None:
+        """The partitions are read from these (committed) offsets: the next record of each.
+
+        Without it the first event of a partition after an assignment has nothing to
+        continue, and records that never reach the agent between the committed offset
+        and that event would be committed over unseen. A partition with no committed
+        offset (``None`` or negative: the reset policy decides) has no known start.
+        """
+        for key, offset in offsets.items():
+            tp = TP(key.topic, key.partition)
+            if tp.topic not in self.topics:
+                continue
+            if offset is None or offset < 0:
+                self._last_processed.pop(tp, None)
+            else:
+                self._last_processed[tp] = offset - 1
+
+    async def _guarded_seek_to_committed(self) -> Mapping[Any, int | None]:
+        committed = await self._seek_to_committed()
+        self.read_from(committed)
+        return committed
 
     def _found_hole(self, action: str) -> None:
         self.holes += 1

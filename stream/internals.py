@@ -61,6 +61,7 @@ REQUIRED: tuple[Internal, ...] = (
     Internal(_CONSUMER, "_unacked_messages", "stream.acks releases abandoned events"),
     Internal(_CONSUMER, "_waiting_for_ack", "stream.acks wakes a waiting rebalance"),
     Internal(_CONSUMER, "seek", "stream.acks re-reads an input gap"),
+    Internal(_CONSUMER, "seek_to_committed", "stream.acks wraps it on the consumer"),
     Internal(_CONSUMER, "highwaters", "stream.highwater replaces it on the consumer"),
     Internal(_CONSUMER, "highwater", "stream.metrics reads the lag"),
     Internal(_CONSUMER, "_committed_offset", "stream.metrics reads the lag"),

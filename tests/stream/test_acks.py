@@ -23,6 +23,7 @@ class FakeConsumer:
     seeks: list[tuple[TP, int]] = field(default_factory=list)
     assigned: set[TP] = field(default_factory=lambda: {TP("events", 0), TP("events", 1)})
     _unacked_messages: set = field(default_factory=set)
+    committed: dict[TP, int | None] = field(default_factory=dict)
 
     def ack(self, message: Any) -> bool:
         self.acked.append((message.topic, message.partition, message.offset))
@@ -36,6 +37,9 @@ class FakeConsumer:
 
     async def seek(self, tp: TP, offset: int) -> None:
         self.seeks.append((tp, offset))
+
+    async def seek_to_committed(self) -> dict[TP, int | None]:
+        return self.committed
 
 
 class Message:
@@ -175,6 +179,38 @@ def test_a_hole_inside_one_batch_of_a_fresh_partition_is_found_too() -> None:
     ready, holes = guard.split(batch)  # type: ignore[arg-type]
     assert _offsets(ready) == [(1, 100), (1, 101)]
     assert holes[P1].start == 102 and _offsets(holes[P1].events) == [(1, 105), (1, 106)]
+
+
+def test_records_missing_between_the_committed_offset_and_the_first_event_are_read_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    consumer = FakeConsumer(committed={P0: 9, P1: None, TP("other", 0): 4})
+    guard = AckGuard(consumer, ["events"])  # type: ignore[arg-type]
+    # What faust's perform_seek calls at the end of each assignment's recovery.
+    assert asyncio.run(consumer.seek_to_committed()) == consumer.committed
+
+    batch = [event("events", 0, n) for n in (282, 283)] + [event("events", 1, 40)]
+    batch.append(event("other", 0, 50))
+    ready, holes = guard.split(batch)  # type: ignore[arg-type]
+    # Partition 1 has no committed offset (the reset policy decides) and "other" is not
+    # guarded: both go through. Partition 0 must go on at 9, so 282 is behind a hole.
+    assert _offsets(ready) == [(1, 40), (0, 50)]
+    assert holes[P0].start == 9 and _offsets(holes[P0].events) == [(0, 282), (0, 283)]
+    with caplog.at_level(logging.WARNING, logger="stream.acks"):
+        asyncio.run(guard.reread(holes))
+    assert consumer.seeks == [(P0, 9)]
+    assert "events[0]@9..281 never reached the agent" in caplog.text
+
+    ready, holes = guard.split([event("events", 0, n) for n in (9, 10)])  # type: ignore[arg-type]
+    assert _offsets(ready) == [(0, 9), (0, 10)] and holes == {}
+
+
+def test_a_partition_read_from_its_committed_offset_continues_from_it() -> None:
+    consumer = FakeConsumer(committed={P0: 0})
+    guard = AckGuard(consumer, ["events"])  # type: ignore[arg-type]
+    asyncio.run(consumer.seek_to_committed())
+    ready, holes = guard.split([event("events", 0, n) for n in (0, 1, 2)])  # type: ignore[arg-type]
+    assert _offsets(ready) == [(0, 0), (0, 1), (0, 2)] and holes == {}
 
 
 def test_redeliveries_and_other_topics_pass() -> None:
