@@ -15,7 +15,7 @@ ids the repeat-aware model ranks a candidate set instead:
 
 Candidates are scored with the same mixture as `hup.model.mixture`. The explore softmax
 keeps its exact normaliser: a log-sum-exp over the whole vocabulary, computed in chunks of
-`NORMALISER_CHUNK` ids as one [N, D] x [D, V] product (no [N, V] matrix is kept, no dense
+at most `NORMALISER_ELEMENTS` scores as one [N, D] x [D, V] product (no [N, V] matrix is kept, no dense
 scatter, no top-k over V). It is the part whose cost still grows with V, but it makes every
 published score the exact path's probability of that id, so the candidate path differs from
 exact ranking only in the ids the candidate set misses. An estimate from the candidates
@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor
 
+from hup.exceptions import RankingOptionsError
 from hup.model import NEIGHBOUR_PART, HupModel, RepeatHeads, repeat_channel
 from hup.vocab import OOV
 
@@ -52,7 +53,7 @@ if TYPE_CHECKING:
     from hup.recommender import Ranked
 
 __all__ = [
-    "NORMALISER_CHUNK",
+    "NORMALISER_ELEMENTS",
     "ItemIndex",
     "RankingOptions",
     "build_item_index",
@@ -61,8 +62,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-NORMALISER_CHUNK = 65_536
-"""Ids per chunk of the normaliser's product: bounds its [N, chunk] scores (16 MiB at N=64)."""
+NORMALISER_ELEMENTS = 1 << 22
+"""Scores per chunk of the normaliser's product (16 MiB): bounds its [N, chunk] matrix.
+
+One event's row then covers up to 4M ids in one chunk, so a small call pays for few ops.
+"""
 
 _SEED = 1234  # k-means seed and training sample of the index: fixed, so builds are equal
 _TRAIN_PER_LIST = 40  # k-means training points per list (faiss warns below 39)
@@ -84,10 +88,10 @@ class RankingOptions:
 
     def __post_init__(self) -> None:
         """Reject values that cannot rank anything."""
-        if self.min_items < 0 or self.ann_candidates < 1 or self.prior_candidates < 0:
-            raise ValueError(f"invalid ranking options: {self}")
-        if self.nprobe < 1:
-            raise ValueError(f"invalid ranking options: {self}")
+        if self.min_items < 0 or self.prior_candidates < 0:
+            raise RankingOptionsError(f"min_items and prior_candidates must be >= 0: {self}")
+        if self.ann_candidates < 1 or self.nprobe < 1:
+            raise RankingOptionsError(f"ann_candidates and nprobe must be >= 1: {self}")
 
     @classmethod
     def from_env(cls) -> RankingOptions:
@@ -110,8 +114,11 @@ class RankingOptions:
             try:
                 values[field] = int(raw)
             except ValueError:
-                raise ValueError(f"{name} must be an integer, got {raw!r}") from None
-        return cls(**values)
+                raise RankingOptionsError(f"{name} must be an integer, got {raw!r}") from None
+        try:
+            return cls(**values)
+        except RankingOptionsError as exc:
+            raise RankingOptionsError(f"HUP_ANN_* variables: {exc}") from exc
 
     def applies_to(self, n_items: int) -> bool:
         """Whether a vocabulary of `n_items` ranks candidates."""
@@ -202,7 +209,9 @@ class ItemIndex:
         )
         m = min(self.options.ann_candidates, len(self))
         with _one_thread(self._faiss):
-            _, ids = self.index.search(np.ascontiguousarray(query.float().cpu().numpy()), m)
+            _, ids = self.index.search(
+                np.ascontiguousarray(query.detach().float().cpu().numpy()), m
+            )
         return torch.from_numpy(ids).to(unit_profiles.device).clamp(min=OOV)
 
 
@@ -258,8 +267,9 @@ def _normaliser(
     rows, ids, values = boosts
     scaled = unit_profiles * scale  # [N, D]: scaling the profile, not the [N, V] logits
     parts = []
-    for start in range(0, len(index), NORMALISER_CHUNK):
-        end = min(start + NORMALISER_CHUNK, len(index))
+    width = max(1, NORMALISER_ELEMENTS // max(1, len(unit_profiles)))
+    for start in range(0, len(index), width):
+        end = min(start + width, len(index))
         logits = torch.addmm(index.bias[start:end], scaled, index.unit_t[:, start:end])
         inside = (ids >= start) & (ids < end)
         where = (rows[inside], ids[inside] - start)

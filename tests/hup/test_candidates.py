@@ -12,6 +12,7 @@ from hup import candidates
 from hup.candidates import ItemIndex, RankingOptions, build_item_index
 from hup.checkpoint import Checkpoint
 from hup.config import HupConfig
+from hup.exceptions import RankingOptionsError
 from hup.features import FeatureSpec
 from hup.model import HupModel
 from hup.recommender import rank_profiles
@@ -158,9 +159,12 @@ def test_the_default_threshold_is_100k_items_and_the_environment_sets_it(monkeyp
     checkpoint = _checkpoint(ranking_model(5_000, seed=1))
     assert Profiler(checkpoint).item_index is not None  # the stream reads the same variables
     monkeypatch.setenv("HUP_ANN_NPROBE", "many")
-    with pytest.raises(ValueError, match="HUP_ANN_NPROBE must be an integer"):
+    with pytest.raises(RankingOptionsError, match="HUP_ANN_NPROBE must be an integer, got 'many'"):
         RankingOptions.from_env()
-    with pytest.raises(ValueError):
+    monkeypatch.setenv("HUP_ANN_NPROBE", "0")
+    with pytest.raises(RankingOptionsError, match="HUP_ANN_.*nprobe must be >= 1"):
+        RankingOptions.from_env()
+    with pytest.raises(RankingOptionsError):
         RankingOptions(ann_candidates=0)
 
 
