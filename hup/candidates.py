@@ -1,8 +1,8 @@
 """Item ranking for large vocabularies: an ANN candidate set scored by the exact mixture.
 
 Exact ranking scores every id of the vocabulary for every event: a [N, V] product, a
-softmax, a dense co-visitation scatter and a top-k over V. Above `RankingOptions.min_items`
-ids the repeat-aware model ranks a candidate set instead:
+softmax, a dense co-visitation scatter and a top-k over V. From `RankingOptions.min_items`
+ids on, the repeat-aware model ranks a candidate set instead:
 
 * the ANN top-M ids by the explore logit without its co-visitation term,
   ``scale * cos(profile, e_v) + bias_v``, which is the inner product of
@@ -14,11 +14,11 @@ ids the repeat-aware model ranks a candidate set instead:
   top-P ids by prior (bias).
 
 Candidates are scored with the same mixture as `hup.model.mixture`. The explore softmax
-keeps its exact normaliser: a log-sum-exp over the whole vocabulary, computed in chunks of
-at most `NORMALISER_ELEMENTS` scores as one [N, D] x [D, V] product (no [N, V] matrix is kept, no dense
-scatter, no top-k over V). It is the part whose cost still grows with V, but it makes every
-published score the exact path's probability of that id, so the candidate path differs from
-exact ranking only in the ids the candidate set misses. An estimate from the candidates
+keeps its exact normaliser: a log-sum-exp over the whole vocabulary, computed as one
+[N, D] x [D, V] product in chunks of at most `NORMALISER_ELEMENTS` scores (no [N, V]
+matrix is kept, no dense scatter, no top-k over V). It is the part whose cost still grows
+with V, but it makes every published score the exact path's probability of that id, so
+the candidate path differs from exact ranking only in the ids the candidate set misses. An estimate from the candidates
 plus a tail bound would drop that product but move the explore channel's mass against the
 repeat channel's, which reorders revisits against new items.
 
