@@ -26,6 +26,10 @@ class CheckpointError(HupError):
     """A model checkpoint is missing or unreadable. Operators: retrain or fix HUP_MODEL."""
 
 
+class RankingOptionsError(HupError, ValueError):
+    """A ranking option (``HUP_ANN_*``) is not valid; the message names it and its value."""
+
+
 class StateError(HupError):
     """A per-user profile state does not fit the model it is stepped with."""
 

@@ -38,6 +38,7 @@ __all__ = [
     "RepeatHeads",
     "collate_features",
     "collate_repeat",
+    "repeat_channel",
     "stack_features",
 ]
 
@@ -167,14 +168,24 @@ class Neighbours(nn.Module):
 
         Row n reads table ``part[n]`` (None: table 0 for every row).
         """
+        ids, weights = self.rows(recent, part)
+        scores = weights.new_zeros(recent.shape[0], self.ids.shape[1])
+        return torch.log1p(scores.scatter_add(1, ids, weights))
+
+    def rows(self, recent: Tensor, part: Tensor | None) -> tuple[Tensor, Tensor]:
+        """The neighbour ids [N, R*k] of the recent ids [N, R] and their weights [N, R*k].
+
+        The score of an id is log1p of the sum of its weights in the row (`forward`); an id
+        absent from the row scores 0. Ranking a large vocabulary reads these sparse rows
+        instead of the dense [N, V] scores.
+        """
         n_rows, n_recent = recent.shape
         if part is None:
             part = recent.new_zeros(n_rows)
         table = (part.unsqueeze(1), recent)
         ids = self.ids[table]  # [N, R, k]
         weights = self.weights[table] * self.log_rank_weight[:n_recent].exp().view(1, -1, 1)
-        scores = weights.new_zeros(n_rows, self.ids.shape[1])
-        return torch.log1p(scores.scatter_add(1, ids.flatten(1), weights.flatten(1)))
+        return ids.flatten(1), weights.flatten(1)
 
 
 class RepeatHeads(nn.Module):
@@ -307,19 +318,39 @@ def mixture(
         logits = logits + neighbour_scale * neighbours
         candidate_inputs.append(neighbours.gather(1, candidates).unsqueeze(-1))
     logits[:, OOV] = -math.inf
-    valid = candidates != OOV
     if excluded is not None:
         rows = torch.arange(len(excluded), device=excluded.device)
         logits[rows, excluded] = -math.inf  # an excluded 0 is OOV, blocked already
-        valid = valid & (candidates != excluded.unsqueeze(1))
     explore = torch.log_softmax(logits, dim=-1)
-    scores = scorer(torch.cat(candidate_inputs, dim=-1)).squeeze(-1)
+    repeat, g = repeat_channel(candidate_inputs, candidates, excluded, scorer, gate, gate_input)
+    return Mixture(explore, candidates, repeat, g)
+
+
+def repeat_channel(
+    inputs: list[Tensor],
+    candidates: Tensor,
+    excluded: Tensor | None,
+    scorer: nn.Module,
+    gate: nn.Module,
+    gate_input: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """The repeat channel's probabilities [N, R] and the gate [N] of `mixture`.
+
+    Shared with the candidate ranking of large vocabularies (`hup.candidates`), which
+    scores the explore channel on a subset of ids but the repeat channel the same way.
+    ``inputs`` are the scorer's inputs per remembered id: features [N, R, F], then the
+    cosine (and co-visitation score) of each, [N, R, 1] apiece.
+    """
+    valid = candidates != OOV
+    if excluded is not None:
+        valid = valid & (candidates != excluded.unsqueeze(1))
+    scores = scorer(torch.cat(inputs, dim=-1)).squeeze(-1)
     any_valid = valid.any(dim=1)
     scores = scores.masked_fill(~valid, -math.inf).masked_fill(~any_valid.unsqueeze(1), 0.0)
     repeat = torch.softmax(scores, dim=-1) * valid
-    count = torch.log1p(valid.sum(dim=1, keepdim=True).to(profile.dtype))
+    count = torch.log1p(valid.sum(dim=1, keepdim=True).to(gate_input.dtype))
     g = torch.sigmoid(gate(torch.cat([gate_input, count], dim=-1))).squeeze(-1) * any_valid
-    return Mixture(explore, candidates, repeat, g)
+    return repeat, g
 
 
 class HupModel(nn.Module):

@@ -10,6 +10,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
 from hup.baselines import Rankings
+from hup.candidates import ItemIndex, RankingOptions, build_item_index, rank_item_candidates
 from hup.checkpoint import Checkpoint
 from hup.data import Session
 from hup.features import FeatureSpec, Featurizer
@@ -135,11 +136,17 @@ class HupRecommender:
         name: str,
         fit_fn: Callable[[Sequence[Session], Sequence[Session]], Checkpoint] | None = None,
         checkpoint: Checkpoint | None = None,
+        ranking: RankingOptions | None = None,
     ) -> None:
-        """Either a trained checkpoint, or a function that trains one in `fit`."""
+        """Either a trained checkpoint, or a function that trains one in `fit`.
+
+        ``ranking`` decides when items are ranked from candidates (default: the
+        environment's, as the stream reads them).
+        """
         self.name = name
         self._fit_fn = fit_fn
         self.checkpoint = checkpoint
+        self.ranking = ranking if ranking is not None else RankingOptions.from_env()
 
     def fit(self, train: Sequence[Session], valid: Sequence[Session]) -> None:
         """Train (unless constructed with a checkpoint)."""
@@ -161,13 +168,14 @@ class HupRecommender:
         model, vocab = self.checkpoint.model, self.checkpoint.vocabularies
         repeat = model.repeat_heads is not None
         profiles = profiles_at_points(self.checkpoint, sessions, points, with_repeat=repeat)
+        index = build_item_index(model, self.ranking)
         last_items = [vocab.items.lookup(p.last_input_item) or None for p in points]
         item_ids: list[list[int]] = []
         per_level: list[list[list[int]]] = [[] for _ in range(model.config.n_levels)]
         for start in range(0, len(points), RANK_CHUNK):
             chunk = {k: v[start : start + RANK_CHUNK] for k, v in profiles.items()}
             items, levels = rank_profiles(
-                model, chunk, k_items, k_categories, last_items[start : start + RANK_CHUNK]
+                model, chunk, k_items, k_categories, last_items[start : start + RANK_CHUNK], index
             )
             item_ids.extend(ids for ids, _ in items)
             for k, level in enumerate(levels):
@@ -189,6 +197,7 @@ def rank_profiles(
     k_items: int,
     k_categories: int,
     excluded: Sequence[int | None],
+    item_index: ItemIndex | None = None,
 ) -> tuple[Ranked, list[Ranked]]:
     """Top items and top categories of each level, with scores, from profiles at points.
 
@@ -197,9 +206,15 @@ def rank_profiles(
     ``profiles`` then holds the `REPEAT_KEYS` tensors too, whose open item is never ranked);
     the paper's model by the cosine of each profile to the embeddings. ``excluded`` is an id
     per row never to rank (the last input sku offline), or None; OOV id 0 is never ranked.
+    With ``item_index`` (`hup.candidates.build_item_index`: large vocabularies) items are
+    ranked from candidates by the same mixture; categories are always ranked exactly.
     """
+    items: Ranked | None = None
     if model.repeat_heads is not None:
-        item_scores = model.item_mixture(profiles, profiles).probabilities()
+        if item_index is not None:
+            items = rank_item_candidates(model, item_index, profiles, k_items, excluded)
+        else:
+            item_scores = model.item_mixture(profiles, profiles).probabilities()
         level_scores = [
             model.category_mixture(k, profiles, profiles).probabilities()
             for k in range(model.config.n_levels)
@@ -210,7 +225,8 @@ def rank_profiles(
             cosine_scores(profiles[f"category{k}"], model.category_embedding(k).weight)
             for k in range(model.config.n_levels)
         ]
-    items = _top_k_scored(item_scores, k_items, excluded)
+    if items is None:
+        items = _top_k_scored(item_scores, k_items, excluded)
     levels = [_top_k_scored(s, k_categories, [None] * len(s)) for s in level_scores]
     return items, levels
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hup.candidates import RankingOptions, build_item_index
 from hup.checkpoint import Checkpoint, load_checkpoint
 from hup.features import FeatureFlags, FeatureState, Featurizer
 from hup.incremental import ProfileState, initial_state, step
@@ -49,10 +50,18 @@ class Applied:
 class Profiler:
     """A loaded model plus featurizer, stepping batches of events of distinct users."""
 
-    def __init__(self, checkpoint: Checkpoint, top_n: int = 5, top_items: int = 20) -> None:
+    def __init__(
+        self,
+        checkpoint: Checkpoint,
+        top_n: int = 5,
+        top_items: int = 20,
+        ranking: RankingOptions | None = None,
+    ) -> None:
         """Wrap a loaded checkpoint; `top_n` categories and `top_items` skus go with each profile.
 
         Both are ranked by `hup.recommender.rank_profiles`, the offline evaluation's rule.
+        ``ranking`` decides when items are ranked from candidates (default: the
+        environment's, ``HUP_ANN_*``); the candidate index is built here, once.
         """
         self.checkpoint = checkpoint
         self.model = checkpoint.model.eval()
@@ -60,6 +69,8 @@ class Profiler:
         self.top_n = top_n
         self.top_items = top_items
         self._finest = checkpoint.spec.n_levels - 1
+        ranking = ranking if ranking is not None else RankingOptions.from_env()
+        self.item_index = build_item_index(self.model, ranking)
 
     @classmethod
     def load(cls, directory: Path | str, top_n: int = 5, top_items: int = 20) -> Profiler:
@@ -107,7 +118,9 @@ class Profiler:
         if self.model.repeat_heads is not None:
             inputs.update(collate_repeat([repeat_inputs(fs) for fs in feature_states]))
         open_items = [fs.item_id if fs.has_open and fs.item_id else None for fs in feature_states]
-        items, levels = rank_profiles(self.model, inputs, self.top_items, self.top_n, open_items)
+        items, levels = rank_profiles(
+            self.model, inputs, self.top_items, self.top_n, open_items, self.item_index
+        )
         vocab = self.checkpoint.vocabularies
         item_tokens, category_tokens = vocab.items.tokens, vocab.categories[self._finest].tokens
         return (

@@ -92,7 +92,8 @@ class Settings(BaseSettings):
     # Categories listed with every profile.
     top_n: int = Field(default=5, ge=1)
     # Items (skus) listed with every profile, ranked by the model (`top_items`). Exact
-    # ranking over the whole vocabulary: its cost per event grows with the vocabulary.
+    # ranking over the whole vocabulary below HUP_ANN_MIN_ITEMS items, from ANN candidates
+    # above (hup.candidates.RankingOptions reads the HUP_ANN_* variables).
     top_items: int = Field(default=20, ge=1, le=1000)
     # torch intra-op threads. The step's matmuls are tiny: more threads than cores
     # (worker + broker share them) made them 7x slower on a 2-core machine.

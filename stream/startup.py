@@ -17,7 +17,7 @@ import torch
 from confluent_kafka import KafkaException
 from prometheus_client import start_http_server
 
-from hup.exceptions import CheckpointError
+from hup.exceptions import CheckpointError, RankingOptionsError
 from hup.runtime import Profiler
 from stream import internals
 from stream.broker import is_embedded_broker
@@ -125,7 +125,7 @@ class WorkerContext:
         torch.set_num_threads(self.settings.torch_threads)
         try:
             self.load_model()
-        except CheckpointError as exc:
+        except (CheckpointError, RankingOptionsError) as exc:
             refuse_to_start(str(exc))
         self._create_datadir()
         self._check_web_port()

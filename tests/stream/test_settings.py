@@ -60,6 +60,18 @@ def test_the_worker_refuses_to_start_without_a_model(
     assert "config.json" not in message
 
 
+def test_the_worker_refuses_a_bad_ranking_option_in_one_line(
+    checkpoint_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("HUP_ANN_MIN_ITEMS", "lots")
+    context = WorkerContext(Settings(model=checkpoint_dir), Metrics(CollectorRegistry()), [])
+    with pytest.raises(SystemExit) as refused:
+        context.prepare()
+    assert refused.value.code == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert "HUP_ANN_MIN_ITEMS must be an integer, got 'lots'" in line
+
+
 def _readme() -> str:
     return (Path(__file__).parents[2] / "README.md").read_text()
 
