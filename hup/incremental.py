@@ -73,6 +73,10 @@ class ProfileState:
             source_offsets=tuple(sorted(offsets.items())),
         )
 
+    def window_lengths(self) -> tuple[int, ...]:
+        """Committed entries held in each layer's attention window (at most W - 1)."""
+        return tuple(len(keys) for keys in self.window_keys)
+
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Plain named arrays (the layout in the module docstring)."""
         f = self.features
