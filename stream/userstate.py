@@ -37,7 +37,7 @@ SEQ_BASE_ARRAY = "stream_seq_base"
 # `ProfileState` fields a model computes: after a reset they come from the new model's
 # initial state. Every other field but `applied` is the stream's idempotency record and
 # is carried over (a test fails when `ProfileState` gains a field, to classify it).
-MODEL_FIELDS = frozenset({"features", "hidden", "open_signal", "window_keys", "window_values"})
+MODEL_FIELDS = frozenset({"features", "hidden", "open_signal", "windows", "window_count"})
 
 
 @dataclass(frozen=True)
