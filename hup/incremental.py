@@ -17,16 +17,17 @@ In memory (`ProfileState`), L layers, hidden H, window W:
 * `window_count` int64 [L]: entries each layer opened so far; slots [0, min(count, W))
   are filled.
 
-Stored (`to_arrays`, encoded by `state.codec`): `hidden`, `open_signal`, `window_count`,
-`window{l}` float32 [min(count, W), A + V] (the filled slots only), the featurizer's
-memory (`feature_arrays`: `feature_f` float64 / `feature_i` int64 / `feature_s` utf-8,
-and the repeat memory `recent_i` int64 [n, 4 + K] / `recent_f` float64 [n, 2] /
-`recent_s` utf-8, see `hup.repeat.RecentItem`: vocabulary id, runs, micro events,
-behaviour bits, category ids; closed dwell and latest time; the skus joined; absent when
-empty), `last_ts` float64 0-d (read by expiry), `meta` int64 [4] (events applied,
-input partition and offset of the last applied event: the stream's idempotency record;
-and W) and `sources` int64 [n, 2] (per partition of the input topic, the offset of the
-last event applied from it; absent when empty).
+Stored (`to_arrays`, encoded by `state.codec`): `hidden` float32; `meta` int64
+[4 + 3L]: events applied, input partition and offset of the last applied event (the
+stream's idempotency record), W, then per layer the open signal, the window count and
+the entry width A + V; `windows` float32: every layer's filled slots [min(count, W),
+A + V], flattened and joined in layer order; the featurizer's memory (`feature_arrays`:
+`feature_f` float64 / `feature_i` int64 / `feature_s` utf-8, and the repeat memory
+`recent_i` int64 [n, 4 + K] / `recent_f` float64 [n, 2] / `recent_s` utf-8, see
+`hup.repeat.RecentItem`: vocabulary id, runs, micro events, behaviour bits, category
+ids; closed dwell and latest time; the skus joined; absent when empty); `last_ts`
+float64 0-d (read by expiry) and `sources` int64 [n, 2] (per partition of the input
+topic, the offset of the last event applied from it; absent when empty).
 
 The step stacks the batch once per layer into contiguous float32 buffers and has no
 Python loop over users: the inputs of every layer are one embedding bag over small
@@ -99,24 +100,49 @@ class ProfileState:
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Plain named arrays (the stored layout in the module docstring)."""
+        window = len(self.windows[0])
+        filled = np.minimum(self.window_count, window)
         arrays = {
             "hidden": self.hidden,
-            "open_signal": self.open_signal,
-            "window_count": self.window_count,
+            "meta": np.concatenate(
+                [
+                    [self.applied, self.input_partition, self.input_offset, window],
+                    self.open_signal,
+                    self.window_count,
+                    [ring.shape[1] for ring in self.windows],
+                ]
+            ).astype(np.int64),
+            "windows": np.concatenate(
+                [ring[:n].ravel() for ring, n in zip(self.windows, filled.tolist(), strict=True)]
+            ).astype(np.float32),
             **feature_arrays(self.features),
             "last_ts": np.array(self.features.last_ts, dtype=np.float64),
-            "meta": np.array(
-                [self.applied, self.input_partition, self.input_offset, len(self.windows[0])],
-                dtype=np.int64,
-            ),
         }
         if self.source_offsets:
             arrays["sources"] = np.array(self.source_offsets, dtype=np.int64)
-        for layer, (ring, count) in enumerate(
-            zip(self.windows, self.window_count.tolist(), strict=True)
-        ):
-            arrays[f"window{layer}"] = ring[: min(count, len(ring))]
         return arrays
+
+    def array_sizes(self) -> list[tuple[str, int, int]]:
+        """(name, ndim, bytes) of each array `to_arrays` returns, without building them.
+
+        What the stream's per-event record-size check reads (a test holds the two equal).
+        """
+        n_layers = len(self.windows)
+        window = len(self.windows[0])
+        entries = sum(
+            min(n, window) * ring.shape[1]
+            for ring, n in zip(self.windows, self.window_count.tolist(), strict=True)
+        )
+        sizes = [
+            ("hidden", 3, self.hidden.nbytes),
+            ("meta", 1, 8 * (4 + 3 * n_layers)),
+            ("windows", 1, 4 * entries),
+            *feature_array_sizes(self.features),
+            ("last_ts", 0, 8),
+        ]
+        if self.source_offsets:
+            sizes.append(("sources", 2, 16 * len(self.source_offsets)))
+        return sizes
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> ProfileState:
@@ -125,27 +151,29 @@ class ProfileState:
             hidden = arrays["hidden"]
             n_layers = hidden.shape[1]
             features = feature_state(arrays)
-            applied, partition, offset, window = arrays["meta"].tolist()
+            meta = arrays["meta"]
+            if meta.shape != (4 + 3 * n_layers,):
+                raise ValueError(f"meta has shape {meta.shape}, expected {(4 + 3 * n_layers,)}")
+            applied, partition, offset, window = meta[:4].tolist()
+            open_signal = meta[4 : 4 + n_layers]
+            count = meta[4 + n_layers : 4 + 2 * n_layers]
+            widths = meta[4 + 2 * n_layers :].tolist()
             sources = arrays.get("sources", np.zeros((0, 2), dtype=np.int64))
             if sources.ndim != 2 or sources.shape[1] != 2:
                 raise ValueError(f"sources has shape {sources.shape}, expected [n, 2]")
-            count = arrays["window_count"]
-            if count.shape != (n_layers,):
-                raise ValueError(f"window_count has shape {count.shape}, expected {(n_layers,)}")
-            windows = []
-            for layer, n in enumerate(count.tolist()):
-                stored = arrays[f"window{layer}"]
-                if stored.ndim != 2 or len(stored) != min(n, window):
-                    raise ValueError(
-                        f"window{layer} has shape {stored.shape}, expected {min(n, window)} rows"
-                    )
-                ring = np.zeros((window, stored.shape[1]), dtype=np.float32)
-                ring[: len(stored)] = stored
+            flat = arrays["windows"]
+            windows, start = [], 0
+            for n, width in zip(np.minimum(count, window).tolist(), widths, strict=True):
+                ring = np.zeros((window, width), dtype=np.float32)
+                ring[:n] = flat[start : start + n * width].reshape(n, width)
                 windows.append(ring)
+                start += n * width
+            if start != len(flat):
+                raise ValueError(f"windows has {len(flat)} values, the counts need {start}")
             return cls(
                 features=features,
                 hidden=hidden,
-                open_signal=arrays["open_signal"],
+                open_signal=open_signal,
                 windows=tuple(windows),
                 window_count=count,
                 applied=applied,
@@ -200,6 +228,25 @@ def feature_arrays(f: FeatureState) -> dict[str, np.ndarray]:
     if f.recent:
         arrays.update(_recent_arrays(f.recent))
     return arrays
+
+
+def feature_array_sizes(f: FeatureState) -> list[tuple[str, int, int]]:
+    """(name, ndim, bytes) of each array `feature_arrays` returns, without building them."""
+    levels = len(f.category_ids)
+    text = len(f.item.encode()) + sum(len(c.encode()) + 1 for c in f.categories)
+    sizes = [
+        ("feature_f", 1, 8 * (6 + 2 * levels)),
+        ("feature_i", 1, 8 * (5 + 2 * levels)),
+        ("feature_s", 1, text),
+    ]
+    if f.recent:
+        skus = sum(len(e.item.encode()) for e in f.recent) + len(f.recent) - 1
+        sizes += [
+            ("recent_i", 2, 8 * (4 + len(f.recent[0].category_ids)) * len(f.recent)),
+            ("recent_f", 2, 16 * len(f.recent)),
+            ("recent_s", 1, skus),
+        ]
+    return sizes
 
 
 def feature_state(arrays: Mapping[str, np.ndarray]) -> FeatureState:
