@@ -8,7 +8,13 @@ seen BENCH_PEER_EXPECT events it writes to BENCH_PEER_OUT the wall-clock times o
 first and last event and the count, then stops.
 
 Run: ``python bench/quix_peer.py`` with KAFKA_BOOTSTRAP_SERVERS, HUP_INPUT_TOPIC,
-BENCH_PEER_EXPECT, BENCH_PEER_OUT and BENCH_PEER_STATE_DIR set.
+BENCH_PEER_EXPECT, BENCH_PEER_OUT and BENCH_PEER_STATE_DIR set. quixstreams conflicts
+with the project's pins, so it gets a venv of its own, which `stream_bench` finds
+through BENCH_QUIX_PYTHON (without it the Quix peer is skipped)::
+
+    python3.11 -m venv .venv-quix
+    .venv-quix/bin/python -m pip install "quixstreams>=3.20,<4" orjson
+    BENCH_QUIX_PYTHON=$PWD/.venv-quix/bin/python .venv/bin/python bench/stream_bench.py
 """
 
 from __future__ import annotations

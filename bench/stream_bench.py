@@ -11,7 +11,10 @@ b. fixed rate: the same worker gets more events of the same users at 50 % of (a)
 c. ceiling and peers, each draining the same topic from the start: a faust worker
    that only consumes and acks (bench/noop_worker.py, same faust settings and
    batching); a Quix Streams app with a RocksDB state update per event
-   (bench/quix_peer.py); raw confluent-kafka consumption (in this process);
+   (bench/quix_peer.py, run by the interpreter BENCH_QUIX_PYTHON names: quixstreams
+   conflicts with the project's pins, so it lives in a venv of its own; skipped, with
+   a line saying so and ``quix_events_per_s`` null, when unset); raw confluent-kafka
+   consumption (in this process);
 d. no Kafka: the framework-free core (`stream.processor.Processor`: parse, state
    codec, model step) over the events of (a) in batches, and the model step alone;
    the step's cost at 1 and 256 users per call (bench/step_cost.py);
@@ -596,16 +599,43 @@ def run(options: Options, workdir: Path) -> Figures:
         figures.noop_events_per_s = (result["events"] - result["first_size"]) / (
             result["last"] - result["first"]
         )
-        console.print("(c) a Quix Streams app with RocksDB state drains the same topic ...")
-        result = run_peer(
-            env, workdir, "quix", [sys.executable, str(REPO / "bench" / "quix_peer.py")], total
-        )
-        figures.quix_events_per_s = (result["events"] - 1) / (result["last"] - result["first"])
+        quix = quix_python()
+        if quix is None:
+            console.print(
+                f"(c) Quix Streams peer skipped: {QUIX_PYTHON_ENV} does not name a python "
+                "with quixstreams (see bench/quix_peer.py)"
+            )
+        else:
+            console.print("(c) a Quix Streams app with RocksDB state drains the same topic ...")
+            result = run_peer(
+                env, workdir, "quix", [quix, str(REPO / "bench" / "quix_peer.py")], total
+            )
+            figures.quix_events_per_s = (result["events"] - 1) / (result["last"] - result["first"])
         console.print("(c) raw confluent-kafka consumption of the same topic ...")
         figures.raw_events_per_s = raw_consume_rate(
             broker.bootstrap_servers, settings.input_topic, partitions, total
         )
     return figures
+
+
+QUIX_PYTHON_ENV = "BENCH_QUIX_PYTHON"
+"""Names the interpreter of a venv with quixstreams (and orjson) that runs the Quix peer."""
+
+
+def quix_python() -> str | None:
+    """The interpreter ``BENCH_QUIX_PYTHON`` names, or None (logged) when unset or missing."""
+    value = os.environ.get(QUIX_PYTHON_ENV, "").strip()
+    if not value:
+        return None
+    path = shutil.which(value)
+    if path is None:
+        log.warning("%s=%s is not an executable; the Quix peer is skipped", QUIX_PYTHON_ENV, value)
+    return path
+
+
+def _ratio(part: float, whole: float) -> str:
+    """``part / whole`` as a percentage, or "n/a" when a peer did not run (NaN)."""
+    return "n/a" if math.isnan(part) or math.isnan(whole) else f"{part / whole:.0%}"
 
 
 def worker_env(
@@ -664,7 +694,7 @@ def table(figures: Figures) -> Table:
         (
             "(d) core without Kafka: events/s",
             f"{figures.core_events_per_s:,.0f}  (worker = {ratio / figures.core_events_per_s:.0%}, "
-            f"core = {figures.core_events_per_s / figures.quix_events_per_s:.0%} of Quix)",
+            f"core = {_ratio(figures.core_events_per_s, figures.quix_events_per_s)} of Quix)",
         ),
         (
             "(d) model step alone: events/s (users per call)",
