@@ -5,53 +5,70 @@ applies over whole sequences: one micro step per micro event, the item and categ
 layers committed on focus change and stepped provisionally while their entry is open,
 attention over the last W entries. It is pure: states in, new states and profiles out.
 
-State layout (`ProfileState.to_arrays`, encoded by `state.codec`), L layers, hidden H:
+In memory (`ProfileState`), L layers, hidden H, window W:
 
 * `hidden` float32 [4, L, H]: committed h, committed c, open h, open c per layer;
 * `open_signal` int64 [L]: attention signal id of each layer's open entry;
-* `window_key{l}` float32 [n, A] / `window_value{l}` float32 [n, V]: the layer's last
-  n <= W-1 committed entries, oldest first, each reduced to what attention pooling reads
-  (see `HupModel.entry_summary`): A = attention hidden size, V = the sizes of the heads
-  the layer feeds (empty for a model without attention);
-* `feature_f` float64 / `feature_i` int64 / `feature_s` utf-8: the featurizer's memory;
-* `recent_i` int64 [n, 4 + K] / `recent_f` float64 [n, 2] / `recent_s` utf-8: the repeat
-  memory (`hup.repeat.RecentItem`: vocabulary id, runs, micro events, behaviour bits,
-  category ids; closed dwell and latest time; the skus joined), absent when empty;
-* `last_ts` float64 0-d (read by expiry), `meta` int64 [3]: events applied, input
-  partition and offset of the last applied event (the stream's idempotency record);
-* `sources` int64 [n, 2] (absent in states written before it existed): per partition
-  of the input topic, the offset of the last event applied from it (the stream's
-  idempotency record; a user's events arrive from several partitions when the stream
-  re-keys its input).
+* `windows`: per layer a ring of W entry summaries, float32 [W, A + V] (A = attention
+  hidden size, V = the sizes of the heads the layer feeds; see `HupModel.entry_summary`;
+  [0, 0] for a model without attention). Entry number n of a layer (counting from 1)
+  lives in slot (n - 1) % W; the open entry is the newest, so the ring holds it and the
+  W - 1 committed entries before it, which is the window attention reads;
+* `window_count` int64 [L]: entries each layer opened so far; slots [0, min(count, W))
+  are filled.
+
+Stored (`to_arrays`, encoded by `state.codec`): `hidden` float32; `meta` int64
+[4 + 3L]: events applied, input partition and offset of the last applied event (the
+stream's idempotency record), W, then per layer the open signal, the window count and
+the entry width A + V; `windows` float32: every layer's filled slots [min(count, W),
+A + V], flattened and joined in layer order; the featurizer's memory (`feature_arrays`:
+`feature_f` float64 / `feature_i` int64 / `feature_s` utf-8, and the repeat memory
+`recent_i` int64 [n, 4 + K] / `recent_f` float64 [n, 2] / `recent_s` utf-8, see
+`hup.repeat.RecentItem`: vocabulary id, runs, micro events, behaviour bits, category
+ids; closed dwell and latest time; the skus joined; absent when empty); `last_ts`
+float64 0-d (read by expiry) and `sources` int64 [n, 2] (per partition of the input
+topic, the offset of the last event applied from it; absent when empty).
+
+The step stacks the batch once per layer into contiguous float32 buffers and has no
+Python loop over users: the inputs of every layer are one embedding bag over small
+precomputed tables plus one matrix product of the dense inputs (the item embedding,
+the finer layer's output), the LSTM's gates of one layer are one fused product, and
+attention reads only the slots filled in some row of the batch. The only per-user
+Python is gathering the states' arrays and building the new states around views of the
+batch's buffers.
 """
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F  # noqa: N812
 from torch import Tensor
 
 from hup.exceptions import StateError
 from hup.features import EventFeatures, FeatureState
-from hup.model import HupModel, stack_features
+from hup.model import HupModel
 from hup.repeat import RecentItem
 
 __all__ = ["ProfileState", "initial_state", "step"]
 
-_SEPARATOR = "\x1f"  # joins category ids in the string field; never part of an id
+_SEPARATOR = "\x1f"  # joins ids in the string fields; never part of an id
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ProfileState:
-    """Everything the stream keeps for one user."""
+    """Everything the stream keeps for one user (see the module docstring for the arrays)."""
 
     features: FeatureState
     hidden: np.ndarray  # [4, L, H] float32
     open_signal: np.ndarray  # [L] int64
-    window_keys: tuple[np.ndarray, ...]  # per layer [n, A] float32, n <= W-1
-    window_values: tuple[np.ndarray, ...]  # per layer [n, V] float32
+    windows: tuple[np.ndarray, ...]  # per layer [W, A + V] float32 ring of entry summaries
+    window_count: np.ndarray  # [L] int64 entries opened so far per layer
     applied: int = 0  # events applied so far (also the profile sequence number)
     input_partition: int = -1  # where the last applied event came from (idempotency)
     input_offset: int = -1
@@ -73,55 +90,59 @@ class ProfileState:
             source_offsets=tuple(sorted(offsets.items())),
         )
 
+    def window_lengths(self) -> tuple[int, ...]:
+        """Committed entries in each layer's attention window (at most W - 1)."""
+        capacity = [len(w) for w in self.windows]
+        return tuple(
+            max(0, min(int(n) - 1, c - 1)) if c else 0
+            for n, c in zip(self.window_count.tolist(), capacity, strict=True)
+        )
+
     def to_arrays(self) -> dict[str, np.ndarray]:
-        """Plain named arrays (the layout in the module docstring)."""
-        f = self.features
+        """Plain named arrays (the stored layout in the module docstring)."""
+        window = len(self.windows[0])
+        filled = np.minimum(self.window_count, window)
         arrays = {
             "hidden": self.hidden,
-            "open_signal": self.open_signal,
-            "feature_f": np.array(
+            "meta": np.concatenate(
                 [
-                    f.last_micro_ts,
-                    f.last_ts,
-                    f.run_start_ts,
-                    f.visit_start_ts,
-                    f.run_dwell_closed,
-                    f.run_dwell,
-                    *f.category_start_ts,
-                    *f.category_dwell_closed,
-                ],
-                dtype=np.float64,
-            ),
-            "feature_i": np.array(
-                [
-                    int(f.has_open),
-                    f.item_id,
-                    f.last_behavior,
-                    f.last_gap,
-                    f.item_gap,
-                    *f.category_ids,
-                    *f.category_gap,
-                ],
-                dtype=np.int64,
-            ),
-            "feature_s": np.frombuffer(
-                _SEPARATOR.join((f.item, *f.categories)).encode(), dtype=np.uint8
-            ),
-            "last_ts": np.array(f.last_ts, dtype=np.float64),
-            "meta": np.array(
-                [self.applied, self.input_partition, self.input_offset], dtype=np.int64
-            ),
+                    [self.applied, self.input_partition, self.input_offset, window],
+                    self.open_signal,
+                    self.window_count,
+                    [ring.shape[1] for ring in self.windows],
+                ]
+            ).astype(np.int64),
+            "windows": np.concatenate(
+                [ring[:n].ravel() for ring, n in zip(self.windows, filled.tolist(), strict=True)]
+            ).astype(np.float32),
+            **feature_arrays(self.features),
+            "last_ts": np.array(self.features.last_ts, dtype=np.float64),
         }
         if self.source_offsets:
             arrays["sources"] = np.array(self.source_offsets, dtype=np.int64)
-        if f.recent:
-            arrays.update(_recent_to_arrays(f.recent))
-        for layer, (keys, values) in enumerate(
-            zip(self.window_keys, self.window_values, strict=True)
-        ):
-            arrays[f"window_key{layer}"] = keys
-            arrays[f"window_value{layer}"] = values
         return arrays
+
+    def array_sizes(self) -> list[tuple[str, int, int]]:
+        """(name, ndim, bytes) of each array `to_arrays` returns, without building them.
+
+        What the stream's per-event record-size check reads (a test holds the two equal).
+        """
+        n_layers = len(self.windows)
+        window = len(self.windows[0])
+        entries = sum(
+            min(n, window) * ring.shape[1]
+            for ring, n in zip(self.windows, self.window_count.tolist(), strict=True)
+        )
+        sizes = [
+            ("hidden", 3, self.hidden.nbytes),
+            ("meta", 1, 8 * (4 + 3 * n_layers)),
+            ("windows", 1, 4 * entries),
+            *feature_array_sizes(self.features),
+            ("last_ts", 0, 8),
+        ]
+        if self.source_offsets:
+            sizes.append(("sources", 2, 16 * len(self.source_offsets)))
+        return sizes
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> ProfileState:
@@ -129,43 +150,32 @@ class ProfileState:
         try:
             hidden = arrays["hidden"]
             n_layers = hidden.shape[1]
-            ff = arrays["feature_f"].tolist()
-            fi = arrays["feature_i"].tolist()
-            strings = arrays["feature_s"].tobytes().decode().split(_SEPARATOR)
-            n_levels = len(fi) - 5
-            if n_levels % 2 or len(ff) != 6 + n_levels:
-                raise ValueError("feature arrays do not agree on the number of levels")
-            n_levels //= 2
-            features = FeatureState(
-                has_open=bool(fi[0]),
-                item=strings[0],
-                categories=tuple(strings[1:]),
-                item_id=fi[1],
-                category_ids=tuple(fi[5 : 5 + n_levels]),
-                last_micro_ts=ff[0],
-                last_ts=ff[1],
-                last_behavior=fi[2],
-                last_gap=fi[3],
-                run_start_ts=ff[2],
-                item_gap=fi[4],
-                visit_start_ts=ff[3],
-                run_dwell_closed=ff[4],
-                run_dwell=ff[5],
-                category_start_ts=tuple(ff[6 : 6 + n_levels]),
-                category_gap=tuple(fi[5 + n_levels :]),
-                category_dwell_closed=tuple(ff[6 + n_levels :]),
-                recent=_recent_from_arrays(arrays),
-            )
-            applied, partition, offset = arrays["meta"].tolist()
+            features = feature_state(arrays)
+            meta = arrays["meta"]
+            if meta.shape != (4 + 3 * n_layers,):
+                raise ValueError(f"meta has shape {meta.shape}, expected {(4 + 3 * n_layers,)}")
+            applied, partition, offset, window = meta[:4].tolist()
+            open_signal = meta[4 : 4 + n_layers]
+            count = meta[4 + n_layers : 4 + 2 * n_layers]
+            widths = meta[4 + 2 * n_layers :].tolist()
             sources = arrays.get("sources", np.zeros((0, 2), dtype=np.int64))
             if sources.ndim != 2 or sources.shape[1] != 2:
                 raise ValueError(f"sources has shape {sources.shape}, expected [n, 2]")
+            flat = arrays["windows"]
+            windows, start = [], 0
+            for n, width in zip(np.minimum(count, window).tolist(), widths, strict=True):
+                ring = np.zeros((window, width), dtype=np.float32)
+                ring[:n] = flat[start : start + n * width].reshape(n, width)
+                windows.append(ring)
+                start += n * width
+            if start != len(flat):
+                raise ValueError(f"windows has {len(flat)} values, the counts need {start}")
             return cls(
                 features=features,
                 hidden=hidden,
-                open_signal=arrays["open_signal"],
-                window_keys=tuple(arrays[f"window_key{layer}"] for layer in range(n_layers)),
-                window_values=tuple(arrays[f"window_value{layer}"] for layer in range(n_layers)),
+                open_signal=open_signal,
+                windows=tuple(windows),
+                window_count=count,
                 applied=applied,
                 input_partition=partition,
                 input_offset=offset,
@@ -179,7 +189,101 @@ class ProfileState:
         return sum(a.nbytes for a in self.to_arrays().values())
 
 
-def _recent_to_arrays(recent: tuple[RecentItem, ...]) -> dict[str, np.ndarray]:
+def feature_arrays(f: FeatureState) -> dict[str, np.ndarray]:
+    """The featurizer's memory as named arrays (module docstring); `feature_state` inverts.
+
+    `feature_f` float64, `feature_i` int64 and `feature_s` utf-8 hold the scalar fields;
+    `recent_i`, `recent_f` and `recent_s` the repeat memory, only when it is not empty.
+    """
+    arrays = {
+        "feature_f": np.array(
+            [
+                f.last_micro_ts,
+                f.last_ts,
+                f.run_start_ts,
+                f.visit_start_ts,
+                f.run_dwell_closed,
+                f.run_dwell,
+                *f.category_start_ts,
+                *f.category_dwell_closed,
+            ],
+            dtype=np.float64,
+        ),
+        "feature_i": np.array(
+            [
+                int(f.has_open),
+                f.item_id,
+                f.last_behavior,
+                f.last_gap,
+                f.item_gap,
+                *f.category_ids,
+                *f.category_gap,
+            ],
+            dtype=np.int64,
+        ),
+        "feature_s": np.frombuffer(
+            _SEPARATOR.join((f.item, *f.categories)).encode(), dtype=np.uint8
+        ),
+    }
+    if f.recent:
+        arrays.update(_recent_arrays(f.recent))
+    return arrays
+
+
+def feature_array_sizes(f: FeatureState) -> list[tuple[str, int, int]]:
+    """(name, ndim, bytes) of each array `feature_arrays` returns, without building them."""
+    levels = len(f.category_ids)
+    text = len(f.item.encode()) + sum(len(c.encode()) + 1 for c in f.categories)
+    sizes = [
+        ("feature_f", 1, 8 * (6 + 2 * levels)),
+        ("feature_i", 1, 8 * (5 + 2 * levels)),
+        ("feature_s", 1, text),
+    ]
+    if f.recent:
+        skus = sum(len(e.item.encode()) for e in f.recent) + len(f.recent) - 1
+        sizes += [
+            ("recent_i", 2, 8 * (4 + len(f.recent[0].category_ids)) * len(f.recent)),
+            ("recent_f", 2, 16 * len(f.recent)),
+            ("recent_s", 1, skus),
+        ]
+    return sizes
+
+
+def feature_state(arrays: Mapping[str, np.ndarray]) -> FeatureState:
+    """Inverse of `feature_arrays`.
+
+    Raises KeyError, ValueError or UnicodeDecodeError when the arrays are inconsistent.
+    """
+    ff = arrays["feature_f"].tolist()
+    fi = arrays["feature_i"].tolist()
+    text = arrays["feature_s"].tobytes().decode().split(_SEPARATOR)
+    n_levels = len(fi) - 5
+    if n_levels % 2 or len(ff) != 6 + n_levels:
+        raise ValueError("feature arrays do not agree on the number of levels")
+    n_levels //= 2
+    return FeatureState(
+        has_open=bool(fi[0]),
+        item=text[0],
+        categories=tuple(text[1:]),
+        item_id=fi[1],
+        category_ids=tuple(fi[5 : 5 + n_levels]),
+        last_micro_ts=ff[0],
+        last_ts=ff[1],
+        last_behavior=fi[2],
+        last_gap=fi[3],
+        run_start_ts=ff[2],
+        item_gap=fi[4],
+        visit_start_ts=ff[3],
+        run_dwell_closed=ff[4],
+        run_dwell=ff[5],
+        category_start_ts=tuple(ff[6 : 6 + n_levels]),
+        category_gap=tuple(fi[5 + n_levels :]),
+        category_dwell_closed=tuple(ff[6 + n_levels :]),
+        recent=_recent_items(arrays),
+    )
+
+
+def _recent_arrays(recent: tuple[RecentItem, ...]) -> dict[str, np.ndarray]:
     return {
         "recent_i": np.array(
             [(e.item_id, e.runs, e.micro, e.behaviors, *e.category_ids) for e in recent],
@@ -190,7 +294,7 @@ def _recent_to_arrays(recent: tuple[RecentItem, ...]) -> dict[str, np.ndarray]:
     }
 
 
-def _recent_from_arrays(arrays: dict[str, np.ndarray]) -> tuple[RecentItem, ...]:
+def _recent_items(arrays: Mapping[str, np.ndarray]) -> tuple[RecentItem, ...]:
     if "recent_i" not in arrays:
         return ()
     ints, floats = arrays["recent_i"].tolist(), arrays["recent_f"].tolist()
@@ -203,30 +307,294 @@ def _recent_from_arrays(arrays: dict[str, np.ndarray]) -> tuple[RecentItem, ...]
     )
 
 
+def window_size(model: HupModel) -> int:
+    """Slots of each layer's window ring: W with attention, 0 without."""
+    return model.config.window if model.config.attention else 0
+
+
 def initial_state(model: HupModel, features: FeatureState) -> ProfileState:
     """The state of a user never seen before."""
     n_layers, hidden = len(model.layer_names), model.config.hidden
-    key_size, value_sizes = _summary_sizes(model)
+    window = window_size(model)
     return ProfileState(
         features=features,
         hidden=np.zeros((4, n_layers, hidden), dtype=np.float32),
         open_signal=np.zeros(n_layers, dtype=np.int64),
-        window_keys=tuple(np.zeros((0, key_size), dtype=np.float32) for _ in range(n_layers)),
-        window_values=tuple(np.zeros((0, v), dtype=np.float32) for v in value_sizes),
+        windows=tuple(
+            np.zeros((window, size if window else 0), dtype=np.float32)
+            for size in _summary_sizes(model)
+        ),
+        window_count=np.zeros(n_layers, dtype=np.int64),
     )
 
 
-def _summary_sizes(model: HupModel) -> tuple[int, list[int]]:
+def _summary_sizes(model: HupModel) -> list[int]:
+    """Floats per window entry of each layer: the attention key plus the head projections."""
     if not model.config.attention:
-        return 0, [0] * len(model.layer_names)
-    sizes = [
-        sum(model.head_of(h).out_features for h in model.heads_of(name))
+        return [0] * len(model.layer_names)
+    return [
+        model.config.attention_hidden
+        + sum(model.head_of(h).out_features for h in model.heads_of(name))
         for name in model.layer_names
     ]
-    return model.config.attention_hidden, sizes
 
 
-@torch.no_grad()
+# ---- the step's plan: the model's weights rearranged once for the per-event step ---------
+
+
+class _Columns:
+    """Column indices of the flat per-event feature matrix (`_feature_matrix`)."""
+
+    def __init__(self, n_levels: int) -> None:
+        k = n_levels
+        self.is_micro, self.item = 0, 1
+        self.categories = list(range(2, 2 + k))
+        self.behavior, self.gap, self.dwell = 2 + k, 3 + k, 4 + k
+        self.item_change, self.item_gap = 5 + k, 6 + k
+        self.category_change = list(range(7 + k, 7 + 2 * k))
+        self.category_gap = list(range(7 + 2 * k, 7 + 3 * k))
+        self.category_dwell = list(range(7 + 3 * k, 7 + 4 * k))
+        self.zero = 7 + 4 * k  # always 0: indexes the bias row of every layer's table
+        self.width = 8 + 4 * k
+
+
+def _feature_matrix(features: list[EventFeatures]) -> np.ndarray:
+    """One row of ints per event, in `_Columns` order."""
+    return np.array(
+        [
+            (
+                f.is_micro,
+                f.item,
+                *f.categories,
+                f.behavior,
+                f.gap,
+                f.dwell,
+                f.item_change,
+                f.item_gap,
+                *f.category_change,
+                *f.category_gap,
+                *f.category_dwell,
+                0,
+            )
+            for f in features
+        ],
+        dtype=np.int64,
+    )
+
+
+class _Layer(NamedTuple):
+    """One layer's weights for the step (all contiguous, gate rows in i, f, o, g order)."""
+
+    name: str
+    dense: list[tuple[str, Tensor]]  # ("item" | "finer", [X_part, G]) transposed weights
+    hidden_t: Tensor  # [H, 4H]
+    change: int  # feature column of "a new entry starts"
+    recompute: int | None  # feature column of "the open entry is stepped" (None: always)
+    signal: int  # feature column of the attention signal
+    summary_t: Tensor | None  # [H, A + V + A]: key (entry part), head values, query
+    signal_table: Tensor | None  # [n_signals, A + V + A]: key (signal part + bias), zeros
+    score: Tensor | None  # [A] second scoring layer (its bias cancels in the softmax)
+    heads: list[tuple[str, int]]  # (head, size) in value order
+    head_bias: Tensor  # [V]
+    head_t: Tensor | None  # [H, V] without attention: the heads on the open output
+
+
+class _Plan:
+    """The model's weights rearranged for `step`: fused, transposed and precomputed tables.
+
+    Mathematically the same function as the model's layers: a linear map of a
+    concatenation is split into its parts, the part fed by a small embedding table
+    becomes a lookup of that table times the weights (precomputed), and every constant
+    term (biases) is folded into one table row per layer.
+    """
+
+    def __init__(self, model: HupModel) -> None:
+        cfg = model.config
+        self.parameters = list(model.parameters())
+        self.versions = _versions(self.parameters)
+        self.columns = cols = _Columns(cfg.n_levels)
+        self.hidden = cfg.hidden
+        self.attention = cfg.attention
+        self.window = window_size(model)
+        self.item_embedding = model.item_embedding.weight.detach()
+        self.layers: list[_Layer] = []
+        tables: list[Tensor] = []
+        bag_columns: list[int] = []
+        self.bag_starts: list[int] = []
+        h = cfg.hidden
+        for name in model.layer_names:
+            cell = model.cell_of(name)
+            parts, dt, a, change, recompute, signal = self._inputs(model, name)
+            x_dim = sum(width for _, width, _ in parts)
+            order = torch.cat(
+                [torch.arange(0, 2 * h), torch.arange(3 * h, 4 * h), torch.arange(2 * h, 3 * h)]
+            )
+            gates_w = cell.gates.weight.detach()[order]
+            blocks_x = [gates_w[:, :x_dim]]
+            biases = [cell.gates.bias.detach()[order]]
+            extra: list[tuple[int, torch.nn.Embedding, Tensor, int]] = []  # col, emb, W, block
+            if cell.time_gate is not None:
+                blocks_x.append(cell.time_gate.weight.detach()[:, :x_dim])
+                biases.append(cell.time_gate.bias.detach())
+                extra.append((dt[0], dt[1], cell.time_gate.weight.detach()[:, x_dim:], 4))
+            if cell.behavior_gate is not None:
+                blocks_x.append(cell.behavior_gate.weight.detach()[:, :x_dim])
+                biases.append(cell.behavior_gate.bias.detach())
+                extra.append((a[0], a[1], cell.behavior_gate.weight.detach()[:, x_dim:], 5))
+            w_x = torch.cat(blocks_x)  # [G, X]
+            width_g = w_x.shape[0]
+            sparse: dict[int, Tensor] = {cols.zero: torch.cat(biases).unsqueeze(0)}
+            dense: list[tuple[str, Tensor]] = []
+            offset = 0
+            for source, width, embedding in parts:
+                w_part = w_x[:, offset : offset + width]
+                if embedding is None:
+                    dense.append((str(source), w_part.T.contiguous()))
+                else:
+                    column = int(source)
+                    table = embedding.weight.detach() @ w_part.T
+                    sparse[column] = sparse[column] + table if column in sparse else table
+                offset += width
+            for column, embedding, weight, block in extra:
+                table = torch.zeros(embedding.num_embeddings, width_g)
+                table[:, block * h : (block + 1) * h] = embedding.weight.detach() @ weight.T
+                sparse[column] = sparse[column] + table if column in sparse else table
+            self.bag_starts.append(len(bag_columns))
+            for column, table in sparse.items():
+                bag_columns.append(column)
+                tables.append(table)
+            self.layers.append(
+                self._layer(model, name, dense, gates_w[:, x_dim:], change, recompute, signal)
+            )
+        self.bag_starts.append(len(bag_columns))
+        self.table = torch.cat(tables).contiguous()
+        sizes = [t.shape[0] for t in tables]
+        self.bag_columns = np.array(bag_columns, dtype=np.int64)
+        self.bag_offsets = np.cumsum([0, *sizes[:-1]]).astype(np.int64)
+
+    @staticmethod
+    def _inputs(
+        model: HupModel, name: str
+    ) -> tuple[
+        list[tuple[str | int, int, torch.nn.Embedding | None]],
+        tuple[int, torch.nn.Embedding],
+        tuple[int, torch.nn.Embedding],
+        int,
+        int | None,
+        int,
+    ]:
+        """The parts of `HupModel.layer_input` for `name`: x parts, dt, a and flag columns."""
+        cfg = model.config
+        cols = _Columns(cfg.n_levels)
+        gap, dwell, behavior = model.gap_embedding, model.dwell_embedding, model.behavior_embedding
+        if name == "micro":
+            parts: list[tuple[str | int, int, torch.nn.Embedding | None]] = [
+                ("item", cfg.item_dim, None)
+            ]
+            for k in range(cfg.n_levels):
+                parts.append((cols.categories[k], cfg.category_dim, model.category_embedding(k)))
+            parts += [
+                (cols.behavior, cfg.behavior_dim, behavior),
+                (cols.gap, cfg.gap_dim, gap),
+                (cols.dwell, cfg.dwell_dim, dwell),
+            ]
+            return (
+                parts,
+                (cols.gap, gap),
+                (cols.behavior, behavior),
+                cols.is_micro,
+                cols.is_micro,
+                cols.behavior,
+            )
+        if name == "item":
+            parts = [("item", cfg.item_dim, None)]
+            if cfg.use_micro:
+                parts.append(("finer", cfg.hidden, None))
+            return (
+                parts,
+                (cols.item_gap, gap),
+                (cols.dwell, dwell),
+                cols.item_change,
+                None,
+                cols.dwell,
+            )
+        k = int(name.removeprefix("category"))
+        return (
+            [
+                (cols.categories[k], cfg.category_dim, model.category_embedding(k)),
+                ("finer", cfg.hidden, None),
+            ],
+            (cols.category_gap[k], gap),
+            (cols.category_dwell[k], dwell),
+            cols.category_change[k],
+            None,
+            cols.category_dwell[k],
+        )
+
+    @staticmethod
+    def _layer(
+        model: HupModel,
+        name: str,
+        dense: list[tuple[str, Tensor]],
+        hidden_w: Tensor,
+        change: int,
+        recompute: int | None,
+        signal: int,
+    ) -> _Layer:
+        heads = [(h, model.head_of(h).out_features) for h in model.heads_of(name)]
+        head_w = torch.cat([model.head_of(h).weight.detach() for h, _ in heads])  # [V, H]
+        head_bias = torch.cat([model.head_of(h).bias.detach() for h, _ in heads])
+        summary_t = signal_table = score = head_t = None
+        if model.config.attention:
+            h = model.config.hidden
+            pool = model.pool_of(name)
+            w = pool.score_hidden.weight.detach()  # [A, 2H + S]: entry, query, signal
+            summary_t = torch.cat([w[:, :h], head_w, w[:, h : 2 * h]]).T.contiguous()
+            embedding = model.behavior_embedding if name == "micro" else model.dwell_embedding
+            keys = embedding.weight.detach() @ w[:, 2 * h :].T + pool.score_hidden.bias.detach()
+            zeros = keys.new_zeros(keys.shape[0], head_w.shape[0] + w.shape[0])
+            signal_table = torch.cat([keys, zeros], dim=1).contiguous()
+            score = pool.score_out.weight.detach()[0].contiguous()
+        else:
+            head_t = head_w.T.contiguous()
+        return _Layer(
+            name,
+            dense,
+            hidden_w.T.contiguous(),
+            change,
+            recompute,
+            signal,
+            summary_t,
+            signal_table,
+            score,
+            heads,
+            head_bias,
+            head_t,
+        )
+
+
+def _versions(parameters: list[torch.nn.Parameter]) -> tuple[int, ...]:
+    """In-place update counters of the model's parameters: a plan is stale when they moved."""
+    return tuple(p._version for p in parameters)  # noqa: SLF001 - torch has no public one
+
+
+_PLANS: weakref.WeakKeyDictionary[HupModel, _Plan] = weakref.WeakKeyDictionary()
+
+
+def _plan(model: HupModel) -> _Plan:
+    """The model's cached plan, rebuilt when a parameter changed since it was made."""
+    plan = _PLANS.get(model)
+    if plan is None or plan.versions != _versions(plan.parameters):
+        with torch.no_grad():
+            plan = _Plan(model)
+        _PLANS[model] = plan
+    return plan
+
+
+# ---- the step ---------------------------------------------------------------------------
+
+
+@torch.inference_mode()
 def step(
     model: HupModel,
     states: list[ProfileState],
@@ -246,109 +614,125 @@ def step(
     """
     if not states:
         return [], {}
-    n_layers = len(model.layer_names)
-    if states[0].hidden.shape != (4, n_layers, model.config.hidden):
+    plan = _plan(model)
+    n_layers, h = len(plan.layers), plan.hidden
+    if states[0].hidden.shape != (4, n_layers, h):
         raise StateError(
-            f"state has hidden shape {states[0].hidden.shape}, the model needs "
-            f"{(4, n_layers, model.config.hidden)}"
+            f"state has hidden shape {states[0].hidden.shape}, the model needs {(4, n_layers, h)}"
         )
-    attention = model.config.attention
-    back = model.config.window - 1 if attention else 0
-    f = stack_features(features)
+    batch = len(states)
+    cols, window = plan.columns, plan.window
+    fm = _feature_matrix(features)  # [B, F]
+
+    # Per-row bookkeeping of every layer, in numpy, before any model arithmetic.
+    seen = np.fromiter((s.applied > 0 for s in states), dtype=bool, count=batch)
+    count = np.stack([s.window_count for s in states])  # [B, L]
+    change = fm[:, [layer.change for layer in plan.layers]].astype(bool)  # [B, L]
+    commit = change & seen[:, None]
+    new_count = np.where(seen[:, None], count + commit, 1)
+    old_signal = np.stack([s.open_signal for s in states])  # [B, L]
+    new_signal = fm[:, [layer.signal for layer in plan.layers]]
+    for index, layer in enumerate(plan.layers):
+        if layer.recompute is not None:
+            keep = fm[:, layer.recompute] == 0
+            new_signal[keep, index] = old_signal[keep, index]
+
     hidden = torch.from_numpy(np.stack([s.hidden for s in states]))  # [B, 4, L, H]
-    open_signal = torch.from_numpy(np.stack([s.open_signal for s in states]))  # [B, L]
-    # Every layer opens an entry at a user's first event, so "has an open entry" = "seen".
-    seen = torch.tensor([s.applied > 0 for s in states])
-    new_hidden = hidden.clone()
-    new_signal = open_signal.clone()
-    keys: list[list[np.ndarray]] = [list(s.window_keys) for s in states]
-    values: list[list[np.ndarray]] = [list(s.window_values) for s in states]
+    new_hidden = torch.empty_like(hidden)
+    commit_t = torch.from_numpy(commit)
+    # Every layer's input terms fed by small tables (and its biases): one bag per (row, layer).
+    ids = torch.from_numpy(fm[:, plan.bag_columns] + plan.bag_offsets)  # [B, T]
+    per_row = ids.shape[1]
+    starts = torch.tensor(plan.bag_starts[:-1])
+    offsets = (torch.arange(batch).unsqueeze(1) * per_row + starts).flatten()
+    table_terms = F.embedding_bag(ids.flatten(), plan.table, offsets, mode="sum")
+    table_terms = table_terms.view(batch, n_layers, -1)
+    item = F.embedding(torch.from_numpy(fm[:, cols.item]), plan.item_embedding)
+
     profiles: dict[str, Tensor] = {}
-    finer = None
-    for layer, name in enumerate(model.layer_names):
-        inputs = model.layer_input(name, f, finer)
-        h_committed, c_committed, h_open, c_open = hidden[:, :, layer].unbind(1)  # [B, H] each
-        commit = inputs.change & seen
-        h_committed = torch.where(commit.unsqueeze(-1), h_open, h_committed)
-        c_committed = torch.where(commit.unsqueeze(-1), c_open, c_committed)
-        rows = torch.nonzero(commit).flatten()
-        if attention and len(rows):
-            # The entry being closed joins the window as its summary.
-            closed_keys, closed_values = model.entry_summary(
-                name, h_open[rows], open_signal[rows, layer]
-            )
-            for n, row in enumerate(rows.tolist()):
-                keys[row][layer] = _push(keys[row][layer], closed_keys[n : n + 1].numpy(), back)
-                values[row][layer] = _push(
-                    values[row][layer], closed_values[n : n + 1].numpy(), back
-                )
-        h_new, c_new = model.cell_of(name)(inputs.x, inputs.dt, inputs.a, h_committed, c_committed)
-        recompute = inputs.recompute.unsqueeze(-1)
-        h_open = torch.where(recompute, h_new, h_open)
-        c_open = torch.where(recompute, c_new, c_open)
-        signal = torch.where(inputs.recompute, inputs.signal, open_signal[:, layer])
-        new_hidden[:, :, layer] = torch.stack([h_committed, c_committed, h_open, c_open], dim=1)
-        new_signal[:, layer] = signal
-        if attention:
-            profiles.update(
-                _pool(
-                    model,
-                    name,
-                    [k[layer] for k in keys],
-                    [v[layer] for v in values],
-                    h_open,
-                    signal,
-                )
-            )
+    rings: list[np.ndarray] = []
+    rows = torch.arange(batch)
+    finer = item  # replaced by each layer's open output; only the layers above read it
+    for index, layer in enumerate(plan.layers):
+        z = table_terms[:, index]
+        for source, weight_t in layer.dense:
+            z = torch.addmm(z, item if source == "item" else finer, weight_t)
+        prev = hidden[:, :, index]  # [B, 4, H]
+        committed = new_hidden[:, 0:2, index]  # [B, 2, H] (h, c), written in place
+        torch.where(commit_t[:, index].view(batch, 1, 1), prev[:, 2:4], prev[:, 0:2], out=committed)
+        gates = torch.addmm(z[:, : 4 * h], committed[:, 0], layer.hidden_t)
+        sig = torch.sigmoid(gates[:, : 3 * h])
+        update = sig[:, :h] * torch.tanh(gates[:, 3 * h :])
+        if z.shape[1] > 4 * h:
+            scale = torch.sigmoid(z[:, 4 * h :])
+            if z.shape[1] > 5 * h:
+                scale = scale[:, :h] * scale[:, h:]
+            update = update * scale
+        c_open = sig[:, h : 2 * h] * committed[:, 1] + update
+        h_open = sig[:, 2 * h :] * torch.tanh(c_open)
+        if layer.recompute is not None:
+            keep = torch.from_numpy(fm[:, layer.recompute] == 0).unsqueeze(1)
+            torch.where(keep, prev[:, 2], h_open, out=new_hidden[:, 2, index])
+            torch.where(keep, prev[:, 3], c_open, out=new_hidden[:, 3, index])
         else:
-            profiles.update(model.profiles({name: h_open}, only=model.heads_of(name)))
+            new_hidden[:, 2, index] = h_open
+            new_hidden[:, 3, index] = c_open
+        h_open = new_hidden[:, 2, index]
+        if layer.summary_t is not None:
+            assert layer.signal_table is not None and layer.score is not None  # noqa: S101
+            ring_np, ring = _stacked_ring(states, index, new_count[:, index], window)
+            rings.append(ring_np)
+            signal = torch.from_numpy(new_signal[:, index])
+            summary = torch.addmm(layer.signal_table[signal], h_open, layer.summary_t)
+            width = ring.shape[2]
+            slot = torch.from_numpy((new_count[:, index] - 1) % window)
+            ring[rows, slot] = summary[:, :width]
+            filled = np.minimum(new_count[:, index], window)
+            n = int(filled.max())
+            keys = ring[:, :n, : layer.score.shape[0]]
+            scores = torch.add(keys, summary[:, width:].unsqueeze(1)).tanh_() @ layer.score
+            empty = torch.from_numpy(np.arange(n) >= filled[:, None])
+            weights = torch.softmax(scores.masked_fill_(empty, float("-inf")), dim=-1)
+            pooled = torch.bmm(weights.unsqueeze(1), ring[:, :n, layer.score.shape[0] :])
+            out = torch.tanh(pooled.squeeze(1) + layer.head_bias)
+        else:
+            assert layer.head_t is not None  # noqa: S101
+            rings.append(np.zeros((batch, 0, 0), dtype=np.float32))
+            out = torch.tanh(torch.addmm(layer.head_bias, h_open, layer.head_t))
+        start = 0
+        for head, size in layer.heads:
+            profiles[head] = out[:, start : start + size]
+            start += size
         finer = h_open
-    hidden_np, signal_np = new_hidden.numpy(), new_signal.numpy()
+
+    hidden_np = new_hidden.numpy()
     new_states = [
-        replace(
-            state,
-            features=fs,
-            hidden=hidden_np[row].copy(),
-            open_signal=signal_np[row].copy(),
-            window_keys=tuple(keys[row]),
-            window_values=tuple(values[row]),
-            applied=state.applied + 1,
+        ProfileState(
+            fs,
+            hidden_np[row],
+            new_signal[row],
+            tuple(ring[row] for ring in rings),
+            new_count[row],
+            state.applied + 1,
+            state.input_partition,
+            state.input_offset,
+            state.source_offsets,
         )
         for row, (state, fs) in enumerate(zip(states, feature_states, strict=True))
     ]
     return new_states, profiles
 
 
-def _push(window: np.ndarray, entry: np.ndarray, capacity: int) -> np.ndarray:
-    """Append and keep the newest `capacity` entries (a new array: states are values)."""
-    if capacity <= 0:
-        return window[:0]
-    joined = np.concatenate([window, entry])
-    return joined[max(0, len(joined) - capacity) :]
+def _stacked_ring(
+    states: list[ProfileState], layer: int, new_count: np.ndarray, window: int
+) -> tuple[np.ndarray, Tensor]:
+    """The batch's rings of ``layer`` as one zeroed [B, W, D] buffer, filled where they can be read.
 
-
-def _pool(
-    model: HupModel,
-    name: str,
-    window_keys: list[np.ndarray],
-    window_values: list[np.ndarray],
-    current: Tensor,
-    current_signal: Tensor,
-) -> dict[str, Tensor]:
-    """Profiles of `name`'s heads: attention over stored summaries plus the current entry."""
-    width = model.config.window
-    current_keys, current_values = model.entry_summary(name, current, current_signal)
-    batch = current.shape[0]
-    keys = current_keys.new_zeros(batch, width, current_keys.shape[1])
-    values = current_values.new_zeros(batch, width, current_values.shape[1])
-    mask = torch.zeros(batch, width, dtype=torch.bool)
-    for row, (k, v) in enumerate(zip(window_keys, window_values, strict=True)):
-        n = len(k)
-        if n:
-            keys[row, width - 1 - n : width - 1] = torch.from_numpy(k)
-            values[row, width - 1 - n : width - 1] = torch.from_numpy(v)
-            mask[row, width - 1 - n : width - 1] = True
-    keys[:, -1] = current_keys
-    values[:, -1] = current_values
-    mask[:, -1] = True
-    return model.pooled_profiles(name, keys, values, mask, current)
+    Only the slots below the batch's largest fill after this event are copied: the rest
+    are zero in every row and never read.
+    """
+    width = states[0].windows[layer].shape[1]
+    out = np.zeros((len(states), window, width), dtype=np.float32)
+    n = int(min(new_count.max(), window))
+    np.stack([s.windows[layer][:n] for s in states], out=out[:, :n])
+    return out, torch.from_numpy(out)
