@@ -251,6 +251,13 @@ async def consume_guarded(
                     "again from the committed offset",
                     len(stale),
                 )
+            if app.should_stop and events:
+                # Nothing of this batch would be saved (`RebalanceFence.may_write`), and
+                # its offsets follow those of a batch left unacked for the same reason,
+                # which is no hole: release it for the next start without a re-read.
+                for event in events:
+                    guard.abandon(event)
+                continue
             events, holes = guard.split(events)
             if holes:
                 # Never processed past, never committed over: read again from the hole.
