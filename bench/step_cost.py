@@ -10,6 +10,10 @@ the weights) this measures two things per call:
 * `Profiler.apply`: the step plus the featurizer (pure Python, per event) and the
   per-event `Profile`/`Applied` objects the stream reads.
 
+The script runs with the worker's garbage-collector settings
+(`stream.startup.settle_memory`: start-up objects frozen, the young generation collected
+every 50,000 allocations), so full collections do not walk the model on every batch.
+
 Prints a table and, with ``--out``, writes the figures as JSON.
 
     .venv/bin/python bench/step_cost.py --out bench/results/step_cost.json
@@ -36,6 +40,7 @@ from hup.incremental import step
 from hup.runtime import Profiler
 from hup.synthetic import SyntheticConfig, generate
 from hup.vocab import Taxonomy
+from stream.startup import settle_memory
 
 STEPS = 15
 BATCHES = (1, 8, 64, 256)
@@ -149,6 +154,7 @@ def main(
     """Time the step and `Profiler.apply` for each batch size; print the table."""
     torch.set_num_threads(1)
     profiler, sessions = untrained_profiler(max(BATCHES))
+    settle_memory()
     costs = measure(profiler, sessions)
     Console().print(table(costs))
     if out is not None:

@@ -29,17 +29,20 @@ ids; closed dwell and latest time; the skus joined; absent when empty); `last_ts
 float64 0-d (read by expiry) and `sources` int64 [n, 2] (per partition of the input
 topic, the offset of the last event applied from it; absent when empty).
 
-The step stacks the batch once per layer into contiguous float32 buffers and has no
-Python loop over users: the inputs of every layer are one embedding bag over small
-precomputed tables plus one matrix product of the dense inputs (the item embedding,
-the finer layer's output), the LSTM's gates of one layer are one fused product, and
-attention reads only the slots filled in some row of the batch. The only per-user
-Python is gathering the states' arrays and building the new states around views of the
-batch's buffers.
+The step has no Python loop over users in its arithmetic. Per call it gathers the
+states' arrays once (hidden [B, 4, L, H], and the window rings of each run of layers with
+equal entry widths as one contiguous float32 [B, G, W, D] buffer), computes every layer's
+pre-activations except the finer layer's part in three products (one padded embedding
+bag over small precomputed tables for categories, behaviour, gap and dwell buckets and
+biases; the item embedding; the committed h of all layers in one batched product), steps
+each layer with one product and a handful of fused element-wise ops (one sigmoid covers
+every gate), and attends once per run of equal-width layers over the slots filled in
+some row of the batch. The new states are views of the call's buffers.
 """
 
 from __future__ import annotations
 
+import operator
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -382,21 +385,20 @@ def _feature_matrix(features: list[EventFeatures]) -> np.ndarray:
     )
 
 
-class _Layer(NamedTuple):
-    """One layer's weights for the step (all contiguous, gate rows in i, f, o, g order)."""
+class _Group(NamedTuple):
+    """A run of adjacent layers whose window entries have the same width, attended together.
 
-    name: str
-    dense: list[tuple[str, Tensor]]  # ("item" | "finer", [X_part, G]) transposed weights
-    hidden_t: Tensor  # [H, 4H]
-    change: int  # feature column of "a new entry starts"
-    recompute: int | None  # feature column of "the open entry is stepped" (None: always)
-    signal: int  # feature column of the attention signal
-    summary_t: Tensor | None  # [H, A + V + A]: key (entry part), head values, query
-    signal_table: Tensor | None  # [n_signals, A + V + A]: key (signal part + bias), zeros
-    score: Tensor | None  # [A] second scoring layer (its bias cancels in the softmax)
-    heads: list[tuple[str, int]]  # (head, size) in value order
-    head_bias: Tensor  # [V]
-    head_t: Tensor | None  # [H, V] without attention: the heads on the open output
+    Every tensor is stacked over the group's G layers; an entry is [key A | values V].
+    """
+
+    start: int  # first layer of the run
+    stop: int  # one past its last layer
+    summary_t: Tensor  # [G, H, A + V + A]: key (entry part), head values, query
+    signal_table: Tensor  # [sum of signal counts, A + V + A]: key (signal part + bias), zeros
+    signal_offsets: np.ndarray  # [G, 1] first row of each layer's signals in signal_table
+    score: Tensor  # [G, 1, A] second scoring layer (its bias cancels in the softmax)
+    head_bias: Tensor  # [G, V]
+    heads: list[list[tuple[str, int]]]  # per layer, (head, size) in value order
 
 
 class _Plan:
@@ -405,7 +407,9 @@ class _Plan:
     Mathematically the same function as the model's layers: a linear map of a
     concatenation is split into its parts, the part fed by a small embedding table
     becomes a lookup of that table times the weights (precomputed), and every constant
-    term (biases) is folded into one table row per layer.
+    term (biases) is folded into one table row per layer. The pre-activations of a layer
+    are laid out [extra gates (time, behaviour), I, F, O, C~] (E + 4 blocks of H), so one
+    sigmoid covers every gate and the recurrent weights feed one run of four blocks.
     """
 
     def __init__(self, model: HupModel) -> None:
@@ -413,43 +417,49 @@ class _Plan:
         self.parameters = list(model.parameters())
         self.versions = _versions(self.parameters)
         self.columns = cols = _Columns(cfg.n_levels)
-        self.hidden = cfg.hidden
-        self.attention = cfg.attention
+        self.hidden = h = cfg.hidden
         self.window = window_size(model)
         self.item_embedding = model.item_embedding.weight.detach()
-        self.layers: list[_Layer] = []
+        names = model.layer_names
+        self.n_layers = len(names)
         tables: list[Tensor] = []
-        bag_columns: list[int] = []
-        self.bag_starts: list[int] = []
-        h = cfg.hidden
-        for name in model.layer_names:
+        bags: list[list[tuple[int, int]]] = []  # per layer, (feature column, table row offset)
+        recurrent: list[Tensor] = []
+        item_w: list[Tensor | None] = []
+        self.finer: list[Tensor | None] = []
+        self.extras = 0
+        rows = 0
+        for name in names:
             cell = model.cell_of(name)
-            parts, dt, a, change, recompute, signal = self._inputs(model, name)
+            parts, dt, a, _, _, _ = self._inputs(model, name)
             x_dim = sum(width for _, width, _ in parts)
             order = torch.cat(
                 [torch.arange(0, 2 * h), torch.arange(3 * h, 4 * h), torch.arange(2 * h, 3 * h)]
             )
-            gates_w = cell.gates.weight.detach()[order]
-            blocks_x = [gates_w[:, :x_dim]]
-            biases = [cell.gates.bias.detach()[order]]
+            gates_w = cell.gates.weight.detach()[order]  # I, F, O, C~
+            blocks_x, biases = [], []
             extra: list[tuple[int, torch.nn.Embedding, Tensor, int]] = []  # col, emb, W, block
-            if cell.time_gate is not None:
-                blocks_x.append(cell.time_gate.weight.detach()[:, :x_dim])
-                biases.append(cell.time_gate.bias.detach())
-                extra.append((dt[0], dt[1], cell.time_gate.weight.detach()[:, x_dim:], 4))
-            if cell.behavior_gate is not None:
-                blocks_x.append(cell.behavior_gate.weight.detach()[:, :x_dim])
-                biases.append(cell.behavior_gate.bias.detach())
-                extra.append((a[0], a[1], cell.behavior_gate.weight.detach()[:, x_dim:], 5))
+            for gate, (gate_column, gate_embedding) in (
+                (cell.time_gate, dt),
+                (cell.behavior_gate, a),
+            ):
+                if gate is not None:
+                    weight = gate.weight.detach()[:, x_dim:]
+                    extra.append((gate_column, gate_embedding, weight, len(extra)))
+                    blocks_x.append(gate.weight.detach()[:, :x_dim])
+                    biases.append(gate.bias.detach())
+            self.extras = len(extra)
+            blocks_x.append(gates_w[:, :x_dim])
+            biases.append(cell.gates.bias.detach()[order])
             w_x = torch.cat(blocks_x)  # [G, X]
             width_g = w_x.shape[0]
             sparse: dict[int, Tensor] = {cols.zero: torch.cat(biases).unsqueeze(0)}
-            dense: list[tuple[str, Tensor]] = []
+            dense: dict[str, Tensor] = {}
             offset = 0
             for source, width, embedding in parts:
                 w_part = w_x[:, offset : offset + width]
                 if embedding is None:
-                    dense.append((str(source), w_part.T.contiguous()))
+                    dense[str(source)] = w_part.T.contiguous()
                 else:
                     column = int(source)
                     table = embedding.weight.detach() @ w_part.T
@@ -459,18 +469,51 @@ class _Plan:
                 table = torch.zeros(embedding.num_embeddings, width_g)
                 table[:, block * h : (block + 1) * h] = embedding.weight.detach() @ weight.T
                 sparse[column] = sparse[column] + table if column in sparse else table
-            self.bag_starts.append(len(bag_columns))
+            bag = []
             for column, table in sparse.items():
-                bag_columns.append(column)
+                bag.append((column, rows))
                 tables.append(table)
-            self.layers.append(
-                self._layer(model, name, dense, gates_w[:, x_dim:], change, recompute, signal)
-            )
-        self.bag_starts.append(len(bag_columns))
+                rows += table.shape[0]
+            bags.append(bag)
+            recurrent.append(gates_w[:, x_dim:].T)  # [H, 4H]
+            item_w.append(dense.get("item"))
+            self.finer.append(dense.get("finer"))
+        self.gate_width = (self.extras + 4) * h
+        # Bags padded to one length with a row of zeros, so the lookup is one 2-D bag.
+        tables.append(torch.zeros(1, self.gate_width))
         self.table = torch.cat(tables).contiguous()
-        sizes = [t.shape[0] for t in tables]
-        self.bag_columns = np.array(bag_columns, dtype=np.int64)
-        self.bag_offsets = np.cumsum([0, *sizes[:-1]]).astype(np.int64)
+        longest = max(len(b) for b in bags)
+        padded = [b + [(cols.zero, rows)] * (longest - len(b)) for b in bags]
+        self.bag_columns = np.array([[c for c, _ in b] for b in padded], dtype=np.int64).ravel()
+        self.bag_offsets = np.array([[o for _, o in b] for b in padded], dtype=np.int64).ravel()
+        self.bag_length = longest
+        self.recurrent = torch.stack(recurrent).contiguous()  # [L, H, 4H]
+        # The item embedding feeds a run of adjacent layers (the first one or two).
+        fed = [i for i, w in enumerate(item_w) if w is not None]
+        if fed != list(range(fed[0], fed[-1] + 1)):
+            raise StateError(f"the item embedding feeds layers {fed}, expected adjacent ones")
+        self.item_layers = (fed[0], fed[-1] + 1)
+        self.item_w = torch.stack([w for w in item_w if w is not None]).contiguous()  # [n, I, G]
+        self.change = np.array([self._inputs(model, n)[3] for n in names], dtype=np.int64)
+        self.signal = np.array([self._inputs(model, n)[5] for n in names], dtype=np.int64)
+        self.recompute = [
+            (index, stepped)
+            for index, name in enumerate(names)
+            if (stepped := self._inputs(model, name)[4]) is not None
+        ]
+        self.groups: list[_Group] = []
+        self.head_t: list[tuple[Tensor, Tensor, list[tuple[str, int]]]] = []
+        if cfg.attention:
+            sizes = _summary_sizes(model)
+            start = 0
+            for stop in range(1, len(names) + 1):
+                if stop == len(names) or sizes[stop] != sizes[start]:
+                    self.groups.append(self._group(model, names, start, stop))
+                    start = stop
+        else:
+            for name in names:
+                heads, head_w, head_bias = self._heads(model, name)
+                self.head_t.append((head_bias, head_w.T.contiguous(), heads))
 
     @staticmethod
     def _inputs(
@@ -532,50 +575,48 @@ class _Plan:
         )
 
     @staticmethod
-    def _layer(
-        model: HupModel,
-        name: str,
-        dense: list[tuple[str, Tensor]],
-        hidden_w: Tensor,
-        change: int,
-        recompute: int | None,
-        signal: int,
-    ) -> _Layer:
+    def _heads(model: HupModel, name: str) -> tuple[list[tuple[str, int]], Tensor, Tensor]:
+        """The heads layer ``name`` feeds, (name, size) in value order; their weights and biases."""
         heads = [(h, model.head_of(h).out_features) for h in model.heads_of(name)]
         head_w = torch.cat([model.head_of(h).weight.detach() for h, _ in heads])  # [V, H]
         head_bias = torch.cat([model.head_of(h).bias.detach() for h, _ in heads])
-        summary_t = signal_table = score = head_t = None
-        if model.config.attention:
-            h = model.config.hidden
+        return heads, head_w, head_bias
+
+    @classmethod
+    def _group(cls, model: HupModel, names: list[str], start: int, stop: int) -> _Group:
+        h = model.config.hidden
+        summary_t, signal_tables, score, head_bias, heads = [], [], [], [], []
+        for name in names[start:stop]:
+            layer_heads, head_w, bias = cls._heads(model, name)
             pool = model.pool_of(name)
             w = pool.score_hidden.weight.detach()  # [A, 2H + S]: entry, query, signal
-            summary_t = torch.cat([w[:, :h], head_w, w[:, h : 2 * h]]).T.contiguous()
+            summary_t.append(torch.cat([w[:, :h], head_w, w[:, h : 2 * h]]).T)
             embedding = model.behavior_embedding if name == "micro" else model.dwell_embedding
             keys = embedding.weight.detach() @ w[:, 2 * h :].T + pool.score_hidden.bias.detach()
             zeros = keys.new_zeros(keys.shape[0], head_w.shape[0] + w.shape[0])
-            signal_table = torch.cat([keys, zeros], dim=1).contiguous()
-            score = pool.score_out.weight.detach()[0].contiguous()
-        else:
-            head_t = head_w.T.contiguous()
-        return _Layer(
-            name,
-            dense,
-            hidden_w.T.contiguous(),
-            change,
-            recompute,
-            signal,
-            summary_t,
-            signal_table,
-            score,
+            signal_tables.append(torch.cat([keys, zeros], dim=1))
+            score.append(pool.score_out.weight.detach()[0])
+            head_bias.append(bias)
+            heads.append(layer_heads)
+        sizes = [t.shape[0] for t in signal_tables]
+        return _Group(
+            start,
+            stop,
+            torch.stack(summary_t).contiguous(),
+            torch.cat(signal_tables).contiguous(),
+            np.cumsum([0, *sizes[:-1]]).astype(np.int64)[:, None],
+            torch.stack(score).unsqueeze(1).contiguous(),
+            torch.stack(head_bias).contiguous(),
             heads,
-            head_bias,
-            head_t,
         )
 
 
 def _versions(parameters: list[torch.nn.Parameter]) -> tuple[int, ...]:
     """In-place update counters of the model's parameters: a plan is stale when they moved."""
-    return tuple(p._version for p in parameters)  # noqa: SLF001 - torch has no public one
+    return tuple(map(_VERSION, parameters))
+
+
+_VERSION = operator.attrgetter("_version")  # torch has no public name for the counter
 
 
 _PLANS: weakref.WeakKeyDictionary[HupModel, _Plan] = weakref.WeakKeyDictionary()
@@ -615,124 +656,149 @@ def step(
     if not states:
         return [], {}
     plan = _plan(model)
-    n_layers, h = len(plan.layers), plan.hidden
+    n_layers, h, e = plan.n_layers, plan.hidden, plan.extras
     if states[0].hidden.shape != (4, n_layers, h):
         raise StateError(
             f"state has hidden shape {states[0].hidden.shape}, the model needs {(4, n_layers, h)}"
         )
     batch = len(states)
-    cols, window = plan.columns, plan.window
     fm = _feature_matrix(features)  # [B, F]
 
     # Per-row bookkeeping of every layer, in numpy, before any model arithmetic.
     seen = np.fromiter((s.applied > 0 for s in states), dtype=bool, count=batch)
     count = np.stack([s.window_count for s in states])  # [B, L]
-    change = fm[:, [layer.change for layer in plan.layers]].astype(bool)  # [B, L]
-    commit = change & seen[:, None]
+    commit = fm[:, plan.change].astype(bool) & seen[:, None]  # [B, L]
     new_count = np.where(seen[:, None], count + commit, 1)
-    old_signal = np.stack([s.open_signal for s in states])  # [B, L]
-    new_signal = fm[:, [layer.signal for layer in plan.layers]]
-    for index, layer in enumerate(plan.layers):
-        if layer.recompute is not None:
-            keep = fm[:, layer.recompute] == 0
-            new_signal[keep, index] = old_signal[keep, index]
+    new_signal = fm[:, plan.signal]  # [B, L]
+    keeps = []  # (layer, rows whose open entry is not stepped)
+    for index, column in plan.recompute:
+        keep = fm[:, column] == 0
+        if keep.any():
+            keeps.append((index, keep))
+            new_signal[keep, index] = np.stack([s.open_signal[index] for s in states])[keep]
 
-    hidden = torch.from_numpy(np.stack([s.hidden for s in states]))  # [B, 4, L, H]
-    new_hidden = torch.empty_like(hidden)
-    commit_t = torch.from_numpy(commit)
-    # Every layer's input terms fed by small tables (and its biases): one bag per (row, layer).
-    ids = torch.from_numpy(fm[:, plan.bag_columns] + plan.bag_offsets)  # [B, T]
-    per_row = ids.shape[1]
-    starts = torch.tensor(plan.bag_starts[:-1])
-    offsets = (torch.arange(batch).unsqueeze(1) * per_row + starts).flatten()
-    table_terms = F.embedding_bag(ids.flatten(), plan.table, offsets, mode="sum")
-    table_terms = table_terms.view(batch, n_layers, -1)
-    item = F.embedding(torch.from_numpy(fm[:, cols.item]), plan.item_embedding)
+    # The committed (h, c) of every layer: the open entry's where a new entry starts.
+    hidden = np.stack([s.hidden for s in states])  # [B, 4, L, H]
+    new_hidden = np.empty_like(hidden)
+    new_hidden[:, 0:2] = hidden[:, 0:2]
+    np.copyto(new_hidden[:, 0:2], hidden[:, 2:4], where=commit[:, None, :, None])
+    nh = torch.from_numpy(new_hidden)
+
+    # Pre-activations [L, B, (E + 4) H] of every layer from everything but the finer layer:
+    # the small tables (one padded bag per layer and row), the item embedding and the
+    # committed h, three products in all.
+    ids = (fm[:, plan.bag_columns] + plan.bag_offsets).reshape(batch, n_layers, plan.bag_length)
+    ids_t = torch.from_numpy(np.ascontiguousarray(ids.transpose(1, 0, 2)))
+    pre = F.embedding_bag(ids_t.view(-1, plan.bag_length), plan.table, mode="sum")
+    pre = pre.view(n_layers, batch, plan.gate_width)
+    item = F.embedding(torch.from_numpy(fm[:, plan.columns.item]), plan.item_embedding)
+    first, last = plan.item_layers
+    pre[first:last].baddbmm_(item.expand(last - first, batch, item.shape[1]), plan.item_w)
+    pre[:, :, e * h :].baddbmm_(nh[:, 0].transpose(0, 1), plan.recurrent)
+
+    # The open step of each layer, coarser layers reading the finer layer's open output.
+    committed_c, open_h, open_c = nh[:, 1].unbind(1), nh[:, 2].unbind(1), nh[:, 3].unbind(1)
+    for index, gates in enumerate(pre.unbind(0)):
+        finer_w = plan.finer[index]
+        if finer_w is not None:
+            gates.addmm_(open_h[index - 1], finer_w)
+        *scales, forget, output = torch.sigmoid(gates[:, : (e + 3) * h]).split(h, dim=1)
+        update = torch.tanh(gates[:, (e + 3) * h :])
+        for scale in scales:  # the extra gates and I
+            update.mul_(scale)
+        torch.addcmul(update, forget, committed_c[index], out=open_c[index])
+        torch.mul(output, torch.tanh(open_c[index]), out=open_h[index])
+        for layer, keep in keeps:
+            if layer == index:
+                new_hidden[keep, 2:4, index] = hidden[keep, 2:4, index]
 
     profiles: dict[str, Tensor] = {}
-    rings: list[np.ndarray] = []
-    rows = torch.arange(batch)
-    finer = item  # replaced by each layer's open output; only the layers above read it
-    for index, layer in enumerate(plan.layers):
-        z = table_terms[:, index]
-        for source, weight_t in layer.dense:
-            z = torch.addmm(z, item if source == "item" else finer, weight_t)
-        prev = hidden[:, :, index]  # [B, 4, H]
-        committed = new_hidden[:, 0:2, index]  # [B, 2, H] (h, c), written in place
-        torch.where(commit_t[:, index].view(batch, 1, 1), prev[:, 2:4], prev[:, 0:2], out=committed)
-        gates = torch.addmm(z[:, : 4 * h], committed[:, 0], layer.hidden_t)
-        sig = torch.sigmoid(gates[:, : 3 * h])
-        update = sig[:, :h] * torch.tanh(gates[:, 3 * h :])
-        if z.shape[1] > 4 * h:
-            scale = torch.sigmoid(z[:, 4 * h :])
-            if z.shape[1] > 5 * h:
-                scale = scale[:, :h] * scale[:, h:]
-            update = update * scale
-        c_open = sig[:, h : 2 * h] * committed[:, 1] + update
-        h_open = sig[:, 2 * h :] * torch.tanh(c_open)
-        if layer.recompute is not None:
-            keep = torch.from_numpy(fm[:, layer.recompute] == 0).unsqueeze(1)
-            torch.where(keep, prev[:, 2], h_open, out=new_hidden[:, 2, index])
-            torch.where(keep, prev[:, 3], c_open, out=new_hidden[:, 3, index])
-        else:
-            new_hidden[:, 2, index] = h_open
-            new_hidden[:, 3, index] = c_open
-        h_open = new_hidden[:, 2, index]
-        if layer.summary_t is not None:
-            assert layer.signal_table is not None and layer.score is not None  # noqa: S101
-            ring_np, ring = _stacked_ring(states, index, new_count[:, index], window)
-            rings.append(ring_np)
-            signal = torch.from_numpy(new_signal[:, index])
-            summary = torch.addmm(layer.signal_table[signal], h_open, layer.summary_t)
-            width = ring.shape[2]
-            slot = torch.from_numpy((new_count[:, index] - 1) % window)
-            ring[rows, slot] = summary[:, :width]
-            filled = np.minimum(new_count[:, index], window)
-            n = int(filled.max())
-            keys = ring[:, :n, : layer.score.shape[0]]
-            scores = torch.add(keys, summary[:, width:].unsqueeze(1)).tanh_() @ layer.score
-            empty = torch.from_numpy(np.arange(n) >= filled[:, None])
-            weights = torch.softmax(scores.masked_fill_(empty, float("-inf")), dim=-1)
-            pooled = torch.bmm(weights.unsqueeze(1), ring[:, :n, layer.score.shape[0] :])
-            out = torch.tanh(pooled.squeeze(1) + layer.head_bias)
-        else:
-            assert layer.head_t is not None  # noqa: S101
-            rings.append(np.zeros((batch, 0, 0), dtype=np.float32))
-            out = torch.tanh(torch.addmm(layer.head_bias, h_open, layer.head_t))
+    layer_rings: list[list[np.ndarray]] = []
+    for group in plan.groups:
+        rings, out = _attend(plan, group, states, nh, new_signal, new_count)
+        layer_rings += [list(rings[:, g]) for g in range(group.stop - group.start)]
+        for g, heads in enumerate(group.heads):
+            start = 0
+            for head, size in heads:
+                profiles[head] = out[:, g, start : start + size]
+                start += size
+    for index, (head_bias, head_t, heads) in enumerate(plan.head_t):
+        out = torch.tanh(torch.addmm(head_bias, open_h[index], head_t))
         start = 0
-        for head, size in layer.heads:
+        for head, size in heads:
             profiles[head] = out[:, start : start + size]
             start += size
-        finer = h_open
+        layer_rings.append([_NO_WINDOW] * batch)
 
-    hidden_np = new_hidden.numpy()
     new_states = [
         ProfileState(
             fs,
-            hidden_np[row],
-            new_signal[row],
-            tuple(ring[row] for ring in rings),
-            new_count[row],
+            hid,
+            signal,
+            rings,
+            n,
             state.applied + 1,
             state.input_partition,
             state.input_offset,
             state.source_offsets,
         )
-        for row, (state, fs) in enumerate(zip(states, feature_states, strict=True))
+        for state, fs, hid, signal, rings, n in zip(
+            states,
+            feature_states,
+            list(new_hidden),
+            list(new_signal),
+            zip(*layer_rings, strict=True),
+            list(new_count),
+            strict=True,
+        )
     ]
     return new_states, profiles
 
 
-def _stacked_ring(
-    states: list[ProfileState], layer: int, new_count: np.ndarray, window: int
-) -> tuple[np.ndarray, Tensor]:
-    """The batch's rings of ``layer`` as one zeroed [B, W, D] buffer, filled where they can be read.
+_NO_WINDOW = np.zeros((0, 0), dtype=np.float32)
+_NO_WINDOW.flags.writeable = False
 
-    Only the slots below the batch's largest fill after this event are copied: the rest
-    are zero in every row and never read.
+
+def _attend(
+    plan: _Plan,
+    group: _Group,
+    states: list[ProfileState],
+    nh: Tensor,
+    new_signal: np.ndarray,
+    new_count: np.ndarray,
+) -> tuple[np.ndarray, Tensor]:
+    """Add this event's entry to the group's rings and pool each window; rings [B, G, W, D].
+
+    The batch's rings are copied whole into one buffer (one C-level copy: cheaper than
+    slicing each ring to its filled slots, whose tails are zero), and scores are computed
+    over the slots below the group's largest fill after this event only.
     """
-    width = states[0].windows[layer].shape[1]
-    out = np.zeros((len(states), window, width), dtype=np.float32)
-    n = int(min(new_count.max(), window))
-    np.stack([s.windows[layer][:n] for s in states], out=out[:, :n])
-    return out, torch.from_numpy(out)
+    batch, window = len(states), plan.window
+    start, stop = group.start, group.stop
+    layers = stop - start
+    width = states[0].windows[start].shape[1]
+    keys_width = group.score.shape[2]
+    counts = new_count[:, start:stop]  # [B, G]
+    filled = np.minimum(counts, window)
+    n = int(filled.max())
+    rings = np.empty((batch, layers, window, width), dtype=np.float32)
+    np.concatenate(
+        [s.windows[layer] for s in states for layer in range(start, stop)],
+        out=rings.reshape(batch * layers * window, width),
+    )
+    ids = torch.from_numpy((new_signal[:, start:stop].T + group.signal_offsets).ravel())
+    signal_terms = F.embedding(ids, group.signal_table).view(layers, batch, -1)
+    open_h = nh[:, 2, start:stop].transpose(0, 1)  # [G, B, H]
+    summary = torch.baddbmm(signal_terms, open_h, group.summary_t)  # [G, B, D + A]
+    slots = (counts - 1) % window
+    rings[np.arange(batch)[:, None], np.arange(layers), slots] = (
+        summary[:, :, :width].numpy().transpose(1, 0, 2)
+    )
+    ring = torch.from_numpy(rings)[:, :, :n]
+    query = summary[:, :, width:].transpose(0, 1).unsqueeze(2)  # [B, G, 1, A]
+    scores = torch.add(ring[..., :keys_width], query).tanh_().mul_(group.score).sum(dim=-1)
+    if int(filled.min()) < n:
+        scores.masked_fill_(torch.from_numpy(np.arange(n) >= filled[..., None]), float("-inf"))
+    weights = torch.softmax(scores, dim=-1)  # [B, G, n]
+    pooled = torch.matmul(weights.unsqueeze(2), ring[..., keys_width:]).squeeze(2)
+    return rings, pooled.add_(group.head_bias).tanh_()

@@ -95,3 +95,30 @@ def test_the_step_follows_weights_changed_in_place(model_and_featurizer) -> None
             model.head_of("item").bias.sub_(1.0)
     assert not torch.allclose(before["item"], after["item"])
     assert torch.allclose(before["category0"], after["category0"])
+
+
+def test_a_batch_equals_its_users_stepped_alone_and_leaves_its_inputs_unchanged(
+    model_and_featurizer,
+) -> None:
+    # Users at different window fills (empty, young, wrapped) in one call: the batch's
+    # stacked rings, the mask over unfilled slots and the shared buffers must neither
+    # mix rows nor write into the states passed in.
+    model, featurizer = model_and_featurizer
+    events = _events(3 * WINDOW + 2)
+    states = [initial_state(model, featurizer.initial_state())]
+    states += [_run(model, featurizer, n)[0] for n in (1, 2, WINDOW + 1, 3 * WINDOW + 1)]
+    inputs = [featurizer.apply(s.features, events[s.applied]) for s in states]
+    before = [[s.hidden.copy(), *(ring.copy() for ring in s.windows)] for s in states]
+    batched, profiles = step(model, states, [f for _, f, _ in inputs], [s for s, _, _ in inputs])
+    for row, (state, (feature_state, features, _)) in enumerate(zip(states, inputs, strict=True)):
+        (alone,), alone_profiles = step(model, [state], [features], [feature_state])
+        for head, vector in alone_profiles.items():
+            torch.testing.assert_close(profiles[head][row], vector[0], rtol=0, atol=1e-6)
+        new = batched[row]
+        np.testing.assert_allclose(new.hidden, alone.hidden, rtol=0, atol=1e-6)
+        np.testing.assert_array_equal(new.window_count, alone.window_count)
+        for ring, again, n in zip(new.windows, alone.windows, new.window_count, strict=True):
+            np.testing.assert_allclose(ring, again, rtol=0, atol=1e-6)
+            assert not ring[min(int(n), WINDOW) :].any()  # unfilled slots stay zero
+        for array, copy in zip([state.hidden, *state.windows], before[row], strict=True):
+            np.testing.assert_array_equal(array, copy)
