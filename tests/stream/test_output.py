@@ -361,9 +361,13 @@ def test_batches_taken_while_stopping_are_released_without_a_hole_or_a_re_read(
     async def add_gap(*args: object) -> None:
         raise AssertionError("no gap may be marked")
 
+    async def seek_to_committed() -> dict[TP, int]:
+        return {}
+
     consumer = SimpleNamespace(
         ack=lambda message: True,
         _add_gap=add_gap,
+        seek_to_committed=seek_to_committed,
         _unacked_messages=set(),
         _waiting_for_ack=None,
         assignment=lambda: {TP("events", 0)},

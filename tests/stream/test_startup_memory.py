@@ -27,6 +27,7 @@ def test_prepare_freezes_the_loaded_model_and_raises_the_young_threshold(
     restored_gc: None, checkpoint_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("stream.startup.ensure_topics", lambda *args, **kwargs: None)
+    monkeypatch.setattr(WorkerContext, "_detect_embedded_broker", lambda self: None)  # no broker
     gc.unfreeze()
     settings = Settings(
         model=checkpoint_dir,
