@@ -236,16 +236,18 @@ class AckGuard:
         Without it the first event of a partition after an assignment has nothing to
         continue, and records that never reach the agent between the committed offset
         and that event would be committed over unseen. A partition with no committed
-        offset (``None`` or negative: the reset policy decides) has no known start.
+        offset (``None`` or negative: the reset policy decides) has no known start;
+        neither has a partition first assigned to this worker until then.
         """
         for key, offset in offsets.items():
             tp = TP(key.topic, key.partition)
             if tp.topic not in self.topics:
                 continue
             if offset is None or offset < 0:
-                self._last_processed.pop(tp, None)
-            else:
-                self._last_processed[tp] = offset - 1
+                continue
+            # Events this assignment already processed past it (faust resumes the
+            # streams before it seeks) come again as redeliveries, not a hole.
+            self._last_processed[tp] = max(offset - 1, self._last_processed.get(tp, -1))
 
     async def _guarded_seek_to_committed(self) -> Mapping[Any, int | None]:
         committed = await self._seek_to_committed()

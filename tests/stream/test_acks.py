@@ -205,6 +205,20 @@ def test_records_missing_between_the_committed_offset_and_the_first_event_are_re
     assert _offsets(ready) == [(0, 9), (0, 10)] and holes == {}
 
 
+def test_events_processed_before_the_seek_to_committed_are_no_hole() -> None:
+    """faust resumes the streams before it seeks: a batch may come before the seek."""
+    consumer = FakeConsumer(committed={P0: 10})
+    guard = AckGuard(consumer, ["events"])  # type: ignore[arg-type]
+    for offset in (10, 11, 12):
+        asyncio.run(guard.processed(event("events", 0, offset)))  # type: ignore[arg-type]
+    asyncio.run(consumer.seek_to_committed())
+    again = [event("events", 0, n) for n in (10, 11, 12, 13)]  # the seek fetches them again
+    ready, holes = guard.split(again)  # type: ignore[arg-type]
+    assert _offsets(ready) == [(0, 10), (0, 11), (0, 12), (0, 13)] and holes == {}
+    ready, holes = guard.split([event("events", 0, 13)])  # type: ignore[arg-type]
+    assert holes == {} and consumer.seeks == []
+
+
 def test_a_partition_read_from_its_committed_offset_continues_from_it() -> None:
     consumer = FakeConsumer(committed={P0: 0})
     guard = AckGuard(consumer, ["events"])  # type: ignore[arg-type]
