@@ -8,12 +8,21 @@ a. full speed: E events of U synthetic users, all active at once (round-robin, e
    worker's processing latency (consume to publish, from its histogram);
 b. fixed rate: the same worker gets more events of the same users at 50 % of (a)'s
    rate, stamped with the wall clock; event-to-profile latency per profile;
-c. ceiling: a faust worker that only consumes and acks (bench/noop_worker.py, same
-   faust settings and batching) drains the same topic from the start;
+c. ceiling and peers, each draining the same topic from the start: a faust worker
+   that only consumes and acks (bench/noop_worker.py, same faust settings and
+   batching); a Quix Streams app with a RocksDB state update per event
+   (bench/quix_peer.py, run by the interpreter BENCH_QUIX_PYTHON names: quixstreams
+   conflicts with the project's pins, so it lives in a venv of its own; skipped, with
+   a line saying so and ``quix_events_per_s`` null, when unset); raw confluent-kafka
+   consumption (in this process);
 d. no Kafka: the framework-free core (`stream.processor.Processor`: parse, state
    codec, model step) over the events of (a) in batches, and the model step alone;
-e. state: encoded bytes per user after (a), and the time a worker with an empty
-   data directory takes to recover the U users from the changelog.
+   the step's cost at 1 and 256 users per call (bench/step_cost.py);
+e. state and writes: encoded bytes per user after (a) and at full windows (every
+   layer's W - 1 entries filled); the bytes the worker wrote to Kafka per applied
+   event (key and value of every record in its state and latest-profile changelogs
+   and its profile topic, read back from the broker); the time a worker with an
+   empty data directory takes to recover the U users from the changelog.
 
 Prints one table and writes JSON. The machine is shared and noisy: compare the rows
 as ratios within one run. ``--profile`` samples the worker with py-spy during (a).
@@ -53,17 +62,21 @@ from rich.table import Table
 from hup.checkpoint import save_untrained_checkpoint
 from hup.data import Dataset
 from hup.runtime import Profiler
-from hup.schema import Event
+from hup.schema import Event, MicroEvent
 from hup.synthetic import SyntheticConfig, generate
 from hup.vocab import Taxonomy
 from state.store import MemoryStore
-from stream.app import topic_specs
+from stream.app import LATEST_TABLE, topic_specs
 from stream.broker import BrokerHandle, ensure_topics, start_broker
 from stream.demo_stats import percentile
 from stream.demo_worker import WorkerError, WorkerProcess
 from stream.processor import InputRecord, Processor
 from stream.producer import encode_event, producer_config, publish
 from stream.settings import Settings
+from stream.userstate import UserState
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from step_cost import measure, untrained_profiler  # noqa: E402  (a sibling script)
 
 REPO = Path(__file__).resolve().parents[1]
 console = Console()
@@ -86,10 +99,16 @@ class Figures:
     fixed_rate_p50_ms: float = math.nan
     fixed_rate_p99_ms: float = math.nan
     noop_events_per_s: float = math.nan
+    quix_events_per_s: float = math.nan
+    raw_events_per_s: float = math.nan
     core_events_per_s: float = math.nan
     step_events_per_s: float = math.nan
     events_per_model_call: float = math.nan
     state_bytes_per_user: float = math.nan
+    state_bytes_full_window: int = 0
+    bytes_written_per_event: float = math.nan
+    step_us_per_event_256: float = math.nan
+    step_ms_per_call_1: float = math.nan
     changelog_records: int = 0
     recovery_s: float = math.nan
     ready_after_start_s: float = math.nan
@@ -243,6 +262,137 @@ def core_alone(model: Path, events: Sequence[Event], figures: Figures) -> None:
     figures.state_bytes_per_user = sum(sizes) / len(sizes)
 
 
+def run_peer(
+    env: dict[str, str], workdir: Path, name: str, argv: list[str], expected: int
+) -> dict[str, float]:
+    """Run a peer process (no-op faust worker, Quix app) until it wrote its timings; return them."""
+    out = workdir / f"{name}.json"
+    peer = WorkerProcess.start(
+        {
+            **env,
+            "BENCH_NOOP_EXPECT": str(expected),
+            "BENCH_NOOP_OUT": str(out),
+            "BENCH_PEER_EXPECT": str(expected),
+            "BENCH_PEER_OUT": str(out),
+            "BENCH_PEER_STATE_DIR": str(workdir / f"{name}-state"),
+        },
+        workdir / f"{name}.log",
+        argv=argv,
+    )
+    try:
+        wait_for(out.exists, f"{name} drain", 600, lambda: (check(peer), time.sleep(0.2)))
+    finally:
+        peer.stop()
+    result: dict[str, float] = orjson.loads(out.read_bytes())
+    return result
+
+
+def full_window_state_bytes(model: Path, taxonomy: dict[str, tuple[str, ...]]) -> int:
+    """Encoded state of a user whose every window is full (W - 1 committed entries per layer).
+
+    The user alternates between two leaf categories with different coarsest ancestors,
+    on a new item each time, so every event closes an entry of every layer.
+    """
+    profiler = Profiler.load(model)
+    by_root: dict[str, tuple[str, ...]] = {}
+    for path in taxonomy.values():
+        by_root.setdefault(path[0], path)
+    if len(by_root) < 2:
+        raise ValueError("the taxonomy needs two top-level categories to fill every window")
+    paths = list(by_root.values())[:2]
+    window = profiler.model.config.window
+    state = profiler.new_state()
+    for n in range(2 * window):
+        event = MicroEvent(
+            user_id="full",
+            ts=1_700_000_000.0 + 10 * n,
+            item_id=f"full-item-{n}",
+            categories=list(paths[n % 2]),
+            behavior=1,
+        )
+        (applied,) = profiler.apply([state], [event])
+        state = applied.state
+    lengths = state.window_lengths()
+    if any(n != window - 1 for n in lengths):
+        raise AssertionError(f"windows not full after {2 * window} events: {lengths}")
+    return len(UserState(state).encode(profiler.version))
+
+
+def step_figures(figures: Figures) -> None:
+    """The model step's cost at 1 and 256 users per call (`bench/step_cost.py`)."""
+    profiler, sessions = untrained_profiler(256)
+    one, full = measure(profiler, sessions, batches=(1, 256))
+    figures.step_ms_per_call_1 = one.step_ms_per_call
+    figures.step_us_per_event_256 = full.step_us_per_event
+
+
+def topic_bytes(bootstrap: str, topics: Sequence[str], partitions: int) -> tuple[int, int]:
+    """Records and key + value + header bytes of every record in ``topics``, read back."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+        }
+    )
+    records = size = 0
+    try:
+        for topic in topics:
+            for partition in range(partitions):
+                low, high = consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=10
+                )
+                if high <= low:
+                    continue
+                consumer.assign([TopicPartition(topic, partition, low)])
+                deadline = time.monotonic() + 300
+                position = low
+                while position < high:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(
+                            f"reading {topic}[{partition}] back: stuck at {position}"
+                        )
+                    for message in consumer.consume(1000, timeout=1.0):
+                        if message.error() is not None:
+                            continue
+                        records += 1
+                        size += len(message.key() or b"") + len(message.value() or b"")
+                        size += sum(len(k) + len(v or b"") for k, v in (message.headers() or []))
+                        position = message.offset() + 1
+    finally:
+        consumer.close()
+    return records, size
+
+
+def raw_consume_rate(bootstrap: str, topic: str, partitions: int, expected: int) -> float:
+    """Events/s of a bare confluent-kafka consumer reading ``expected`` records from the start."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-raw-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    seen, first, first_size, last = 0, 0.0, 0, 0.0
+    deadline = time.monotonic() + 600
+    try:
+        while seen < expected:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"raw consume: {seen} of {expected} records within 600 s")
+            # Small batches, so that the first one (the start of the clock) is a small share.
+            batch = [m for m in consumer.consume(500, timeout=1.0) if m.error() is None]
+            if not batch:
+                continue
+            last = time.time()
+            if not first:
+                first, first_size = last, len(batch)
+            seen += len(batch)
+    finally:
+        consumer.close()
+    return (seen - first_size) / (last - first) if last > first else math.nan
+
+
 def recovery_seconds(log_text: str) -> float:
     """Seconds between faust's 'Restoring state from changelog' and 'Done reading' lines."""
     stamps = {}
@@ -308,6 +458,10 @@ def run(options: Options, workdir: Path) -> Figures:
 
     console.print(f"(d, e) the core without Kafka over {len(events_a):,} events ...")
     core_alone(model, events_a, figures)
+    assert data_a.taxonomy is not None
+    figures.state_bytes_full_window = full_window_state_bytes(model, data_a.taxonomy)
+    console.print("(d) the model step at 1 and 256 users per call ...")
+    step_figures(figures)
 
     tag = uuid.uuid4().hex[:8]
     with start_broker(Settings()) as broker:
@@ -399,12 +553,22 @@ def run(options: Options, workdir: Path) -> Figures:
             latency = [published - event for published, event in reader.stamps[before:]]
             figures.fixed_rate_p50_ms = 1000 * percentile(latency, 50)
             figures.fixed_rate_p99_ms = 1000 * percentile(latency, 99)
+            applied = scrape(port).get('hup_events_total{outcome="applied"}', 0.0)
             assert worker.stop() == 0, worker.tail()
         finally:
             reader.close()
             worker.stop()
             if spy is not None and spy.poll() is None:
                 spy.kill()
+
+        console.print("(e) reading back what the worker wrote ...")
+        written = [
+            settings.changelog_topic,
+            f"{settings.app_id}-{LATEST_TABLE}-changelog",
+            settings.output_topic,
+        ]
+        _, size = topic_bytes(broker.bootstrap_servers, written, partitions)
+        figures.bytes_written_per_event = size / applied if applied else math.nan
 
         console.print("(e) a worker with an empty data directory recovers the state ...")
         figures.changelog_records = changelog_size(
@@ -426,33 +590,52 @@ def run(options: Options, workdir: Path) -> Figures:
             recovering.stop()
         figures.recovery_s = recovery_seconds(recovering.log_path.read_text(errors="replace"))
 
+        total = len(events_a) + len(events_b)
         console.print("(c) a no-op faust worker drains the same topic ...")
-        noop_out = workdir / "noop.json"
-        noop = WorkerProcess.start(
-            {
-                **env,
-                "BENCH_NOOP_EXPECT": str(len(events_a) + len(events_b)),
-                "BENCH_NOOP_OUT": str(noop_out),
-            },
-            workdir / "noop.log",
-            argv=[
-                sys.executable,
-                str(REPO / "bench" / "noop_worker.py"),
-                "worker",
-                "-l",
-                "warn",
-                "--without-web",
-            ],
+        noop_argv = [sys.executable, str(REPO / "bench" / "noop_worker.py")]
+        result = run_peer(
+            env, workdir, "noop", [*noop_argv, "worker", "-l", "warn", "--without-web"], total
         )
-        try:
-            wait_for(noop_out.exists, "no-op drain", 600, lambda: (check(noop), time.sleep(0.2)))
-        finally:
-            noop.stop()
-        result = orjson.loads(noop_out.read_bytes())
         figures.noop_events_per_s = (result["events"] - result["first_size"]) / (
             result["last"] - result["first"]
         )
+        quix = quix_python()
+        if quix is None:
+            console.print(
+                f"(c) Quix Streams peer skipped: {QUIX_PYTHON_ENV} does not name a python "
+                "with quixstreams (see bench/quix_peer.py)"
+            )
+        else:
+            console.print("(c) a Quix Streams app with RocksDB state drains the same topic ...")
+            result = run_peer(
+                env, workdir, "quix", [quix, str(REPO / "bench" / "quix_peer.py")], total
+            )
+            figures.quix_events_per_s = (result["events"] - 1) / (result["last"] - result["first"])
+        console.print("(c) raw confluent-kafka consumption of the same topic ...")
+        figures.raw_events_per_s = raw_consume_rate(
+            broker.bootstrap_servers, settings.input_topic, partitions, total
+        )
     return figures
+
+
+QUIX_PYTHON_ENV = "BENCH_QUIX_PYTHON"
+"""Names the interpreter of a venv with quixstreams (and orjson) that runs the Quix peer."""
+
+
+def quix_python() -> str | None:
+    """The interpreter ``BENCH_QUIX_PYTHON`` names, or None (logged) when unset or missing."""
+    value = os.environ.get(QUIX_PYTHON_ENV, "").strip()
+    if not value:
+        return None
+    path = shutil.which(value)
+    if path is None:
+        log.warning("%s=%s is not an executable; the Quix peer is skipped", QUIX_PYTHON_ENV, value)
+    return path
+
+
+def _ratio(part: float, whole: float) -> str:
+    """``part / whole`` as a percentage, or "n/a" when a peer did not run (NaN)."""
+    return "n/a" if math.isnan(part) or math.isnan(whole) else f"{part / whole:.0%}"
 
 
 def worker_env(
@@ -504,14 +687,26 @@ def table(figures: Figures) -> Table:
             f"{figures.noop_events_per_s:,.0f}  (worker = {ratio / figures.noop_events_per_s:.0%})",
         ),
         (
+            "(c) Quix Streams, RocksDB state update per event: events/s",
+            f"{figures.quix_events_per_s:,.0f}",
+        ),
+        ("(c) raw confluent-kafka consume: events/s", f"{figures.raw_events_per_s:,.0f}"),
+        (
             "(d) core without Kafka: events/s",
-            f"{figures.core_events_per_s:,.0f}  (worker = {ratio / figures.core_events_per_s:.0%})",
+            f"{figures.core_events_per_s:,.0f}  (worker = {ratio / figures.core_events_per_s:.0%}, "
+            f"core = {_ratio(figures.core_events_per_s, figures.quix_events_per_s)} of Quix)",
         ),
         (
             "(d) model step alone: events/s (users per call)",
             f"{figures.step_events_per_s:,.0f} ({figures.events_per_model_call:.0f})",
         ),
+        (
+            "(d) step: ms per call at 1 user / us per event at 256",
+            f"{figures.step_ms_per_call_1:.2f} / {figures.step_us_per_event_256:.1f}",
+        ),
         ("(e) state bytes per user", f"{figures.state_bytes_per_user:,.0f}"),
+        ("(e) state bytes at full windows", f"{figures.state_bytes_full_window:,}"),
+        ("(e) bytes written to Kafka per applied event", f"{figures.bytes_written_per_event:,.0f}"),
         (
             "(e) changelog recovery (records)",
             f"{figures.recovery_s:.2f} s ({figures.changelog_records:,})",

@@ -605,12 +605,19 @@ class HupModel(nn.Module):
         valid = batch["valid"]
         finer = None
         contexts: dict[str, Tensor] = {}
+        pooled: dict[str, Tensor] = {}
         for name in self.layer_names:
             inputs = self.layer_input(name, batch, finer)
             ys = self._run_layer(name, inputs, valid)  # [B, T, H]
-            contexts[name] = self._pool_at(name, ys, inputs, valid, positions)
+            if self.config.attention:
+                pooled.update(self._pool_at(name, ys, inputs, valid, positions))
+            else:
+                rows, times = positions[:, 0], positions[:, 1]
+                contexts[name] = ys[rows, times]
             finer = ys
-        return self.profiles(contexts)
+        if not self.config.attention:
+            return self.profiles(contexts)
+        return {name: pooled[name] for name in self.head_specs}
 
     def _run_layer(self, name: str, inputs: LayerInput, valid: Tensor) -> Tensor:
         batch_size, steps = valid.shape
@@ -637,11 +644,13 @@ class HupModel(nn.Module):
 
     def _pool_at(
         self, name: str, ys: Tensor, inputs: LayerInput, valid: Tensor, positions: Tensor
-    ) -> Tensor:
+    ) -> dict[str, Tensor]:
+        """Profiles of `name`'s heads at `positions`: attention over each one's window.
+
+        Every entry enters through its summary (`entry_summary`), as in the stream.
+        """
         rows, times = positions[:, 0], positions[:, 1]
         last = ys[rows, times]  # [N, H]
-        if not self.config.attention:
-            return last
         batch_size, steps = valid.shape
         change = inputs.change & valid
         entry = change.long().cumsum(dim=1) - 1  # [B, T] index of the open entry at each event
@@ -663,9 +672,9 @@ class HupModel(nn.Module):
         window_times = torch.cat([past_times, times.unsqueeze(1)], dim=1)  # [N, W]
         mask = torch.cat([has_past, has_past.new_ones(has_past.shape[0], 1)], dim=1)
         window_times = torch.where(mask, window_times, 0)
-        keys = self.pool_of(name).keys(ys, self.signal_embedding(name, inputs.signal))  # [B, T, A]
+        keys, values = self.entry_summary(name, ys, inputs.signal)  # [B, T, A], [B, T, V]
         window = (rows.unsqueeze(1), window_times)
-        return self.pool_of(name).pool(keys[window], ys[window], mask, last)
+        return self.pooled_profiles(name, keys[window], values[window], mask, last)
 
     # ---- training ----------------------------------------------------------------------------
 

@@ -116,16 +116,27 @@ def top_k_of_scores(scores: Tensor, k: int, excluded: Sequence[int | None]) -> l
 
     `scores` is overwritten at the left-out ids.
     """
+    return [ids for ids, _ in _top_k(scores, k, excluded)]
+
+
+def _top_k(scores: Tensor, k: int, excluded: Sequence[int | None]) -> Ranked:
+    """(ids, scores) of the k highest `scores` per row, as `top_k_of_scores` leaves them out.
+
+    The scores come from the same `topk` call as the ids: no per-row indexing.
+    """
     scores[:, 0] = float("-inf")
     rows = [n for n, e in enumerate(excluded) if e]
     if rows:
         scores[rows, [excluded[n] for n in rows]] = float("-inf")
     values, indices = scores.topk(min(k, scores.shape[1] - 1), dim=-1)
-    # With k close to the vocabulary size the top k reach the excluded ids; drop them.
-    return [
-        [i for i, v in zip(row_ids, row_values, strict=True) if v != float("-inf")]
-        for row_ids, row_values in zip(indices.tolist(), values.tolist(), strict=True)
-    ]
+    out: Ranked = []
+    for row_ids, row_values in zip(indices.tolist(), values.tolist(), strict=True):
+        # With k close to the vocabulary size the top k reach the excluded ids; drop them.
+        if row_values and row_values[-1] == float("-inf"):
+            kept = [(i, v) for i, v in zip(row_ids, row_values, strict=True) if v != float("-inf")]
+            row_ids, row_values = [i for i, _ in kept], [v for _, v in kept]
+        out.append((row_ids, row_values))
+    return out
 
 
 class HupRecommender:
@@ -226,19 +237,14 @@ def rank_profiles(
             for k in range(model.config.n_levels)
         ]
     if items is None:
-        items = _top_k_scored(item_scores, k_items, excluded)
-    levels = [_top_k_scored(s, k_categories, [None] * len(s)) for s in level_scores]
+        items = _top_k(item_scores, k_items, excluded)
+    levels = [_top_k(s, k_categories, [None] * len(s)) for s in level_scores]
     return items, levels
 
 
 def cosine_scores(profiles: Tensor, table: Tensor) -> Tensor:
     """Cosine of each profile [N, D] to each row of an embedding table [V, D]: [N, V]."""
     return F.normalize(profiles, dim=-1) @ F.normalize(table, dim=-1).T
-
-
-def _top_k_scored(scores: Tensor, k: int, excluded: Sequence[int | None]) -> Ranked:
-    ids = top_k_of_scores(scores, k, excluded)
-    return [(row, scores[n, row].tolist()) for n, row in enumerate(ids)]
 
 
 def rankings_from_ids(

@@ -22,7 +22,7 @@ from hup.recommender import rank_profiles
 from hup.repeat import repeat_inputs
 from hup.schema import Event
 
-__all__ = ["Applied", "Profile", "Profiler"]
+__all__ = ["Applied", "Profile", "Profiler", "round_scores"]
 
 
 @dataclass(frozen=True)
@@ -123,11 +123,32 @@ class Profiler:
         )
         vocab = self.checkpoint.vocabularies
         item_tokens, category_tokens = vocab.items.tokens, vocab.categories[self._finest].tokens
-        return (
-            [_named(item_tokens, ids, scores) for ids, scores in items],
-            [_named(category_tokens, ids, scores) for ids, scores in levels[self._finest]],
+        return _named(item_tokens, items), _named(category_tokens, levels[self._finest])
+
+
+def _named(
+    tokens: tuple[str, ...], ranked: list[tuple[list[int], list[float]]]
+) -> list[list[tuple[str, float]]]:
+    """Each row's (token, score rounded to 6 decimals), the scores rounded in one numpy call."""
+    rounded = round_scores([s for _, scores in ranked for s in scores])
+    out, start = [], 0
+    for ids, _ in ranked:
+        out.append(
+            list(zip(map(tokens.__getitem__, ids), rounded[start : start + len(ids)], strict=True))
         )
+        start += len(ids)
+    return out
 
 
-def _named(tokens: tuple[str, ...], ids: list[int], scores: list[float]) -> list[tuple[str, float]]:
-    return [(tokens[i], round(s, 6)) for i, s in zip(ids, scores, strict=True)]
+def round_scores(scores: list[float]) -> list[float]:
+    """``[round(s, 6) for s in scores]`` for float32 scores, in one numpy call.
+
+    A float32 has at most 24 significant bits and 10**6 needs 14 after its factor of
+    2**6, so s * 10**6 is exact in float64; rounding it half to even and dividing by
+    10**6 (one correctly rounded division) gives the float nearest the decimal, which is
+    what `round` returns. Scores that are not float32 values take `round` itself.
+    """
+    values = np.array(scores, dtype=np.float64)
+    if not np.array_equal(values.astype(np.float32), values, equal_nan=True):
+        return [round(s, 6) for s in scores]
+    return (np.rint(values * 1e6) / 1e6).tolist()

@@ -38,7 +38,7 @@ users instead of misreading them.
 import math
 import struct
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
@@ -50,6 +50,7 @@ __all__ = [
     "decode_state",
     "encode_state",
     "encoded_size",
+    "encoded_size_of",
     "peek_model_version",
 ]
 
@@ -135,14 +136,21 @@ def encode_state(arrays: Mapping[str, np.ndarray], model_version: str) -> bytes:
 
 
 def encoded_size(arrays: Mapping[str, np.ndarray], model_version: str) -> int:
-    """The length of ``encode_state(arrays, model_version)``, without encoding anything.
+    """The length of ``encode_state(arrays, model_version)``, without encoding anything."""
+    return encoded_size_of(
+        ((name, value.ndim, value.nbytes) for name, value in arrays.items()), model_version
+    )
 
-    Cheap enough to call per event (no copy of the data): the stream checks with it
-    that a state still fits in one Kafka record before it keeps the state.
+
+def encoded_size_of(arrays: Iterable[tuple[str, int, int]], model_version: str) -> int:
+    """The length of the encoding of arrays given as (name, ndim, data bytes) only.
+
+    Lets a caller that knows its arrays' sizes check that a state fits in one Kafka
+    record without building the arrays (the stream does, per event).
     """
     size = _PREFIX.size + len(model_version.encode()) + _COUNT.size + _CRC.size
-    for name, value in arrays.items():
-        size += 1 + len(name.encode()) + 2 + 4 * value.ndim + value.nbytes
+    for name, ndim, nbytes in arrays:
+        size += 1 + len(name.encode()) + 2 + 4 * ndim + nbytes
     return size
 
 
@@ -162,18 +170,22 @@ def peek_model_version(data: bytes) -> str:
     return _read_header(data)[0]
 
 
-def decode_state(data: bytes, expected_model_version: str | None = None) -> dict[str, np.ndarray]:
+def decode_state(
+    data: bytes, expected_model_version: str | None = None, *, copy: bool = True
+) -> dict[str, np.ndarray]:
     """Decode bytes produced by ``encode_state`` after verifying their checksum.
 
-    The returned arrays are writable, aligned, C-contiguous copies that own
-    their memory: mutating them never touches ``data`` or the store it came
-    from. A state is tens of kilobytes, so the copy costs microseconds, and it
-    lets the model step in place without aliasing the stored bytes.
+    By default the returned arrays are writable, aligned, C-contiguous copies
+    that own their memory: mutating them never touches ``data`` or the store it
+    came from. With ``copy=False`` they are read-only views of ``data`` (possibly
+    unaligned), for a caller that converts them anyway: the stream's loader
+    copies each state once, into the form the model steps.
 
     Args:
         data: Bytes produced by ``encode_state``.
         expected_model_version: If given, the model version the bytes must
             have been written by; ``None`` accepts any model version.
+        copy: Return owned copies (True) or read-only views of ``data``.
 
     Returns:
         Arrays by name, in the order they were encoded.
@@ -202,7 +214,7 @@ def decode_state(data: bytes, expected_model_version: str | None = None) -> dict
         raise StateVersionError(
             f"state written by model version {model_version!r}, expected {expected_model_version!r}"
         )
-    return _read_arrays(data, offset, end)
+    return _read_arrays(data, offset, end, copy)
 
 
 def _read_header(data: bytes) -> tuple[str, int]:
@@ -229,7 +241,7 @@ def _read_header(data: bytes) -> tuple[str, int]:
         raise StateDecodeError("state model version is not valid UTF-8") from exc
 
 
-def _read_arrays(data: bytes, offset: int, end: int) -> dict[str, np.ndarray]:
+def _read_arrays(data: bytes, offset: int, end: int, copy: bool) -> dict[str, np.ndarray]:
     """Parse the array records between ``offset`` and ``end`` (the checksum's offset)."""
     (count,) = _COUNT.unpack_from(data, offset)
     offset += _COUNT.size
@@ -259,7 +271,8 @@ def _read_arrays(data: bytes, offset: int, end: int) -> dict[str, np.ndarray]:
             raise _truncated(f"array #{index} {name!r} data of shape {shape}", offset, end)
         if name in arrays:
             raise StateDecodeError(f"array #{index} repeats the name {name!r}")
-        arrays[name] = np.frombuffer(data, dtype, size, data_start).reshape(shape).copy()
+        array = np.frombuffer(data, dtype, size, data_start).reshape(shape)
+        arrays[name] = array.copy() if copy else array
     if offset != end:
         raise StateDecodeError(f"{end - offset} trailing bytes after the last of {count} arrays")
     return arrays

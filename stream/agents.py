@@ -10,6 +10,7 @@ from functools import partial
 from typing import TYPE_CHECKING, cast
 
 import faust
+from confluent_kafka import Producer
 from faust.types import AgentT, EventT, StreamT
 from mode import CrashingSupervisor
 
@@ -18,6 +19,7 @@ from stream import highwater
 from stream.acks import AckGuard, PersistentHoleError, keep_queue_on_resume
 from stream.fence import RebalanceFence
 from stream.metrics import MeteredKeyValue, Metrics, install_metric_updates
+from stream.output import OutputProducer, output_producer_config
 from stream.processor import BatchResult, DeadLetter, InputRecord, Processor
 from stream.ratelog import RateLimitedLog
 from stream.rekey import origin_from_headers, rekey
@@ -34,6 +36,7 @@ __all__ = [
     "describe",
     "install_agent",
     "install_broker_fixes",
+    "output_producer",
     "process_and_publish",
     "to_record",
 ]
@@ -48,13 +51,14 @@ def install_agent(app: faust.App, topics: Topics, context: WorkerContext) -> Age
     """Install the profile agent (and the re-keying one, if enabled) and the gauges' updates."""
     settings = context.settings
     install_metric_updates(app, topics.state, settings.input_topic, context.metrics)
+    output = output_producer(app, settings, context.metrics)
+    profiles_topic, dead_letters_topic = settings.output_topic, settings.dlq_topic
 
     async def send_profile(key: bytes | None, value: bytes) -> Awaitable[object]:
-        # force=True: publish now instead of attaching to the source offset's commit.
-        return await topics.profiles.send(key=key, value=value, force=True)
+        return await output.send(profiles_topic, key, value)
 
     async def send_dead_letter(key: bytes | None, value: bytes) -> Awaitable[object]:
-        return await topics.dead_letters.send(key=key, value=value, force=True)
+        return await output.send(dead_letters_topic, key, value)
 
     source_topic = topics.events
     forwarded = topics.by_user is not None
@@ -103,6 +107,28 @@ def install_agent(app: faust.App, topics: Topics, context: WorkerContext) -> Age
         )
 
     return profiles
+
+
+def output_producer(app: faust.App, settings: Settings, metrics: Metrics) -> OutputProducer:
+    """The worker's output producer (`stream.output`), flushed and closed when ``app`` stops.
+
+    faust stops the consumer first (its last commit covers acked events only, whose
+    outputs were delivered), then sends ``on_before_shutdown``: the flush there only
+    delivers records of batches that were never acked, which are consumed again.
+    """
+    config = output_producer_config(settings)
+    records = metrics.output_records
+    output = OutputProducer(
+        lambda: Producer(config),
+        on_delivered=lambda _topic: records.labels("delivered").inc(),
+        on_failed=lambda _topic: records.labels("failed").inc(),
+    )
+
+    async def close_output(sender: object, **kwargs: object) -> None:
+        await output.close()
+
+    app.on_before_shutdown.connect(close_output)  # type: ignore[arg-type]
+    return output
 
 
 def install_broker_fixes(app: faust.App, context: WorkerContext) -> bool:
@@ -225,6 +251,13 @@ async def consume_guarded(
                     "again from the committed offset",
                     len(stale),
                 )
+            if app.should_stop and events:
+                # Nothing of this batch would be saved (`RebalanceFence.may_write`), and
+                # its offsets follow those of a batch left unacked for the same reason,
+                # which is no hole: release it for the next start without a re-read.
+                for event in events:
+                    guard.abandon(event)
+                continue
             events, holes = guard.split(events)
             if holes:
                 # Never processed past, never committed over: read again from the hole.
@@ -352,8 +385,8 @@ async def process_and_publish(
             return None
         if latest is not None:
             # Last wins: profiles are in per-user order, coalesced or not.
-            for key, value in {p.key: p.value for p in result.profiles}.items():
-                latest.put(key, value)
+            for key, profile in {p.key: p for p in result.profiles}.items():
+                latest.put(key, profile.latest_record())
         store.commit()
     except Exception:
         logger.exception(

@@ -15,6 +15,7 @@ from faust.types import TopicT
 from prometheus_client import CollectorRegistry
 
 from hup.runtime import Profiler
+from stream import fetchwait
 from stream.agents import install_agent
 from stream.broker import TopicSpec
 from stream.expiry import install_expiry
@@ -154,6 +155,7 @@ def create_app(
         The app, with its agent installed; ``app.main()`` runs it.
     """
     app = faust.App(settings.app_id, **faust_options(settings))
+    fetchwait.install(app, settings.fetch_max_wait_ms)
     raw: dict[str, Any] = {
         "key_type": bytes,
         "value_type": bytes,

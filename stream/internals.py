@@ -4,6 +4,7 @@ faust-streaming 0.15 breaks at-least-once in five ways (docs/broker-notes.md, F5
 the work-arounds reach into its private parts: `stream.acks` replaces the consumer's
 ``ack`` and ``_add_gap`` and empties ``FlowControlEvent._queues``, `stream.tablestore`
 sets ``faust.streams._current_event``, `stream.highwater` replaces ``highwaters``,
+`stream.fetchwait` wraps the consumer thread's ``_create_worker_consumer``,
 `stream.metrics` reads ``_committed_offset`` and the RocksDB store's ``_dbs``. Another
 faust release may rename any of them, and a guard that silently patches nothing would
 lose events. So the worker checks each one before it imports the modules that use
@@ -72,6 +73,11 @@ REQUIRED: tuple[Internal, ...] = (
     Internal("faust.tables.base:Collection", "send_changelog", "stream.tablestore confirms"),
     Internal("faust.stores.rocksdb:Store", "_dbs", "stream.metrics counts users"),
     Internal("faust.stores.rocksdb:Store", "offset_key", "stream.metrics counts users"),
+    Internal(
+        "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread",
+        "_create_worker_consumer",
+        "stream.fetchwait sets the input fetch wait",
+    ),
     Internal(
         "faust.transport.drivers.aiokafka",
         "credentials_to_aiokafka_auth",

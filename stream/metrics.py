@@ -53,6 +53,13 @@ class Metrics:
         self.profiles_published = Counter(
             "hup_profiles_published", "Profiles delivered to the output topic.", registry=registry
         )
+        self.output_records = Counter(
+            "hup_output_records",
+            "Records of the output producer (profiles, dead letters) by result: delivered, "
+            "or failed (the batch is not acked and the worker stops).",
+            ["result"],
+            registry=registry,
+        )
         self.event_to_profile = Histogram(
             "hup_event_to_profile_seconds",
             "From the event's own timestamp to the delivery of its profile.",

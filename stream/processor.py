@@ -25,14 +25,13 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
-
-import orjson
+from typing import Any, Protocol
 
 from hup.exceptions import EventValidationError
 from hup.incremental import ProfileState
 from hup.runtime import Applied, Profiler
 from hup.schema import DEFAULT_LIMITS, Event, InputLimits, parse_event_json
+from stream.latest import encode_latest, profile_body, render_profile
 from stream.limits import DEFAULT_MAX_RECORD_BYTES, FRAMING_RESERVE, clip_text, fit_dead_letter
 from stream.userstate import UserState, load_user_state
 
@@ -90,6 +89,13 @@ class OutputProfile:
     value: bytes
     event_ts: float
     received_ts: float
+    # The message's fields (`stream.latest.profile_body`), from which the compact
+    # latest-profile record is built; None for a profile made elsewhere.
+    body: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+
+    def latest_record(self) -> bytes:
+        """What the latest-profile table stores for this profile (`stream.latest`)."""
+        return self.value if self.body is None else encode_latest(self.body)
 
 
 @dataclass(frozen=True)
@@ -369,23 +375,21 @@ class Processor:
         assert profile is not None  # noqa: S101 - callers check
         vectors = profile.vectors
         n_levels = self.profiler.checkpoint.spec.n_levels
-        body = {
-            "user_id": user,
-            "event_ts": event.ts,
-            "published_ts": self.clock(),
-            "model_version": self.profiler.version,
-            "seq": seq,
-            "event_id": event.event_id,
-            "profile": {
-                "micro": vectors.get("micro"),
-                "item": vectors["item"],
-                "category": [vectors[f"category{k}"] for k in range(n_levels)],
-            },
-            "top_categories": [{"id": c, "score": s} for c, s in profile.top_categories],
-            "top_items": [{"id": i, "score": s} for i, s in profile.top_items],
-        }
-        value = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
-        return OutputProfile(user.encode(), value, event.ts, record.received_ts)
+        body = profile_body(
+            user_id=user,
+            event_ts=event.ts,
+            published_ts=self.clock(),
+            model_version=self.profiler.version,
+            seq=seq,
+            event_id=event.event_id,
+            micro=vectors.get("micro"),
+            item=vectors["item"],
+            categories=[vectors[f"category{k}"] for k in range(n_levels)],
+            top_categories=profile.top_categories,
+            top_items=profile.top_items,
+        )
+        value = render_profile(body)
+        return OutputProfile(user.encode(), value, event.ts, record.received_ts, body)
 
 
 class _Applied:

@@ -75,7 +75,8 @@ class Settings(BaseSettings):
     datadir: Path = Path("data/worker")
     # At most this many events per model batch, waiting at most batch_within_s for it.
     batch_size: int = Field(default=256, ge=1)
-    batch_within_s: float = Field(default=0.05, gt=0)
+    # A backlog fills a batch at once; under light load the wait adds to each event's latency.
+    batch_within_s: float = Field(default=0.02, gt=0)
     # Publish only each user's last profile of a batch instead of one per event.
     coalesce: bool = False
     # Re-key the input by the event's user_id (stream.rekey, through the topic
@@ -112,6 +113,16 @@ class Settings(BaseSettings):
     # keep a prefix of the original bytes, and an event whose profile or state would not
     # fit is dead-lettered (stream.limits). Keep it at most the brokers' message.max.bytes.
     producer_max_request_size: int = Field(default=DEFAULT_MAX_REQUEST_SIZE, ge=65_536)
+    # librdkafka's linger.ms for the output producer (profiles, dead letters): how long
+    # a record may wait for others to share its produce request. The agent awaits the
+    # deliveries of a batch before acking it, so this adds to a batch's time, not per event.
+    output_linger_ms: float = Field(default=5.0, ge=0, le=1000)
+    # The longest the input consumer's fetch request waits at the broker for records
+    # (aiokafka's fetch_max_wait_ms; faust fixes it at 1500). Kafka answers as soon as a
+    # record arrives, so there it only bounds idle polling; the embedded tansu broker
+    # always waits the full time when a fetch finds nothing, so there it adds up to this
+    # much to every event's latency (docs/broker-notes.md, T6).
+    fetch_max_wait_ms: int = Field(default=20, ge=1, le=10_000)
     # Commit consumed offsets after this many acked events or seconds, whichever first.
     # Redelivered events are skipped by offset, so this only bounds re-reading.
     commit_every: int = Field(default=1000, ge=1)

@@ -8,6 +8,7 @@ and exit status 2 (`stream.refusal`), never a traceback.
 
 from __future__ import annotations
 
+import gc
 import logging
 import socket
 from collections.abc import Sequence
@@ -34,9 +35,39 @@ from stream.topics import (
     ensure_topics,
 )
 
-__all__ = ["EXIT_CANNOT_START", "WorkerContext", "refuse_to_start"]
+__all__ = [
+    "EXIT_CANNOT_START",
+    "GC_GEN0_THRESHOLD",
+    "WorkerContext",
+    "refuse_to_start",
+    "settle_memory",
+]
 
 logger = logging.getLogger(__name__)
+
+# Allocations between two youngest-generation collections once the worker runs. Every
+# event allocates a few dozen short-lived containers (features, states, profile dicts),
+# so CPython's default of 700 collects several times per batch for nothing.
+GC_GEN0_THRESHOLD = 50_000
+
+
+def settle_memory() -> None:
+    """Freeze what start-up allocated and collect the young generation less often.
+
+    The model, the featurizer's vocabularies and faust's app are hundreds of thousands
+    of long-lived objects; without `gc.freeze` every full collection walks all of them
+    again (about 8 % of the worker's time). Frozen objects are never
+    collected, which is right for what lives as long as the process.
+    """
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
+    logger.info(
+        "gc: %d start-up objects frozen, young generation collected every %d allocations",
+        gc.get_freeze_count(),
+        GC_GEN0_THRESHOLD,
+    )
 
 
 class WorkerContext:
@@ -132,6 +163,7 @@ class WorkerContext:
         self._serve_metrics()
         self._create_topics()
         self._detect_embedded_broker()
+        settle_memory()
 
     def _create_datadir(self) -> None:
         # faust creates HUP_DATADIR without its parents, so a fresh checkout (no data/)

@@ -26,7 +26,7 @@ import numpy as np
 from hup.exceptions import StateError
 from hup.incremental import ProfileState
 from hup.runtime import Profiler
-from state.codec import decode_state, encode_state, encoded_size, peek_model_version
+from state.codec import decode_state, encode_state, encoded_size_of, peek_model_version
 from state.exceptions import StateDecodeError
 
 __all__ = ["MODEL_FIELDS", "SEQ_BASE_ARRAY", "UserState", "carry_over", "load_user_state"]
@@ -37,7 +37,7 @@ SEQ_BASE_ARRAY = "stream_seq_base"
 # `ProfileState` fields a model computes: after a reset they come from the new model's
 # initial state. Every other field but `applied` is the stream's idempotency record and
 # is carried over (a test fails when `ProfileState` gains a field, to classify it).
-MODEL_FIELDS = frozenset({"features", "hidden", "open_signal", "window_keys", "window_values"})
+MODEL_FIELDS = frozenset({"features", "hidden", "open_signal", "windows", "window_count"})
 
 
 @dataclass(frozen=True)
@@ -67,8 +67,11 @@ class UserState:
         return encode_state(self.arrays(), model_version)
 
     def encoded_size(self, model_version: str) -> int:
-        """``len(self.encode(model_version))``, without encoding."""
-        return encoded_size(self.arrays(), model_version)
+        """``len(self.encode(model_version))``, without building or encoding the arrays."""
+        sizes = self.state.array_sizes()
+        if self.seq_base:
+            sizes.append((SEQ_BASE_ARRAY, 0, 8))
+        return encoded_size_of(sizes, model_version)
 
 
 def carry_over(fresh: ProfileState, old: ProfileState) -> ProfileState:
@@ -92,7 +95,9 @@ def load_user_state(
     if raw is None:
         return UserState(profiler.new_state())
     try:
-        arrays = decode_state(raw)  # any model version: checksum and layout only
+        # Any model version: checksum and layout only. Views, not copies: `from_arrays`
+        # converts what the model steps, and the step never writes into a state.
+        arrays = decode_state(raw, copy=False)
         stored = ProfileState.from_arrays(arrays)
         seq_base = int(arrays[SEQ_BASE_ARRAY]) if SEQ_BASE_ARRAY in arrays else 0
         version = peek_model_version(raw)

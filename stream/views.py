@@ -1,16 +1,16 @@
 """The worker's HTTP API: the latest profile of a user, liveness and readiness.
 
 ``GET /profiles/{user_id}`` answers from the ``latest-profile`` table, which holds
-the last profile message published for each user, byte for byte (the output
-schema, stream/schemas/profile.schema.json). Storing it costs one profile of
-bytes per user, but is exact and cheap to serve. Recomputing it from the state
-would not be: a profile is what `Profiler.apply` returns when *stepping* an event,
-so it cannot be re-derived from the state alone without stepping again, and the
-message also carries the event's ``ts``/``event_id`` and the ``published_ts``,
-which the state does not keep. The agent writes the table in the same batch as
-the state, after the profiles are delivered and before the state, so a served
-profile has always been published, and a crash in between re-publishes and
-rewrites it (see `stream.agents.process_and_publish`).
+the last profile message published for each user as a compact record
+(`stream.latest`: the vectors as float32 bytes, about half the message's size), from
+which the answer is rebuilt byte for byte as published (the output schema,
+stream/schemas/profile.schema.json). The profile cannot be recomputed from the state
+instead: it is what `Profiler.apply` returns when *stepping* an event, and the message
+also carries the event's ``ts``/``event_id`` and the ``published_ts``, which the state
+does not keep. The agent writes the table in the same batch as the state, after the
+profiles are delivered and before the state, so a served profile has always been
+published, and a crash in between re-publishes and rewrites it (see
+`stream.agents.process_and_publish`).
 
 The table is co-partitioned with the state and the input (keyed by user id), and
 `app.table_route` sends the request to the worker owning the key's partition.
@@ -40,9 +40,12 @@ from faust.tables.manager import TableManager
 from faust.types import TableT
 from faust.web import Request, Response, View
 
+from stream.latest import LatestRecordError, render_latest
+
 __all__ = [
     "UNAUTHORIZED",
     "UNKNOWN_USER",
+    "UNREADABLE",
     "authorized",
     "install_views",
     "is_ready",
@@ -51,8 +54,10 @@ __all__ = [
 ]
 
 UNKNOWN_USER = orjson.dumps({"error": "unknown user"})
+UNREADABLE = orjson.dumps({"error": "stored profile unreadable"})
 UNAUTHORIZED = {"error": "missing or wrong bearer token"}
 _JSON = "application/json"
+logger = logging.getLogger(__name__)
 _Handler = Callable[..., Awaitable[Response]]
 
 
@@ -125,16 +130,21 @@ def lookup_profile(table: Mapping[bytes, bytes], user_id: str) -> tuple[int, byt
     """The HTTP status and JSON body for ``GET /profiles/{user_id}``.
 
     Args:
-        table: The latest profile message per user-id bytes.
+        table: The latest-profile record per user-id bytes (`stream.latest`).
         user_id: The user id from the URL.
 
     Returns:
-        ``(200, profile message)``, or ``(404, {"error": "unknown user"})``.
+        ``(200, profile message)``, ``(404, {"error": "unknown user"})``, or
+        ``(500, {"error": ...})`` (logged) for a record that cannot be read.
     """
     raw = table.get(user_id.encode())
     if raw is None:
         return 404, UNKNOWN_USER
-    return 200, raw
+    try:
+        return 200, render_latest(user_id, raw)
+    except LatestRecordError as exc:
+        logger.error("user %r: latest-profile record unreadable: %s", user_id[:200], exc)
+        return 500, UNREADABLE
 
 
 def is_ready(*, rebalancing: bool, recovered: bool, assigned: int) -> bool:

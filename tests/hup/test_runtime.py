@@ -13,7 +13,7 @@ from hup.config import HupConfig
 from hup.exceptions import CheckpointError
 from hup.features import FeatureSpec
 from hup.model import HupModel
-from hup.runtime import Profiler
+from hup.runtime import Profiler, round_scores
 from hup.schema import MicroEvent
 from hup.synthetic import SyntheticConfig, generate
 from hup.vocab import Taxonomy, build_vocabularies
@@ -168,3 +168,21 @@ def test_top_categories_skip_oov_even_when_it_matches_best(checkpoint_dir: Path,
     ids = [category for category, _ in after.profile.top_categories]
     assert tokens[0] not in ids
     assert sorted(ids) == sorted(tokens[1:])  # top_n above the vocabulary: every category once
+
+
+def test_rounded_scores_equal_round_to_six_decimals() -> None:
+    # Profiles publish scores rounded as round(s, 6) would; the batch rounding must give
+    # the same floats for every float32 score, ties and signs included.
+    rng = np.random.default_rng(0)
+    scores = np.concatenate(
+        [
+            rng.uniform(-1, 1, 200_000),
+            rng.uniform(0, 1e-5, 1_000),
+            (np.arange(-2_000, 2_000) + 0.5) / 1e6,  # decimal ties (inexact in binary)
+            [0.0, -0.0, 1.0, -1.0, 0.5, 1e-7, -1e-7],
+        ]
+    ).astype(np.float32)
+    values = scores.tolist()
+    assert round_scores(values) == [round(s, 6) for s in values]
+    wider = [0.1234565, 2.0 / 3.0]  # not float32 values: rounded by round itself
+    assert round_scores(wider) == [round(s, 6) for s in wider]

@@ -46,9 +46,22 @@ def test_stream_bench_measures_every_phase(kafka_bootstrap: str, tmp_path: Path)
     figures = orjson.loads(out.read_bytes())
     assert figures["users"] == 30
     rates = ("worker_events_per_s", "noop_events_per_s", "core_events_per_s", "step_events_per_s")
-    for name in rates + ("fixed_rate_p50_ms", "fixed_rate_p99_ms", "state_bytes_per_user"):
+    # The Quix peer runs from its own venv (BENCH_QUIX_PYTHON); without one it is skipped.
+    quix = os.environ.get("BENCH_QUIX_PYTHON")
+    peers = ("quix_events_per_s", "raw_events_per_s") if quix else ("raw_events_per_s",)
+    step = ("step_us_per_event_256", "step_ms_per_call_1")
+    sizes = ("state_bytes_per_user", "state_bytes_full_window", "bytes_written_per_event")
+    for name in rates + peers + step + sizes + ("fixed_rate_p50_ms", "fixed_rate_p99_ms"):
         assert math.isfinite(figures[name]) and figures[name] > 0, (name, figures[name])
+    # A state at full windows is the largest a state of these users can be.
+    assert figures["state_bytes_full_window"] > figures["state_bytes_per_user"]
+    # Every applied event writes at least its profile (over 1 KB of JSON).
+    assert figures["bytes_written_per_event"] > 1000
     assert figures["fixed_rate_p50_ms"] <= figures["fixed_rate_p99_ms"]
     assert figures["changelog_records"] >= 30  # every user's state was written at least once
     assert math.isfinite(figures["recovery_s"])
     assert "(c) no-op faust worker" in run.stdout
+    assert "(c) Quix Streams" in run.stdout
+    if not quix:
+        assert figures["quix_events_per_s"] is None  # NaN, written as null
+        assert "Quix Streams peer skipped: BENCH_QUIX_PYTHON" in run.stdout

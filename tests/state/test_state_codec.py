@@ -12,6 +12,7 @@ from state.codec import (
     decode_state,
     encode_state,
     encoded_size,
+    encoded_size_of,
     peek_model_version,
 )
 from state.exceptions import StateDecodeError, StateVersionError
@@ -254,3 +255,19 @@ def test_oversized_fields_are_refused_on_encode(
 ) -> None:
     with pytest.raises(ValueError, match="does not fit the state layout"):
         encode_state(arrays, model_version)
+
+
+def test_decode_without_copy_gives_read_only_views_of_the_same_values() -> None:
+    arrays = {"w": _sample("float32", (3, 5)), "i": _sample("int64", (4,)), "t": np.array(2.5)}
+    data = encode_state(arrays, MODEL_VERSION)
+    views = decode_state(data, MODEL_VERSION, copy=False)
+    for name, value in arrays.items():
+        np.testing.assert_array_equal(views[name], value)
+        assert not views[name].flags.writeable
+    assert decode_state(data, MODEL_VERSION)["w"].flags.writeable
+
+
+def test_encoded_size_of_sizes_alone_is_the_encoded_length() -> None:
+    arrays = {"hidden": _sample("float32", (4, 5, 7)), "s": np.frombuffer("ü".encode(), np.uint8)}
+    sizes = [(name, a.ndim, a.nbytes) for name, a in arrays.items()]
+    assert encoded_size_of(sizes, MODEL_VERSION) == len(encode_state(arrays, MODEL_VERSION))
