@@ -6,7 +6,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from types import SimpleNamespace
 from typing import Any
 
@@ -191,17 +191,7 @@ def test_the_batch_state_is_written_only_after_its_profiles_are_delivered(
 
     async def run() -> None:
         fake.hold()
-        batch = asyncio.create_task(
-            process_and_publish(
-                records,
-                BatchStore(state),
-                Processor(profiler, require_user_key=True),
-                send,
-                send,
-                metrics,
-                latest=latest,
-            )
-        )
+        batch = asyncio.create_task(_publish(profiler, records, state, latest, send, metrics))
         await asyncio.sleep(0.2)
         # Every profile is queued, none acknowledged: nothing is saved, nothing returned.
         assert not batch.done()
@@ -214,6 +204,21 @@ def test_the_batch_state_is_written_only_after_its_profiles_are_delivered(
     asyncio.run(run())
     assert len(state) == 3 and len(latest) == 3
     assert _count(metrics, "delivered") == len(fake.records)
+
+
+def _publish(
+    profiler: Profiler,
+    records: list,
+    state: MemoryStore,
+    latest: MemoryStore,
+    send: Callable[[bytes | None, bytes], Awaitable[asyncio.Future[None]]],
+    metrics: Metrics,
+) -> Coroutine[Any, Any, Any]:
+    """One batch through the processor, profiles and dead letters both sent by ``send``."""
+    processor = Processor(profiler, require_user_key=True)
+    return process_and_publish(
+        records, BatchStore(state), processor, send, send, metrics, latest=latest
+    )
 
 
 def test_a_failed_profile_delivery_saves_nothing_and_raises(
@@ -233,15 +238,8 @@ def test_a_failed_profile_delivery_saves_nothing_and_raises(
     async def run() -> None:
         try:
             with pytest.raises(OutputDeliveryError, match="Not enough in-sync replicas"):
-                await process_and_publish(
-                    _records(iter_events(traffic.sessions[:3])),
-                    BatchStore(state),
-                    Processor(profiler, require_user_key=True),
-                    send,
-                    send,
-                    metrics,
-                    latest=latest,
-                )
+                records = _records(iter_events(traffic.sessions[:3]))
+                await _publish(profiler, records, state, latest, send, metrics)
         finally:
             await output.close()
 
