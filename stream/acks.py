@@ -241,9 +241,7 @@ class AckGuard:
         """
         for key, offset in offsets.items():
             tp = TP(key.topic, key.partition)
-            if tp.topic not in self.topics:
-                continue
-            if offset is None or offset < 0:
+            if tp.topic not in self.topics or offset is None or offset < 0:
                 continue
             # Events this assignment already processed past it (faust resumes the
             # streams before it seeks) come again as redeliveries, not a hole.
