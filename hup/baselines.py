@@ -11,9 +11,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from hup.data import Session
 from hup.points import PredictionPoint
 from hup.schema import MicroEvent
+from hup.sessions import Session
 from hup.vocab import OOV_TOKEN
 
 __all__ = [
@@ -104,7 +104,7 @@ class TrainingPopularity:
     visit full of scrolling says no more about what is visited next than a short one. Ties go
     to the id seen first in file order, which keeps the ranking deterministic. The levels are
     those the events carry, so sessions are expanded through the model's taxonomy first
-    (`hup.data.with_category_paths`); the padding of a leaf the taxonomy does not know
+    (`hup.sessions.with_category_paths`); the padding of a leaf the taxonomy does not know
     (`OOV_TOKEN`) is not a category and is never counted.
     """
 

@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from hup.baselines import Recommender, protocol_baselines
 from hup.checkpoint import Checkpoint
 from hup.config import VARIANTS
-from hup.data import Dataset, load_dataset
+from hup.data import load_dataset
 from hup.evaluate import evaluate as run_evaluation
 from hup.evaluate import folded_json, folded_markdown, to_json, to_markdown
 from hup.exceptions import HupError, MissingExtraError
@@ -38,6 +38,7 @@ from hup.folds import (
 )
 from hup.peers import peer_baselines
 from hup.schema import write_event_schema
+from hup.sessions import Dataset
 from hup.splits import Split, protocol_splits
 from hup.train import TrainOptions, train_model
 from hup.vocab import Taxonomy

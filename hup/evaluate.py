@@ -10,7 +10,6 @@ import numpy as np
 import numpy.typing as npt
 
 from hup.baselines import Rankings, Recommender, TrainingPopularity
-from hup.data import Session, with_category_paths
 from hup.metrics import hits_at_k, reciprocal_ranks_at_k
 from hup.points import PredictionPoint, prediction_points, revisits
 from hup.report import (
@@ -27,6 +26,7 @@ from hup.report import (
     to_markdown,
 )
 from hup.sequences import count_clamped_gaps
+from hup.sessions import Session, with_category_paths
 from hup.summary import MODES, FloatArray, ScoredPoints, pool, summarize, summarize_folds
 from hup.vocab import Taxonomy
 

@@ -30,9 +30,9 @@ import numpy.typing as npt
 from scipy import sparse
 
 from hup.baselines import Rankings, Recommender, _Baseline, _fill, _micro
-from hup.data import Session
 from hup.points import PredictionPoint, prediction_points
 from hup.repeat_score import RepeatWeights, SessionInput, repeat_orders, tune_repeat
+from hup.sessions import Session
 from hup.sknn import (
     Candidates,
     QueryBatch,

@@ -12,12 +12,12 @@ from torch import Tensor, nn
 from hup.baselines import Rankings
 from hup.candidates import ItemIndex, RankingOptions, build_item_index, rank_item_candidates
 from hup.checkpoint import Checkpoint
-from hup.data import Session
 from hup.features import FeatureSpec, Featurizer
 from hup.model import HupModel, collate_features, collate_repeat
 from hup.points import PredictionPoint
 from hup.repeat import repeat_inputs
 from hup.sequences import featurize_session
+from hup.sessions import Session
 from hup.vocab import Vocabularies
 
 __all__ = [

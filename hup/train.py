@@ -19,7 +19,6 @@ from torch import Tensor, nn
 from hup.baselines import Recommender, SPop
 from hup.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from hup.config import VARIANTS, HupConfig
-from hup.data import Session
 from hup.evaluate import evaluate
 from hup.extras import require
 from hup.features import FeatureSpec, Featurizer
@@ -28,6 +27,7 @@ from hup.neighbours import part_of, run_sequences, stacked_tables, target_counts
 from hup.recommender import HupRecommender
 from hup.schema import MicroEvent
 from hup.sequences import FeaturizedSession, batches, count_batches, featurize_session
+from hup.sessions import Session
 from hup.vocab import Taxonomy, Vocabularies, build_vocabularies
 
 if TYPE_CHECKING:

@@ -10,7 +10,7 @@ import torch
 
 from hup.checkpoint import save_untrained_checkpoint
 from hup.config import VARIANTS
-from hup.data import Dataset
+from hup.sessions import Dataset
 from hup.vocab import Taxonomy
 from stream.broker import start_broker
 

@@ -53,8 +53,8 @@ import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
 from hup.config import SavedConfig
-from hup.data import Session
 from hup.sequences import FeaturizedSession, batches, count_batches
+from hup.sessions import Session
 from hup.vocab import Vocabularies
 
 __all__ = ["Batch", "OutputHeads", "SequenceModel", "ZooConfig", "skipgram_table"]

@@ -23,7 +23,6 @@ from typing import Any
 import orjson
 
 from hup.baselines import Rankings, Recommender
-from hup.data import Dataset, Session
 from hup.evaluate import (
     NOT_APPLICABLE,
     Estimate,
@@ -38,6 +37,7 @@ from hup.extras import require
 from hup.folds import fold_data
 from hup.points import PredictionPoint
 from hup.report import difference_tables
+from hup.sessions import Dataset, Session
 from hup.splits import protocol_splits
 from hup.vocab import Taxonomy
 from hup.zoo.catalog import DISPLAY_NAMES, ZOO_CLASSES

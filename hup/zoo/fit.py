@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hup.data import Session
 from hup.evaluate import evaluate
 from hup.features import Featurizer
 from hup.sequences import featurize_session
+from hup.sessions import Session
 from hup.train import (
     VALIDATION_KEYS,
     TrainOptions,

@@ -7,9 +7,9 @@ from collections.abc import Callable, Sequence
 import torch
 
 from hup.baselines import Rankings, SPop
-from hup.data import Session
 from hup.points import PredictionPoint
 from hup.recommender import profiles_at_points, rankings_from_ids, top_k_of_scores
+from hup.sessions import Session
 from hup.zoo.checkpoint import ZooCheckpoint
 
 __all__ = ["ZooRecommender"]

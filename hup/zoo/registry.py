@@ -25,9 +25,9 @@ from typing import Any
 from hup.baselines import POP, ItemKNN, Recommender, SPop
 from hup.checkpoint import Checkpoint, load_checkpoint, read_config
 from hup.config import VARIANTS, HupConfig
-from hup.data import Session
 from hup.peers import Stan, VSknn
 from hup.recommender import HupRecommender
+from hup.sessions import Session
 from hup.train import TrainOptions, train_model
 from hup.vocab import Taxonomy
 from hup.zoo.catalog import DISPLAY_NAMES, ZOO_CLASSES

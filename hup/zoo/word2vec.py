@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from hup.data import Session
+from hup.sessions import Session
 from hup.vocab import Vocabularies
 from hup.zoo.base import SequenceModel, ZooConfig, skipgram_table
 

@@ -14,9 +14,9 @@ from hup.baselines import (
     TrainingPopularity,
     protocol_baselines,
 )
-from hup.data import Session
 from hup.points import prediction_points
 from hup.schema import DwellEvent, Event, MicroEvent
+from hup.sessions import Session
 
 CATEGORY = {"A": "x", "B": "x", "C": "y", "D": "y", "E": "z", "V": "v"}
 

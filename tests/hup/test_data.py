@@ -2,49 +2,11 @@ from pathlib import Path
 
 import pytest
 
-from hup.data import (
-    Dataset,
-    Session,
-    cut_session,
-    iter_events,
-    load_dataset,
-    read_jsonl,
-    split_sessions,
-    write_jsonl,
-)
+from hup.data import load_dataset, read_jsonl, write_jsonl
 from hup.exceptions import DataFormatError
 from hup.schema import DwellEvent, Event, MicroEvent
+from hup.sessions import Dataset, Session, cut_session
 from hup.synthetic import SyntheticConfig
-
-
-def _micro(user: str, ts: float, item: str = "i1") -> MicroEvent:
-    return MicroEvent(user_id=user, ts=ts, item_id=item, categories=["c"], behavior=5)
-
-
-def _session(session_id: str, user: str, *stamps: float) -> Session:
-    return Session(session_id, user, tuple(_micro(user, ts) for ts in stamps))
-
-
-@pytest.mark.parametrize(("n", "sizes"), [(1000, (700, 100, 200)), (10, (7, 1, 2)), (3, (2, 0, 1))])
-def test_split_is_70_10_20_in_file_order(n: int, sizes: tuple[int, int, int]) -> None:
-    sessions = [_session(str(i), str(i), 0.0) for i in range(n)]
-    parts = split_sessions(sessions)
-    assert tuple(map(len, parts)) == sizes
-    assert [s.session_id for part in parts for s in part] == [s.session_id for s in sessions]
-
-
-def test_iter_events_interleaves_users_by_time_but_keeps_each_user_in_order() -> None:
-    # User a's second session starts "before" its first one ends; its order must still hold.
-    sessions = [
-        _session("a1", "a", 0.0, 10.0),
-        _session("b1", "b", 1.0, 2.0, 30.0),
-        _session("a2", "a", 5.0, 20.0),
-    ]
-    stream = list(iter_events(sessions))
-    assert len(stream) == 7
-    assert [e.ts for e in stream if e.user_id == "a"] == [0.0, 10.0, 5.0, 20.0]
-    assert [e.ts for e in stream if e.user_id == "b"] == [1.0, 2.0, 30.0]
-    assert [e.ts for e in stream][:3] == [0.0, 1.0, 2.0]
 
 
 def test_jsonl_round_trip(tmp_path: Path) -> None:

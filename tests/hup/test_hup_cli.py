@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 import hup.schema
 from hup.checkpoint import load_checkpoint
 from hup.cli import app
-from hup.data import load_dataset, split_sessions
+from hup.data import load_dataset
+from hup.sessions import split_sessions
 from hup.splits import keep_first, protocol_splits
 from hup.vocab import Taxonomy, build_vocabularies
 

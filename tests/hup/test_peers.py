@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from hup.baselines import SPop, TrainingPopularity
-from hup.data import Session, load_dataset, split_sessions
+from hup.data import load_dataset
 from hup.evaluate import _check, evaluate
 from hup.peers import (
     DEFAULT_TUNE_SECONDS,
@@ -26,6 +26,7 @@ from hup.peers import (
 from hup.points import PredictionPoint, prediction_points
 from hup.repeat_score import RepeatWeights, SessionInput
 from hup.schema import MicroEvent
+from hup.sessions import Session, split_sessions
 from hup.sknn import StanParams, VSknnParams
 
 JD_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "jd"

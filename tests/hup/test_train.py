@@ -13,11 +13,11 @@ import torch
 import hup.train
 from hup.checkpoint import load_checkpoint, without_timing
 from hup.config import VARIANTS
-from hup.data import Session, split_sessions
 from hup.features import Featurizer
 from hup.model import NEIGHBOUR_PART
 from hup.neighbours import HELD_OUT_PARTS, neighbour_table, run_sequences
 from hup.sequences import featurize_session
+from hup.sessions import Session, split_sessions
 from hup.synthetic import SyntheticConfig, generate
 from hup.train import TrainOptions, train_model
 from hup.vocab import Taxonomy

@@ -21,12 +21,12 @@ import orjson
 import torch
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
-from hup.data import Session
 from hup.model import collate_features, collate_repeat
 from hup.recommender import rank_profiles
 from hup.repeat import repeat_inputs
 from hup.runtime import Profiler
 from hup.schema import Event
+from hup.sessions import Session
 from stream.app import topic_specs
 from stream.broker import ensure_topics
 from stream.producer import producer_config

@@ -9,10 +9,10 @@ from dataclasses import replace
 import orjson
 import torch
 
-from hup.data import Dataset, iter_events
 from hup.model import collate_features
 from hup.runtime import Profiler
 from hup.sequences import featurize_session
+from hup.sessions import Dataset, iter_events
 from state.codec import encode_state
 from state.store import MemoryStore
 from stream.processor import BatchResult, InputRecord, Origin, Processor
