@@ -28,7 +28,8 @@ from torch import Tensor
 
 from hup.candidates import ItemIndex, RankingOptions, build_item_index
 from hup.model import HupModel
-from hup.recommender import Ranked, rank_profiles
+from hup.recommender import rank_profiles
+from hup.recommender_contract import Ranked
 from hup.synthetic_ranking import ranking_inputs, ranking_model
 
 REPO = Path(__file__).resolve().parents[1]

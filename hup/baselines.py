@@ -1,4 +1,4 @@
-"""The uniform `Recommender` contract and the protocol's non-learned baselines.
+"""The protocol's non-learned baselines behind the `Recommender` contract.
 
 POP, S-POP and Item-KNN rank items and categories; "last category" ranks categories only.
 """
@@ -9,9 +9,9 @@ import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
 
 from hup.points import PredictionPoint
+from hup.recommender_contract import Rankings, Recommender
 from hup.schema import MicroEvent
 from hup.sessions import Session
 from hup.vocab import OOV_TOKEN
@@ -20,53 +20,10 @@ __all__ = [
     "POP",
     "ItemKNN",
     "LastCategory",
-    "Rankings",
-    "Recommender",
     "SPop",
     "TrainingPopularity",
     "protocol_baselines",
 ]
-
-
-@dataclass
-class Rankings:
-    """What a recommender returns for a batch of prediction points.
-
-    Attributes:
-        items: Per point, at most ``k_items`` sku ids, best first; training skus only and never
-            the point's last input sku. None for a method that ranks categories only ("last
-            category"): its item metrics are not applicable, which is not the same as zero.
-        categories: Per point, per category level (coarse..fine), at most ``k_categories``
-            training category ids, best first.
-    """
-
-    items: list[list[str]] | None
-    categories: list[list[list[str]]]
-
-
-@runtime_checkable
-class Recommender(Protocol):
-    """The contract every model in the evaluation table implements (baselines and HUP alike).
-
-    `fit` sees only train (to fit) and valid (to tune); `rank` is then called once on the test
-    sessions with their prediction points and must only read ``events[:n_input]`` of each.
-    """
-
-    name: str
-
-    def fit(self, train: Sequence[Session], valid: Sequence[Session]) -> None:
-        """Fit on ``train``; ``valid`` is for tuning only."""
-        ...
-
-    def rank(
-        self,
-        sessions: Sequence[Session],
-        points: Sequence[PredictionPoint],
-        k_items: int,
-        k_categories: int,
-    ) -> Rankings:
-        """Rank skus and categories for each point of ``sessions``."""
-        ...
 
 
 def _micro(events: Iterable[object]) -> Iterator[MicroEvent]:

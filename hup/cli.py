@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from hup.baselines import Recommender, protocol_baselines
+from hup.baselines import protocol_baselines
 from hup.checkpoint import Checkpoint
 from hup.config import VARIANTS
 from hup.data import load_dataset
@@ -37,6 +37,7 @@ from hup.folds import (
     write_fold_manifest,
 )
 from hup.peers import peer_baselines
+from hup.recommender_contract import Recommender
 from hup.schema import write_event_schema
 from hup.sessions import Dataset
 from hup.splits import Split, protocol_splits

@@ -9,9 +9,10 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from hup.baselines import Rankings, Recommender, TrainingPopularity
+from hup.baselines import TrainingPopularity
 from hup.metrics import hits_at_k, reciprocal_ranks_at_k
 from hup.points import PredictionPoint, prediction_points, revisits
+from hup.recommender_contract import Rankings, Recommender
 from hup.report import (
     ALPHA,
     NOT_APPLICABLE,

@@ -29,8 +29,9 @@ import numpy as np
 import numpy.typing as npt
 from scipy import sparse
 
-from hup.baselines import Rankings, Recommender, _Baseline, _fill, _micro
+from hup.baselines import _Baseline, _fill, _micro
 from hup.points import PredictionPoint, prediction_points
+from hup.recommender_contract import Rankings, Recommender
 from hup.repeat_score import RepeatWeights, SessionInput, repeat_orders, tune_repeat
 from hup.sessions import Session
 from hup.sknn import (

@@ -9,12 +9,12 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
-from hup.baselines import Rankings
 from hup.candidates import ItemIndex, RankingOptions, build_item_index, rank_item_candidates
 from hup.checkpoint import Checkpoint
 from hup.features import FeatureSpec, Featurizer
 from hup.model import HupModel, collate_features, collate_repeat
 from hup.points import PredictionPoint
+from hup.recommender_contract import Ranked, Rankings
 from hup.repeat import repeat_inputs
 from hup.sequences import featurize_session
 from hup.sessions import Session
@@ -196,9 +196,6 @@ class HupRecommender:
 
 RANK_CHUNK = 1024
 """Points ranked at once offline: bounds the [points, vocabulary] score matrix."""
-
-Ranked = list[tuple[list[int], list[float]]]
-"""Per row: the ranked ids, best first, and their scores."""
 
 
 @torch.no_grad()

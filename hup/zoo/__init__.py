@@ -2,7 +2,7 @@
 
 Layout: `hup.zoo.base` (the contract every neural model implements, and how to add one),
 `hup.zoo.ops` (causal sequence helpers), one module per model, `hup.zoo.fit` (the shared
-recipe), `hup.zoo.recommender` (ranking behind `hup.baselines.Recommender`),
+recipe), `hup.zoo.recommender` (ranking behind `hup.recommender_contract.Recommender`),
 `hup.zoo.checkpoint`, `hup.zoo.registry` (``MODELS``: every CLI name, baselines and HUP's
 variants included) and `hup.zoo.compare` (the comparison table and chart).
 """

@@ -22,7 +22,6 @@ from typing import Any
 
 import orjson
 
-from hup.baselines import Rankings, Recommender
 from hup.evaluate import (
     NOT_APPLICABLE,
     Estimate,
@@ -36,6 +35,7 @@ from hup.evaluate import (
 from hup.extras import require
 from hup.folds import fold_data
 from hup.points import PredictionPoint
+from hup.recommender_contract import Rankings, Recommender
 from hup.report import difference_tables
 from hup.sessions import Dataset, Session
 from hup.splits import protocol_splits

@@ -22,11 +22,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from hup.baselines import POP, ItemKNN, Recommender, SPop
+from hup.baselines import POP, ItemKNN, SPop
 from hup.checkpoint import Checkpoint, load_checkpoint, read_config
 from hup.config import VARIANTS, HupConfig
 from hup.peers import Stan, VSknn
 from hup.recommender import HupRecommender
+from hup.recommender_contract import Recommender
 from hup.sessions import Session
 from hup.train import TrainOptions, train_model
 from hup.vocab import Taxonomy

@@ -4,17 +4,9 @@ import math
 
 import pytest
 
-from hup.baselines import (
-    POP,
-    ItemKNN,
-    LastCategory,
-    Rankings,
-    Recommender,
-    SPop,
-    TrainingPopularity,
-    protocol_baselines,
-)
+from hup.baselines import POP, ItemKNN, LastCategory, SPop, TrainingPopularity, protocol_baselines
 from hup.points import prediction_points
+from hup.recommender_contract import Rankings, Recommender
 from hup.schema import DwellEvent, Event, MicroEvent
 from hup.sessions import Session
 

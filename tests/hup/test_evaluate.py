@@ -8,7 +8,7 @@ import numpy as np
 import orjson
 import pytest
 
-from hup.baselines import POP, ItemKNN, LastCategory, Rankings, SPop, TrainingPopularity
+from hup.baselines import POP, ItemKNN, LastCategory, SPop, TrainingPopularity
 from hup.evaluate import (
     MODES,
     ResultRow,
@@ -22,6 +22,7 @@ from hup.evaluate import (
     to_markdown,
 )
 from hup.points import PredictionPoint
+from hup.recommender_contract import Rankings
 from hup.schema import DwellEvent, Event, MicroEvent
 from hup.sessions import Dataset, Session, with_category_paths
 from hup.splits import protocol_splits

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from hup.baselines import Recommender, TrainingPopularity
+from hup.baselines import TrainingPopularity
 from hup.checkpoint import load_checkpoint
 from hup.exceptions import CheckpointError
 from hup.points import prediction_points
+from hup.recommender_contract import Recommender
 from hup.train import TrainOptions, train_model
 from hup.zoo.catalog import DISPLAY_NAMES, ZOO_CLASSES
 from hup.zoo.checkpoint import load_zoo_checkpoint
