@@ -33,8 +33,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from hup.checkpoint import save_untrained_checkpoint
 from hup.features import EventFeatures, FeatureState
+from hup.hup_checkpoint import save_untrained_checkpoint
 from hup.incremental import step
 from hup.runtime import Profiler
 from hup.sessions import Session

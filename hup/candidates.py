@@ -291,7 +291,7 @@ def rank_item_candidates(
     """Top-k items with their mixture probabilities, scored on each row's candidates.
 
     The candidate-set counterpart of ranking `HupModel.item_mixture(...).probabilities()`
-    (`hup.recommender.rank_profiles`): same inputs, same rule (OOV, the open item and the
+    (`hup.hup_recommender.rank_profiles`): same inputs, same rule (OOV, the open item and the
     row's ``excluded`` id are never ranked), the same scores for the ids it ranks.
     """
     heads = _heads(model)

@@ -21,7 +21,6 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from hup.baselines import protocol_baselines
-from hup.checkpoint import Checkpoint
 from hup.config import VARIANTS
 from hup.data import load_dataset
 from hup.evaluate import evaluate as run_evaluation
@@ -36,6 +35,7 @@ from hup.folds import (
     read_fold_manifest,
     write_fold_manifest,
 )
+from hup.hup_checkpoint import Checkpoint
 from hup.peers import peer_baselines
 from hup.recommender_contract import Recommender
 from hup.schema import write_event_schema
@@ -43,7 +43,6 @@ from hup.sessions import Dataset
 from hup.splits import Split, protocol_splits
 from hup.train import TrainOptions, train_model
 from hup.vocab import Taxonomy
-from hup.zoo.checkpoint import ZooCheckpoint
 from hup.zoo.fit import FitOptions, fit_zoo
 from hup.zoo.registry import (
     MODELS,
@@ -53,6 +52,7 @@ from hup.zoo.registry import (
     resolve,
     settings_of,
 )
+from hup.zoo.zoo_checkpoint import ZooCheckpoint
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 err = Console(stderr=True)

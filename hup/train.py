@@ -17,14 +17,14 @@ import torch
 from torch import Tensor, nn
 
 from hup.baselines import SPop
-from hup.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from hup.config import VARIANTS, HupConfig
 from hup.evaluate import evaluate
 from hup.extras import require
 from hup.features import FeatureSpec, Featurizer
+from hup.hup_checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from hup.hup_recommender import HupRecommender
 from hup.model import HupModel
 from hup.neighbours import part_of, run_sequences, stacked_tables, target_counts
-from hup.recommender import HupRecommender
 from hup.recommender_contract import Recommender
 from hup.schema import MicroEvent
 from hup.sequences import FeaturizedSession, batches, count_batches, featurize_session

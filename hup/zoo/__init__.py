@@ -2,8 +2,8 @@
 
 Layout: `hup.zoo.base` (the contract every neural model implements, and how to add one),
 `hup.zoo.ops` (causal sequence helpers), one module per model, `hup.zoo.fit` (the shared
-recipe), `hup.zoo.recommender` (ranking behind `hup.recommender_contract.Recommender`),
-`hup.zoo.checkpoint`, `hup.zoo.registry` (``MODELS``: every CLI name, baselines and HUP's
+recipe), `hup.zoo.zoo_recommender` (ranking behind `hup.recommender_contract.Recommender`),
+`hup.zoo.zoo_checkpoint`, `hup.zoo.registry` (``MODELS``: every CLI name, baselines and HUP's
 variants included) and `hup.zoo.compare` (the comparison table and chart).
 """
 

@@ -34,7 +34,7 @@ Everything else is shared: `hup.zoo.fit.fit_zoo` builds the vocabularies and the
 featurizer exactly as HUP's recipe does, trains on `hup.sequences.batches` (the protocol's
 prediction points) with `hup.train.fit_epochs` (Adam, gradient clipping) under the common
 budget (max epochs, patience, batch size, seed), stops early on validation item Recall@20 and
-saves a checkpoint (`hup.zoo.checkpoint`); `hup.zoo.recommender` ranks through `scores`,
+saves a checkpoint (`hup.zoo.zoo_checkpoint`); `hup.zoo.zoo_recommender` ranks through `scores`,
 removing the OOV id and the last input sku. Zoo models are offline comparison models: they
 have no incremental ``step`` (the stream serves HUP), so causality is tested instead by
 comparing profiles on whole and truncated sessions. ``profiles_at_points`` concatenates

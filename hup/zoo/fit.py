@@ -32,8 +32,8 @@ from hup.train import (
 )
 from hup.vocab import Taxonomy
 from hup.zoo.catalog import ZOO_CLASSES
-from hup.zoo.checkpoint import ZooCheckpoint, load_zoo_checkpoint, save_zoo_checkpoint
-from hup.zoo.recommender import ZooRecommender
+from hup.zoo.zoo_checkpoint import ZooCheckpoint, load_zoo_checkpoint, save_zoo_checkpoint
+from hup.zoo.zoo_recommender import ZooRecommender
 
 __all__ = ["FitOptions", "fit_zoo", "zoo_validation_metrics"]
 

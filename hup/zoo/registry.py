@@ -23,18 +23,19 @@ from pathlib import Path
 from typing import Any
 
 from hup.baselines import POP, ItemKNN, SPop
-from hup.checkpoint import Checkpoint, load_checkpoint, read_config
+from hup.checkpoint_files import read_config
 from hup.config import VARIANTS, HupConfig
+from hup.hup_checkpoint import Checkpoint, load_checkpoint
+from hup.hup_recommender import HupRecommender
 from hup.peers import Stan, VSknn
-from hup.recommender import HupRecommender
 from hup.recommender_contract import Recommender
 from hup.sessions import Session
 from hup.train import TrainOptions, train_model
 from hup.vocab import Taxonomy
 from hup.zoo.catalog import DISPLAY_NAMES, ZOO_CLASSES
-from hup.zoo.checkpoint import ZooCheckpoint, load_zoo_checkpoint
 from hup.zoo.fit import FitOptions, fit_zoo
-from hup.zoo.recommender import ZooRecommender
+from hup.zoo.zoo_checkpoint import ZooCheckpoint, load_zoo_checkpoint
+from hup.zoo.zoo_recommender import ZooRecommender
 
 __all__ = [
     "BASELINES",

@@ -8,7 +8,7 @@ import torch
 from hup.baselines import POP, SPop
 from hup.data import load_dataset
 from hup.evaluate import evaluate
-from hup.recommender import HupRecommender
+from hup.hup_recommender import HupRecommender
 from hup.sessions import split_sessions
 from hup.train import TrainOptions, train_model
 from hup.vocab import Taxonomy

@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from hup.candidates import RankingOptions, build_item_index
-from hup.checkpoint import Checkpoint, randomize_neighbours
 from hup.config import VARIANTS, HupConfig
 from hup.features import FeatureSpec, Featurizer
+from hup.hup_checkpoint import Checkpoint, randomize_neighbours
+from hup.hup_recommender import rank_profiles
 from hup.incremental import ProfileState, initial_state, step
 from hup.jd import read_jd
 from hup.model import HupModel, collate_features, collate_repeat
-from hup.recommender import rank_profiles
 from hup.repeat import repeat_inputs
 from hup.runtime import Profiler
 from hup.sequences import featurize_session

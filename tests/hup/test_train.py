@@ -11,9 +11,10 @@ import pytest
 import torch
 
 import hup.train
-from hup.checkpoint import load_checkpoint, without_timing
+from hup.checkpoint_files import without_timing
 from hup.config import VARIANTS
 from hup.features import Featurizer
+from hup.hup_checkpoint import load_checkpoint
 from hup.model import NEIGHBOUR_PART
 from hup.neighbours import HELD_OUT_PARTS, neighbour_table, run_sequences
 from hup.sequences import featurize_session

@@ -21,8 +21,8 @@ import orjson
 import torch
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
+from hup.hup_recommender import rank_profiles
 from hup.model import collate_features, collate_repeat
-from hup.recommender import rank_profiles
 from hup.repeat import repeat_inputs
 from hup.runtime import Profiler
 from hup.schema import Event
@@ -229,7 +229,7 @@ def offline_reference(profiler: Profiler, sessions: Sequence[Session]) -> Refere
 
     Per accepted event: the vector of every head, and under ``top_items`` and
     ``top_categories`` the (id, score) lists ranked from them by the offline rule
-    (`hup.recommender.rank_profiles` on the featurizer's memory at that event).
+    (`hup.hup_recommender.rank_profiles` on the featurizer's memory at that event).
     """
     per_user: dict[str, list[Event]] = defaultdict(list)
     for session in sessions:

@@ -7,16 +7,16 @@ import math
 import torch
 
 from hup.features import Featurizer
+from hup.hup_recommender import profiles_at_points
 from hup.model import collate_features
 from hup.points import prediction_points
-from hup.recommender import profiles_at_points
 from hup.sequences import featurize_session
 from hup.train import training_vocabularies
 from hup.zoo import dhan as dhan_module
-from hup.zoo.checkpoint import ZooCheckpoint
 from hup.zoo.dhan import Dhan, DhanConfig
 from hup.zoo.mind import Mind, MindConfig
 from hup.zoo.sdm import Sdm, SdmConfig
+from hup.zoo.zoo_checkpoint import ZooCheckpoint
 
 
 def _profiles(cls, name: str, splits, **sizes):

@@ -7,16 +7,16 @@ from pathlib import Path
 import pytest
 
 from hup.baselines import TrainingPopularity
-from hup.checkpoint import load_checkpoint
 from hup.exceptions import CheckpointError
+from hup.hup_checkpoint import load_checkpoint
 from hup.points import prediction_points
 from hup.recommender_contract import Recommender
 from hup.train import TrainOptions, train_model
 from hup.zoo.catalog import DISPLAY_NAMES, ZOO_CLASSES
-from hup.zoo.checkpoint import load_zoo_checkpoint
 from hup.zoo.fit import FitOptions, fit_zoo
-from hup.zoo.recommender import ZooRecommender
 from hup.zoo.registry import MODELS, kind_of, load_recommender, resolve
+from hup.zoo.zoo_checkpoint import load_zoo_checkpoint
+from hup.zoo.zoo_recommender import ZooRecommender
 
 TINY = FitOptions(
     epochs=1,

@@ -9,13 +9,13 @@ import torch
 
 from hup.baselines import POP
 from hup.evaluate import evaluate
+from hup.hup_recommender import profiles_at_points
 from hup.points import prediction_points
-from hup.recommender import profiles_at_points
 from hup.train import training_vocabularies
 from hup.zoo.catalog import DISPLAY_NAMES, ZOO_CLASSES
-from hup.zoo.checkpoint import ZooCheckpoint
 from hup.zoo.fit import FitOptions, fit_zoo
-from hup.zoo.recommender import ZooRecommender
+from hup.zoo.zoo_checkpoint import ZooCheckpoint
+from hup.zoo.zoo_recommender import ZooRecommender
 
 FAST = FitOptions(epochs=3, batch_size=16, overrides={"hidden": 32, "item_dim": 32})
 

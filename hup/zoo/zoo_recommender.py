@@ -7,11 +7,11 @@ from collections.abc import Callable, Sequence
 import torch
 
 from hup.baselines import SPop
+from hup.hup_recommender import profiles_at_points, rankings_from_ids, top_k_of_scores
 from hup.points import PredictionPoint
-from hup.recommender import profiles_at_points, rankings_from_ids, top_k_of_scores
 from hup.recommender_contract import Rankings
 from hup.sessions import Session
-from hup.zoo.checkpoint import ZooCheckpoint
+from hup.zoo.zoo_checkpoint import ZooCheckpoint
 
 __all__ = ["ZooRecommender"]
 

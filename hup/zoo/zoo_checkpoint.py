@@ -1,8 +1,7 @@
-"""Zoo checkpoints: the HUP checkpoint layout with the model's registry name and config.
+"""Zoo checkpoints: the shared layout of `hup.checkpoint_files` with the model's registry name.
 
-Same files as `hup.checkpoint` (``config.json``, ``vocab.json``, ``weights.safetensors``,
-``VERSION``; nothing unpickled). ``config.json`` adds ``"kind": "zoo"`` and ``"name"`` (the
-registry name that picks the class), and ``"model"`` holds that class's config.
+``config.json`` adds ``"kind": "zoo"`` and ``"name"`` (the registry name that picks the
+class), and ``"model"`` holds that class's config.
 """
 
 from __future__ import annotations
@@ -11,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hup.checkpoint import FORMAT, content_version, read_files, spec_to_json, write_files
+from hup.checkpoint_files import FORMAT, content_version, read_files, spec_to_json, write_files
 from hup.exceptions import CheckpointError
 from hup.features import FeatureSpec
 from hup.vocab import Vocabularies

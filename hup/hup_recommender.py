@@ -10,8 +10,8 @@ import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
 from hup.candidates import ItemIndex, RankingOptions, build_item_index, rank_item_candidates
-from hup.checkpoint import Checkpoint
 from hup.features import FeatureSpec, Featurizer
+from hup.hup_checkpoint import Checkpoint
 from hup.model import HupModel, collate_features, collate_repeat
 from hup.points import PredictionPoint
 from hup.recommender_contract import Ranked, Rankings
@@ -36,7 +36,7 @@ __all__ = [
 class ProfileSource(Protocol):
     """What `profiles_at_points` reads: a causal model and its featurizer's spec and vocabularies.
 
-    A HUP `Checkpoint` is one; so is a zoo checkpoint (`hup.zoo.checkpoint`).
+    A HUP `Checkpoint` is one; so is a zoo checkpoint (`hup.zoo.zoo_checkpoint`).
     """
 
     @property
