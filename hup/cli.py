@@ -46,6 +46,7 @@ from hup.vocab import Taxonomy
 from hup.zoo.fit import FitOptions, fit_zoo
 from hup.zoo.registry import (
     MODELS,
+    ZOO_CLASSES,
     kind_of,
     load_recommender,
     recommender_taxonomy,
@@ -278,7 +279,7 @@ def train(
         fit: Callable[..., tuple[Checkpoint | ZooCheckpoint, list[dict[str, float]]]]
         if isinstance(run_options, FitOptions):
             budget = dataclasses.replace(run_options, data=label)
-            fit = partial(fit_zoo, name, split.train, split.valid, budget, tax, target)
+            fit = partial(fit_zoo, ZOO_CLASSES[name], split.train, split.valid, budget, tax, target)
         else:
             options = dataclasses.replace(run_options, data=label)
             fit = partial(train_model, split.train, split.valid, options, tax, target)

@@ -4,7 +4,7 @@ How to add a model (e.g. DUPN, SDM, MIND, DHAN) to the comparison:
 
 1. Write ``hup/zoo/<name>.py`` with a frozen ``@dataclass`` config subclassing `ZooConfig`
    (one comment per field; defaults are the model's documented defaults) and an ``nn.Module``
-   subclassing `SequenceModel` with ``config_class`` set to it.
+   subclassing `SequenceModel` with ``config_class`` set to it and ``name`` to its CLI name.
 2. ``forward(batch, positions)`` receives `hup.model.collate_features` tensors ([B, T], category
    fields [B, T, K], ``valid`` [B, T]) of whole featurized sessions and the (row, time) pairs of
    the events to profile ([N, 2]; always micro events). It must be causal: the profile at
@@ -25,8 +25,8 @@ How to add a model (e.g. DUPN, SDM, MIND, DHAN) to the comparison:
    kind of example than the prediction points, e.g. BPR-MF's (session, sku) pairs),
    ``trainable = False`` (no epochs), ``category_heads = False`` (categories by the
    protocol's "last category" rule).
-6. Register the class in `hup.zoo.catalog` (``ZOO_CLASSES`` and ``DISPLAY_NAMES``); the
-   registry, the CLI (``hup train --model``, ``hup compare``) and the parametrized tests in
+6. Register the class in `hup.zoo.registry` (``ZOO_CLASSES`` and ``DISPLAY_NAMES``); the
+   CLI (``hup train --model``, ``hup compare``) and the parametrized tests in
    tests/hup/zoo (beats POP after a short training, causal, ranks by the protocol,
    checkpoints) pick it up from there. Add its paper figures to `hup.zoo.paper` if any.
 
@@ -125,6 +125,7 @@ class OutputHeads(nn.Module):
 class SequenceModel(nn.Module):
     """Base of every zoo model; see the module docstring for the contract."""
 
+    name: ClassVar[str]  # the CLI name, the key of `hup.zoo.registry.ZOO_CLASSES`
     config_class: ClassVar[type[ZooConfig]] = ZooConfig
     trainable: ClassVar[bool] = True  # False: `prepare` fits it; no gradient epochs
     scoring: ClassVar[Literal["dot", "cosine"]] = "dot"

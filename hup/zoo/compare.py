@@ -40,10 +40,9 @@ from hup.report import difference_tables
 from hup.sessions import Dataset, Session
 from hup.splits import protocol_splits
 from hup.vocab import Taxonomy
-from hup.zoo.catalog import DISPLAY_NAMES, ZOO_CLASSES
 from hup.zoo.fit import FitOptions
 from hup.zoo.paper import PAPER_COLUMNS, PAPER_TABLE3, paper_markdown
-from hup.zoo.registry import MODELS, kind_of
+from hup.zoo.registry import DISPLAY_NAMES, MODELS, ZOO_CLASSES, kind_of
 
 __all__ = [
     "Comparison",

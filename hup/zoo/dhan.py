@@ -61,6 +61,7 @@ class DhanConfig(ZooConfig):
 class Dhan(SequenceModel):
     """Sku embeddings -> per-candidate attention within category clusters, then over clusters."""
 
+    name = "dhan"
     config_class = DhanConfig
     config: DhanConfig
 

@@ -9,8 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from hup.cli import app
-from hup.zoo.catalog import DISPLAY_NAMES
-from hup.zoo.registry import MODELS
+from hup.zoo.registry import DISPLAY_NAMES, MODELS
 
 DATA = "synthetic:users=30,seed=3,min_events=3,max_events=12"
 ENV = {"COLUMNS": "1000"}  # rich never wraps a message across lines

@@ -12,9 +12,8 @@ from hup.hup_checkpoint import load_checkpoint
 from hup.points import prediction_points
 from hup.recommender_contract import Recommender
 from hup.train import TrainOptions, train_model
-from hup.zoo.catalog import DISPLAY_NAMES, ZOO_CLASSES
 from hup.zoo.fit import FitOptions, fit_zoo
-from hup.zoo.registry import MODELS, kind_of, load_recommender, resolve
+from hup.zoo.registry import DISPLAY_NAMES, MODELS, ZOO_CLASSES, kind_of, load_recommender, resolve
 from hup.zoo.zoo_checkpoint import load_zoo_checkpoint
 from hup.zoo.zoo_recommender import ZooRecommender
 
@@ -66,8 +65,8 @@ def test_every_model_fits_and_ranks_by_the_protocol(name: str, tiny) -> None:
 def test_zoo_checkpoints_round_trip(name: str, tiny, tmp_path: Path) -> None:
     train, valid, test, taxonomy = tiny
     out = tmp_path / name
-    trained, _ = fit_zoo(name, train, valid, TINY, taxonomy)
-    saved, history = fit_zoo(name, train, valid, TINY, taxonomy, out=out)
+    trained, _ = fit_zoo(ZOO_CLASSES[name], train, valid, TINY, taxonomy)
+    saved, history = fit_zoo(ZOO_CLASSES[name], train, valid, TINY, taxonomy, out=out)
     assert saved.version.startswith(f"{name}-")
     scores = [record["valid_recall20"] for record in history]
     assert [record["valid_recall20"] for record in saved.info["history"]] == scores
@@ -91,7 +90,7 @@ def test_a_hup_checkpoint_is_loaded_as_hup(tiny, tmp_path: Path) -> None:
     recommender, version, _ = load_recommender(tmp_path / "hup")
     assert recommender.name == "HUP-NoAtt" and version.startswith("hup-")
     with pytest.raises(CheckpointError, match="not a zoo model"):
-        load_zoo_checkpoint(tmp_path / "hup")
+        load_zoo_checkpoint(tmp_path / "hup", ZOO_CLASSES)
 
 
 def test_kinds() -> None:
