@@ -13,6 +13,7 @@ from hup.candidates import ItemIndex, RankingOptions, build_item_index, rank_ite
 from hup.features import FeatureSpec, Featurizer
 from hup.hup_checkpoint import Checkpoint
 from hup.model import HupModel, collate_features, collate_repeat
+from hup.model_contract import ProfileModel
 from hup.points import PredictionPoint
 from hup.recommender_contract import Ranked, Rankings
 from hup.repeat import repeat_inputs
@@ -40,8 +41,8 @@ class ProfileSource(Protocol):
     """
 
     @property
-    def model(self) -> nn.Module:
-        """A causal model: ``forward(batch, positions) -> {head: [N, D]}``."""
+    def model(self) -> ProfileModel:
+        """The model (HUP's or a zoo model)."""
         ...
 
     @property

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from hup.config import HupConfig
 from hup.features import EventFeatures
 from hup.layers import AttentionPool, BehaviorLSTMCell
+from hup.model_contract import ProfileModel
 from hup.neighbours import NeighbourTable
 from hup.repeat import CATEGORY_FEATURES, ITEM_FEATURES, REPEAT_SLOTS, RepeatInputs
 from hup.vocab import OOV
@@ -353,8 +354,10 @@ def repeat_channel(
     return repeat, g
 
 
-class HupModel(nn.Module):
+class HupModel(ProfileModel):
     """HUP: embeddings, pyramid layers, attention pools and profile heads."""
+
+    config: HupConfig
 
     def __init__(self, config: HupConfig) -> None:
         """Build the layers `config` asks for (the full model or an ablation)."""

@@ -53,6 +53,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
 from hup.config import SavedConfig
+from hup.model_contract import ProfileModel
 from hup.sequences import FeaturizedSession, batches, count_batches
 from hup.sessions import Session
 from hup.vocab import Vocabularies
@@ -122,8 +123,8 @@ class OutputHeads(nn.Module):
         return self.tables[head], self.biases[head]
 
 
-class SequenceModel(nn.Module):
-    """Base of every zoo model; see the module docstring for the contract."""
+class SequenceModel(ProfileModel):
+    """Base of every zoo model: `ProfileModel` plus the hooks the module docstring lists."""
 
     name: ClassVar[str]  # the CLI name, the key of `hup.zoo.registry.ZOO_CLASSES`
     config_class: ClassVar[type[ZooConfig]] = ZooConfig
@@ -136,11 +137,7 @@ class SequenceModel(nn.Module):
         super().__init__()
         self.config = config
 
-    # ---- what every model implements -------------------------------------------------------
-
-    def forward(self, batch: dict[str, Tensor], positions: Tensor) -> dict[str, Tensor]:
-        """Profiles after the events at ``positions`` ([N, 2] (row, time)), per head [N, D]."""
-        raise NotImplementedError
+    # ---- what every model implements (and `ProfileModel.forward`) ---------------------------
 
     def output_table(self, head: str) -> tuple[Tensor, Tensor | None]:
         """The table [V, D] a head's profiles are scored against, and its bias [V] or None."""
