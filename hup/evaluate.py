@@ -10,8 +10,8 @@ import numpy as np
 import numpy.typing as npt
 
 from hup.baselines import TrainingPopularity
-from hup.metrics import hits_at_k, reciprocal_ranks_at_k
 from hup.points import PredictionPoint, prediction_points, revisits
+from hup.ranking_metrics import hits_at_k, reciprocal_ranks_at_k
 from hup.recommender_contract import Rankings, Recommender
 from hup.report import (
     ALPHA,

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from hup.metrics import (
+from hup.ranking_metrics import (
     bootstrap_ci,
     bootstrap_distribution,
     hits_at_k,
