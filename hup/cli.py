@@ -43,6 +43,7 @@ from hup.sessions import Dataset
 from hup.splits import Split, protocol_splits
 from hup.train import TrainOptions, train_model
 from hup.vocab import Taxonomy
+from hup.zoo.compare import run_comparison, write_comparison
 from hup.zoo.fit import FitOptions, fit_zoo
 from hup.zoo.registry import (
     MODELS,
@@ -501,8 +502,6 @@ def compare(
 
     With ``--folds K`` every model is trained on each fold; per-fold and pooled tables.
     """
-    from hup.zoo.compare import run_comparison, write_comparison  # matplotlib only here
-
     _check_device(device)
     try:
         names = resolve(models)

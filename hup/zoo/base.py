@@ -56,6 +56,7 @@ from hup.config import SavedConfig
 from hup.model_contract import ProfileModel
 from hup.sequences import FeaturizedSession, batches, count_batches
 from hup.sessions import Session
+from hup.train import skipgram_vectors
 from hup.vocab import Vocabularies
 
 __all__ = ["Batch", "OutputHeads", "SequenceModel", "ZooConfig", "skipgram_table"]
@@ -203,8 +204,6 @@ def skipgram_table(
     train: Sequence[Session], vocabularies: Vocabularies, dim: int, seed: int
 ) -> Tensor:
     """HUP's skip-gram vectors (`hup.train.skipgram_vectors`) as a table [V, dim] (OOV: 0)."""
-    from hup.train import skipgram_vectors  # gensim is heavy: only when asked for
-
     vectors = skipgram_vectors(train, dim, seed)
     table = torch.zeros(len(vocabularies.items), dim)
     for token_id, token in enumerate(vocabularies.items.tokens):
