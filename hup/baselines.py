@@ -241,18 +241,6 @@ class ItemKNN(_Baseline):
             self._similar[item] = cached
         return cached
 
-    def neighbours(self, item: str) -> tuple[str, ...]:
-        """Skus co-occurring with ``item`` in training, most similar first (ties: POP order)."""
-        scores = self.similar(item)
-        return tuple(sorted(scores, key=lambda j: (-scores[j], self._pop_rank[j])))
-
-    def similarity(self, i: str, j: str) -> float:
-        """Cosine of the session sets of two training skus (0 when either is unknown)."""
-        n_i, n_j = self._sessions_with[i], self._sessions_with[j]
-        if not n_i or not n_j:
-            return 0.0
-        return self._cooccur.get(i, Counter())[j] / math.sqrt(n_i * n_j)
-
     def scores(self, inputs: Iterable[str]) -> dict[str, float]:
         """Each candidate's summed similarity to the distinct skus of ``inputs``."""
         total: defaultdict[str, float] = defaultdict(float)

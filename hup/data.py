@@ -1,4 +1,4 @@
-"""Datasets by spec (``jd:``, ``synthetic:``, the protocol's variants) and JSONL event files."""
+"""Datasets by spec: ``jd:`` files or the ``synthetic:`` generator, with the protocol's variants."""
 
 from __future__ import annotations
 
@@ -6,48 +6,16 @@ import dataclasses
 import logging
 import math
 import re
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-import orjson
-
-from hup.exceptions import DataFormatError, EventValidationError
+from hup.exceptions import DataFormatError
 from hup.jd import DEFAULT_BASE_TS, SESSION_SPACING_S, read_jd
-from hup.schema import Event, parse_event_json
 from hup.sessions import Dataset, Session, cut_session
 from hup.synthetic import SyntheticConfig, generate
 
-__all__ = ["VARIANT_OPTIONS", "load_dataset", "read_jsonl", "write_jsonl"]
+__all__ = ["VARIANT_OPTIONS", "load_dataset"]
 
 logger = logging.getLogger(__name__)
-
-
-def write_jsonl(events: Iterable[Event], path: Path) -> int:
-    """Write events one JSON object per line (behaviour as its JD code); return the count."""
-    count = 0
-    with path.open("wb") as out:
-        for event in events:
-            out.write(orjson.dumps(event.model_dump(mode="json", exclude_none=True)))
-            out.write(b"\n")
-            count += 1
-    logger.info("wrote %d events to %s", count, path)
-    return count
-
-
-def read_jsonl(path: Path) -> Iterator[Event]:
-    """Read events written by `write_jsonl` (or any producer following the schema), lazily.
-
-    Raises:
-        DataFormatError: A line is not a valid event; the message names file and line.
-    """
-    with path.open("rb") as lines:
-        for line_no, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield parse_event_json(line)
-            except EventValidationError as exc:
-                raise DataFormatError(f"{path}, line {line_no}: {exc}") from exc
 
 
 VARIANT_OPTIONS = ("max_len", "train_frac")

@@ -40,7 +40,6 @@ __all__ = [
     "collate_features",
     "collate_repeat",
     "repeat_channel",
-    "stack_features",
 ]
 
 FEATURE_KEYS = EventFeatures._fields
@@ -61,14 +60,6 @@ class LayerInput(NamedTuple):
 class _Head:
     source: str  # layer whose attention context feeds the head
     level: int | None  # category level, None for item-space heads
-
-
-def stack_features(features: list[EventFeatures]) -> dict[str, Tensor]:
-    """One event per row: tensors of shape [B] (category fields [B, K])."""
-    columns = list(zip(*features, strict=True))
-    return {
-        k: torch.tensor(col, dtype=torch.long) for k, col in zip(FEATURE_KEYS, columns, strict=True)
-    }
 
 
 def collate_features(sequences: list[list[EventFeatures]]) -> dict[str, Tensor]:

@@ -227,22 +227,6 @@ class _SessionKnnPeer(_Baseline, Generic[P]):
             raise RuntimeError(f"{self.name}: rank() called before fit()")
         return self._index
 
-    def item_scores(self, inputs: Sequence[SessionInput]) -> list[dict[str, float]]:
-        """The kNN score of every sku a neighbour holds, per input (own skus included)."""
-        out: list[dict[str, float]] = []
-        for queries, candidates in _chunks(inputs, self.index):
-            scores = self._score(queries, candidates, self.index, self.params)
-            for row in range(len(queries)):
-                begin, end = scores.indptr[row], scores.indptr[row + 1]
-                skus = scores.indices[begin:end]
-                out.append(
-                    {
-                        self.index.items[j]: float(v)
-                        for j, v in zip(skus, scores.data[begin:end], strict=True)
-                    }
-                )
-        return out
-
     def fit(self, train: Sequence[Session], valid: Sequence[Session]) -> None:
         """Index ``train`` (in time order); tune on ``valid`` when asked and it has points."""
         super().fit(train, valid)

@@ -2,29 +2,11 @@ from pathlib import Path
 
 import pytest
 
-from hup.data import load_dataset, read_jsonl, write_jsonl
+from hup.data import load_dataset
 from hup.exceptions import DataFormatError
-from hup.schema import DwellEvent, Event, MicroEvent
+from hup.schema import MicroEvent
 from hup.sessions import Dataset, Session, cut_session
 from hup.synthetic import SyntheticConfig
-
-
-def test_jsonl_round_trip(tmp_path: Path) -> None:
-    events: list[Event] = [
-        MicroEvent(user_id="u", ts=1.5, item_id="i", categories=["a", "b"], behavior=9),
-        DwellEvent(kind="dwell", user_id="u", ts=2.5, item_id="i", dwell_s=1.0, event_id="e"),
-    ]
-    path = tmp_path / "events.jsonl"
-    assert write_jsonl(events, path) == 2
-    assert b'"behavior":9' in path.read_bytes()
-    assert list(read_jsonl(path)) == events
-
-
-def test_read_jsonl_names_file_and_line(tmp_path: Path) -> None:
-    path = tmp_path / "events.jsonl"
-    path.write_text('{"user_id":"u","ts":1,"item_id":"i","categories":["c"],"behavior":5}\n\n{}\n')
-    with pytest.raises(DataFormatError, match=rf"{path}, line 3: field 'user_id'"):
-        list(read_jsonl(path))
 
 
 def test_jd_spec_concatenates_files_in_order_without_time_overlap(tmp_path: Path) -> None:

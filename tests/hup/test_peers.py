@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -79,14 +78,6 @@ def test_rankings_are_own_skus_by_repeat_score_then_knn_then_pop() -> None:
     assert items == ["E", "C", "F", "B", "D", "G"]
     model.repeat = RepeatWeights(behaviour=1.0)  # C's cart outweighs E's recency
     assert model.rank(test, [point], 6, 2).items == [["C", "E", "F", "B", "D", "G"]]
-
-
-def test_knn_scores_of_the_recommender_are_the_scorers() -> None:
-    model = Stan(StanParams(k=4, lambda1=1.0, lambda2=math.inf, lambda3=1.0), tune=False)
-    model.fit(TRAIN, [])
-    [scores] = model.item_scores([SessionInput.read(session("A", "B").events)])
-    assert set(scores) == {"A", "B", "C", "D", "E", "F", "G"}
-    assert scores["A"] > scores["G"] > 0
 
 
 @pytest.mark.parametrize("make", PEERS)
