@@ -184,7 +184,6 @@ class ProfileState:
             raise StateError(f"profile state arrays are inconsistent: {exc}") from exc
 
 
-
 def feature_arrays(f: FeatureState) -> dict[str, np.ndarray]:
     """The featurizer's memory as named arrays (module docstring); `feature_state` inverts.
 

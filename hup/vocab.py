@@ -96,7 +96,6 @@ class Taxonomy:
         return cls(paths)
 
 
-
 def normalize_categories(
     categories: Sequence[str], n_levels: int, taxonomy: Taxonomy | None
 ) -> tuple[tuple[str, ...], bool]:
