@@ -96,13 +96,3 @@ def test_a_hup_checkpoint_is_loaded_as_hup(tiny, tmp_path: Path) -> None:
 def test_kinds() -> None:
     assert {kind_of(n) for n in MODELS} == {"baseline", "zoo", "hup"}
     assert all(kind_of(n) == "zoo" for n in ZOO_CLASSES)
-
-
-def test_compare_cells_show_a_metric_a_method_lacks_as_not_applicable() -> None:
-    from hup.evaluate import Estimate, ResultRow
-    from hup.zoo.compare import _cell
-
-    row = ResultRow("Last category", "every", 3, 1, {"category Recall@5": Estimate(0.5, 0.4, 0.6)})
-    assert _cell(row, "item Recall@20") == "–"
-    assert _cell(row, "category Recall@5") == "50.00 [40.00, 60.00]"
-    assert _cell(None, "item Recall@20") == "n/a"
