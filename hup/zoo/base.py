@@ -128,6 +128,7 @@ class SequenceModel(ProfileModel):
     """Base of every zoo model: `ProfileModel` plus the hooks the module docstring lists."""
 
     name: ClassVar[str]  # the CLI name, the key of `hup.zoo.registry.ZOO_CLASSES`
+    config: ZooConfig
     config_class: ClassVar[type[ZooConfig]] = ZooConfig
     trainable: ClassVar[bool] = True  # False: `prepare` fits it; no gradient epochs
     scoring: ClassVar[Literal["dot", "cosine"]] = "dot"

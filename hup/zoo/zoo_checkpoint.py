@@ -64,7 +64,7 @@ def load_zoo_checkpoint(
     directory = Path(directory)
     config, spec, vocabularies, weights = read_files(directory, device)
     name = config.get("name")
-    if config.get("kind") != "zoo" or name not in classes:
+    if config.get("kind") != "zoo" or not isinstance(name, str) or name not in classes:
         raise CheckpointError(
             f"model checkpoint {directory} is not a zoo model checkpoint "
             f"(kind {config.get('kind', 'hup')!r}, name {name!r})"
