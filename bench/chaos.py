@@ -63,10 +63,10 @@ from harness import (  # noqa: E402
     worker_env,
 )
 
-from hup.checkpoint import save_untrained_checkpoint  # noqa: E402
-from hup.data import Session, iter_events  # noqa: E402
+from hup.hup_checkpoint import save_untrained_checkpoint  # noqa: E402
 from hup.runtime import Profiler  # noqa: E402
 from hup.schema import Event  # noqa: E402
+from hup.sessions import Session, iter_events  # noqa: E402
 from hup.synthetic import SyntheticConfig, generate  # noqa: E402
 from hup.vocab import Taxonomy  # noqa: E402
 from stream.broker import start_broker  # noqa: E402

@@ -3,7 +3,7 @@
 For each vocabulary size, a repeat-aware model with the default sizes (`VARIANTS["hup"]`,
 item_dim 30, 50 co-visitation neighbours per id) and clustered item embeddings
 (`hup.synthetic_ranking`) ranks the same users' profiles twice through
-`hup.recommender.rank_profiles`: exactly over the whole vocabulary, and from the candidate
+`hup.hup_recommender.rank_profiles`: exactly over the whole vocabulary, and from the candidate
 index. It prints and writes (JSON) microseconds per event for one event per call and for
 calls of 64 events (a wave of the worker), the candidate path's recall of the exact
 top-20, the largest score difference on the ids both list, and the index's build time.
@@ -27,8 +27,9 @@ from rich.table import Table
 from torch import Tensor
 
 from hup.candidates import ItemIndex, RankingOptions, build_item_index
+from hup.hup_recommender import rank_profiles
 from hup.model import HupModel
-from hup.recommender import Ranked, rank_profiles
+from hup.recommender_contract import Ranked
 from hup.synthetic_ranking import ranking_inputs, ranking_model
 
 REPO = Path(__file__).resolve().parents[1]

@@ -33,11 +33,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from hup.checkpoint import save_untrained_checkpoint
-from hup.data import Session
 from hup.features import EventFeatures, FeatureState
+from hup.hup_checkpoint import save_untrained_checkpoint
 from hup.incremental import step
 from hup.runtime import Profiler
+from hup.sessions import Session
 from hup.synthetic import SyntheticConfig, generate
 from hup.vocab import Taxonomy
 from stream.startup import settle_memory

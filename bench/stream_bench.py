@@ -59,10 +59,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
-from hup.checkpoint import save_untrained_checkpoint
-from hup.data import Dataset
+from hup.hup_checkpoint import save_untrained_checkpoint
 from hup.runtime import Profiler
 from hup.schema import Event, MicroEvent
+from hup.sessions import Dataset
 from hup.synthetic import SyntheticConfig, generate
 from hup.vocab import Taxonomy
 from state.store import MemoryStore

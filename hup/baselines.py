@@ -1,4 +1,4 @@
-"""The uniform `Recommender` contract and the protocol's non-learned baselines.
+"""The protocol's non-learned baselines behind the `Recommender` contract.
 
 POP, S-POP and Item-KNN rank items and categories; "last category" ranks categories only.
 """
@@ -9,64 +9,21 @@ import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
 
-from hup.data import Session
 from hup.points import PredictionPoint
+from hup.recommender_contract import Rankings, Recommender
 from hup.schema import MicroEvent
+from hup.sessions import Session
 from hup.vocab import OOV_TOKEN
 
 __all__ = [
     "POP",
     "ItemKNN",
     "LastCategory",
-    "Rankings",
-    "Recommender",
     "SPop",
     "TrainingPopularity",
     "protocol_baselines",
 ]
-
-
-@dataclass
-class Rankings:
-    """What a recommender returns for a batch of prediction points.
-
-    Attributes:
-        items: Per point, at most ``k_items`` sku ids, best first; training skus only and never
-            the point's last input sku. None for a method that ranks categories only ("last
-            category"): its item metrics are not applicable, which is not the same as zero.
-        categories: Per point, per category level (coarse..fine), at most ``k_categories``
-            training category ids, best first.
-    """
-
-    items: list[list[str]] | None
-    categories: list[list[list[str]]]
-
-
-@runtime_checkable
-class Recommender(Protocol):
-    """The contract every model in the evaluation table implements (baselines and HUP alike).
-
-    `fit` sees only train (to fit) and valid (to tune); `rank` is then called once on the test
-    sessions with their prediction points and must only read ``events[:n_input]`` of each.
-    """
-
-    name: str
-
-    def fit(self, train: Sequence[Session], valid: Sequence[Session]) -> None:
-        """Fit on ``train``; ``valid`` is for tuning only."""
-        ...
-
-    def rank(
-        self,
-        sessions: Sequence[Session],
-        points: Sequence[PredictionPoint],
-        k_items: int,
-        k_categories: int,
-    ) -> Rankings:
-        """Rank skus and categories for each point of ``sessions``."""
-        ...
 
 
 def _micro(events: Iterable[object]) -> Iterator[MicroEvent]:
@@ -104,7 +61,7 @@ class TrainingPopularity:
     visit full of scrolling says no more about what is visited next than a short one. Ties go
     to the id seen first in file order, which keeps the ranking deterministic. The levels are
     those the events carry, so sessions are expanded through the model's taxonomy first
-    (`hup.data.with_category_paths`); the padding of a leaf the taxonomy does not know
+    (`hup.sessions.with_category_paths`); the padding of a leaf the taxonomy does not know
     (`OOV_TOKEN`) is not a category and is never counted.
     """
 
@@ -283,18 +240,6 @@ class ItemKNN(_Baseline):
             }
             self._similar[item] = cached
         return cached
-
-    def neighbours(self, item: str) -> tuple[str, ...]:
-        """Skus co-occurring with ``item`` in training, most similar first (ties: POP order)."""
-        scores = self.similar(item)
-        return tuple(sorted(scores, key=lambda j: (-scores[j], self._pop_rank[j])))
-
-    def similarity(self, i: str, j: str) -> float:
-        """Cosine of the session sets of two training skus (0 when either is unknown)."""
-        n_i, n_j = self._sessions_with[i], self._sessions_with[j]
-        if not n_i or not n_j:
-            return 0.0
-        return self._cooccur.get(i, Counter())[j] / math.sqrt(n_i * n_j)
 
     def scores(self, inputs: Iterable[str]) -> dict[str, float]:
         """Each candidate's summed similarity to the distinct skus of ``inputs``."""

@@ -38,7 +38,7 @@ import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -47,10 +47,8 @@ from torch import Tensor
 
 from hup.exceptions import RankingOptionsError
 from hup.model import NEIGHBOUR_PART, HupModel, RepeatHeads, repeat_channel
+from hup.recommender_contract import Ranked
 from hup.vocab import OOV
-
-if TYPE_CHECKING:
-    from hup.recommender import Ranked
 
 __all__ = [
     "NORMALISER_ELEMENTS",
@@ -293,7 +291,7 @@ def rank_item_candidates(
     """Top-k items with their mixture probabilities, scored on each row's candidates.
 
     The candidate-set counterpart of ranking `HupModel.item_mixture(...).probabilities()`
-    (`hup.recommender.rank_profiles`): same inputs, same rule (OOV, the open item and the
+    (`hup.hup_recommender.rank_profiles`): same inputs, same rule (OOV, the open item and the
     row's ``excluded`` id are never ranked), the same scores for the ids it ranks.
     """
     heads = _heads(model)

@@ -20,10 +20,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from hup.baselines import Recommender, protocol_baselines
-from hup.checkpoint import Checkpoint
+from hup.baselines import protocol_baselines
 from hup.config import VARIANTS
-from hup.data import Dataset, load_dataset
+from hup.data import load_dataset
 from hup.evaluate import evaluate as run_evaluation
 from hup.evaluate import folded_json, folded_markdown, to_json, to_markdown
 from hup.exceptions import HupError, MissingExtraError
@@ -36,21 +35,26 @@ from hup.folds import (
     read_fold_manifest,
     write_fold_manifest,
 )
+from hup.hup_checkpoint import Checkpoint
 from hup.peers import peer_baselines
+from hup.recommender_contract import Recommender
 from hup.schema import write_event_schema
+from hup.sessions import Dataset
 from hup.splits import Split, protocol_splits
 from hup.train import TrainOptions, train_model
 from hup.vocab import Taxonomy
-from hup.zoo.checkpoint import ZooCheckpoint
+from hup.zoo.compare import run_comparison, write_comparison
 from hup.zoo.fit import FitOptions, fit_zoo
 from hup.zoo.registry import (
     MODELS,
+    ZOO_CLASSES,
     kind_of,
     load_recommender,
     recommender_taxonomy,
     resolve,
     settings_of,
 )
+from hup.zoo.zoo_checkpoint import ZooCheckpoint
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 err = Console(stderr=True)
@@ -276,7 +280,7 @@ def train(
         fit: Callable[..., tuple[Checkpoint | ZooCheckpoint, list[dict[str, float]]]]
         if isinstance(run_options, FitOptions):
             budget = dataclasses.replace(run_options, data=label)
-            fit = partial(fit_zoo, name, split.train, split.valid, budget, tax, target)
+            fit = partial(fit_zoo, ZOO_CLASSES[name], split.train, split.valid, budget, tax, target)
         else:
             options = dataclasses.replace(run_options, data=label)
             fit = partial(train_model, split.train, split.valid, options, tax, target)
@@ -498,8 +502,6 @@ def compare(
 
     With ``--folds K`` every model is trained on each fold; per-fold and pooled tables.
     """
-    from hup.zoo.compare import run_comparison, write_comparison  # matplotlib only here
-
     _check_device(device)
     try:
         names = resolve(models)

@@ -9,10 +9,10 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from hup.baselines import Rankings, Recommender, TrainingPopularity
-from hup.data import Session, with_category_paths
-from hup.metrics import hits_at_k, reciprocal_ranks_at_k
+from hup.baselines import TrainingPopularity
 from hup.points import PredictionPoint, prediction_points, revisits
+from hup.ranking_metrics import hits_at_k, reciprocal_ranks_at_k
+from hup.recommender_contract import Rankings, Recommender
 from hup.report import (
     ALPHA,
     NOT_APPLICABLE,
@@ -27,6 +27,7 @@ from hup.report import (
     to_markdown,
 )
 from hup.sequences import count_clamped_gaps
+from hup.sessions import Session, with_category_paths
 from hup.summary import MODES, FloatArray, ScoredPoints, pool, summarize, summarize_folds
 from hup.vocab import Taxonomy
 

@@ -16,10 +16,11 @@ from typing import Any
 
 import orjson
 
-from hup.baselines import Recommender, protocol_baselines
+from hup.baselines import protocol_baselines
 from hup.evaluate import FoldedReport, score_points, summarize_folds
 from hup.exceptions import CheckpointError
 from hup.peers import peer_baselines
+from hup.recommender_contract import Recommender
 from hup.splits import Split
 from hup.vocab import Taxonomy
 from hup.zoo.registry import load_recommender, recommender_taxonomy

@@ -78,10 +78,6 @@ class ProfileState:
     # (input partition, offset of the last event applied from it), per partition.
     source_offsets: tuple[tuple[int, int], ...] = ()
 
-    def source_offset(self, partition: int) -> int:
-        """Offset of the last event applied from ``partition`` of the original input, or -1."""
-        return dict(self.source_offsets).get(partition, -1)
-
     def with_input(self, partition: int, offset: int) -> ProfileState:
         """This state having applied the event at ``offset`` of input ``partition``."""
         offsets = dict(self.source_offsets)
@@ -186,10 +182,6 @@ class ProfileState:
             )
         except (KeyError, ValueError, IndexError, UnicodeDecodeError) as exc:
             raise StateError(f"profile state arrays are inconsistent: {exc}") from exc
-
-    def nbytes(self) -> int:
-        """Bytes of array payload (what the codec stores, before its small header)."""
-        return sum(a.nbytes for a in self.to_arrays().values())
 
 
 def feature_arrays(f: FeatureState) -> dict[str, np.ndarray]:

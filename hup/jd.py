@@ -6,9 +6,9 @@ import logging
 import re
 from pathlib import Path
 
-from hup.data import Session
 from hup.exceptions import DataFormatError
 from hup.schema import Behavior, DwellEvent, Event, MicroEvent
+from hup.sessions import Session
 
 __all__ = ["DEFAULT_BASE_TS", "SESSION_SPACING_S", "read_jd"]
 

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from hup.config import HupConfig
 from hup.features import EventFeatures
 from hup.layers import AttentionPool, BehaviorLSTMCell
+from hup.model_contract import ProfileModel
 from hup.neighbours import NeighbourTable
 from hup.repeat import CATEGORY_FEATURES, ITEM_FEATURES, REPEAT_SLOTS, RepeatInputs
 from hup.vocab import OOV
@@ -39,7 +40,6 @@ __all__ = [
     "collate_features",
     "collate_repeat",
     "repeat_channel",
-    "stack_features",
 ]
 
 FEATURE_KEYS = EventFeatures._fields
@@ -60,14 +60,6 @@ class LayerInput(NamedTuple):
 class _Head:
     source: str  # layer whose attention context feeds the head
     level: int | None  # category level, None for item-space heads
-
-
-def stack_features(features: list[EventFeatures]) -> dict[str, Tensor]:
-    """One event per row: tensors of shape [B] (category fields [B, K])."""
-    columns = list(zip(*features, strict=True))
-    return {
-        k: torch.tensor(col, dtype=torch.long) for k, col in zip(FEATURE_KEYS, columns, strict=True)
-    }
 
 
 def collate_features(sequences: list[list[EventFeatures]]) -> dict[str, Tensor]:
@@ -353,8 +345,10 @@ def repeat_channel(
     return repeat, g
 
 
-class HupModel(nn.Module):
+class HupModel(ProfileModel):
     """HUP: embeddings, pyramid layers, attention pools and profile heads."""
+
+    config: HupConfig
 
     def __init__(self, config: HupConfig) -> None:
         """Build the layers `config` asks for (the full model or an ablation)."""

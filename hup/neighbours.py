@@ -17,17 +17,17 @@ evaluation and the stream read the table of all training sessions (part 0).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple, Protocol
 
 import numpy as np
 from scipy import sparse
 
-if TYPE_CHECKING:
-    from hup.sequences import FeaturizedSession
+from hup.features import EventFeatures
 
 __all__ = [
     "HELD_OUT_PARTS",
     "NEIGHBOUR_WINDOW",
+    "Featurized",
     "NeighbourTable",
     "neighbour_table",
     "part_of",
@@ -54,8 +54,17 @@ class NeighbourTable(NamedTuple):
     weights: np.ndarray
 
 
+class Featurized(Protocol):
+    """What `run_sequences` reads of a session (`hup.sequences.FeaturizedSession`)."""
+
+    @property
+    def features(self) -> Sequence[EventFeatures]:
+        """The session's features in order."""
+        ...
+
+
 def run_sequences(
-    sessions: Sequence[FeaturizedSession], n_levels: int
+    sessions: Sequence[Featurized], n_levels: int
 ) -> tuple[list[list[int]], list[list[list[int]]]]:
     """The sequences the tables count, per session.
 

@@ -29,10 +29,11 @@ import numpy as np
 import numpy.typing as npt
 from scipy import sparse
 
-from hup.baselines import Rankings, Recommender, _Baseline, _fill, _micro
-from hup.data import Session
+from hup.baselines import _Baseline, _fill, _micro
 from hup.points import PredictionPoint, prediction_points
+from hup.recommender_contract import Rankings, Recommender
 from hup.repeat_score import RepeatWeights, SessionInput, repeat_orders, tune_repeat
+from hup.sessions import Session
 from hup.sknn import (
     Candidates,
     QueryBatch,
@@ -225,22 +226,6 @@ class _SessionKnnPeer(_Baseline, Generic[P]):
         if self._index is None:
             raise RuntimeError(f"{self.name}: rank() called before fit()")
         return self._index
-
-    def item_scores(self, inputs: Sequence[SessionInput]) -> list[dict[str, float]]:
-        """The kNN score of every sku a neighbour holds, per input (own skus included)."""
-        out: list[dict[str, float]] = []
-        for queries, candidates in _chunks(inputs, self.index):
-            scores = self._score(queries, candidates, self.index, self.params)
-            for row in range(len(queries)):
-                begin, end = scores.indptr[row], scores.indptr[row + 1]
-                skus = scores.indices[begin:end]
-                out.append(
-                    {
-                        self.index.items[j]: float(v)
-                        for j, v in zip(skus, scores.data[begin:end], strict=True)
-                    }
-                )
-        return out
 
     def fit(self, train: Sequence[Session], valid: Sequence[Session]) -> None:
         """Index ``train`` (in time order); tune on ``valid`` when asked and it has points."""

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from hup.data import Session
 from hup.schema import MicroEvent
+from hup.sessions import Session
 
 __all__ = ["PredictionPoint", "prediction_points", "revisits"]
 
@@ -22,7 +22,7 @@ class PredictionPoint:
         target_item: The sku of the run that starts right after the input.
         target_categories: The target's categories, coarse to fine, as its event carries them;
             the evaluation expands sessions through the model's taxonomy first, so these are
-            then the K levels the model ranks (`hup.data.with_category_paths`).
+            then the K levels the model ranks (`hup.sessions.with_category_paths`).
         last_input_item: The sku of the last input micro event (never equal to the target).
         is_last: True when the target run is the session's final run (the paper's `last` mode).
     """

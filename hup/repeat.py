@@ -17,12 +17,9 @@ runs and, for the open run, the dwell so far.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple, Protocol
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from hup.features import FeatureState
 
 __all__ = [
     "CATEGORY_FEATURES",
@@ -30,6 +27,7 @@ __all__ = [
     "REPEAT_SLOTS",
     "RecentItem",
     "RepeatInputs",
+    "RepeatState",
     "remember",
     "repeat_inputs",
 ]
@@ -130,7 +128,41 @@ def _log_dwell(seconds: float) -> float:
     return math.log1p(max(seconds, 0.0) / 10.0)
 
 
-def repeat_inputs(state: FeatureState) -> RepeatInputs:
+class RepeatState(Protocol):
+    """What `repeat_inputs` reads of the featurizer's state (`hup.features.FeatureState`)."""
+
+    @property
+    def has_open(self) -> bool:
+        """Whether a run is open (the user's latest event was a micro event)."""
+        ...
+
+    @property
+    def item_id(self) -> int:
+        """The open run's item id."""
+        ...
+
+    @property
+    def category_ids(self) -> tuple[int, ...]:
+        """The open run's category ids, coarse..fine."""
+        ...
+
+    @property
+    def last_ts(self) -> float:
+        """Time of the latest event."""
+        ...
+
+    @property
+    def run_dwell(self) -> float:
+        """Dwell of the open run so far."""
+        ...
+
+    @property
+    def recent(self) -> tuple[RecentItem, ...]:
+        """The repeat memory, most recent first."""
+        ...
+
+
+def repeat_inputs(state: RepeatState) -> RepeatInputs:
     """The repeat channel's arrays after the event that produced `state`.
 
     Item row (most recent first; rank 0 is the open run's item):

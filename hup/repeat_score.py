@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from hup.data import Session
 from hup.points import PredictionPoint
 from hup.schema import Behavior, Event, MicroEvent
+from hup.sessions import Session
 
 __all__ = [
     "BEHAVIOUR_LEVEL",

@@ -14,11 +14,11 @@ import numpy as np
 import torch
 
 from hup.candidates import RankingOptions, build_item_index
-from hup.checkpoint import Checkpoint, load_checkpoint
 from hup.features import FeatureFlags, FeatureState, Featurizer
+from hup.hup_checkpoint import Checkpoint, load_checkpoint
+from hup.hup_recommender import rank_profiles
 from hup.incremental import ProfileState, initial_state, step
 from hup.model import collate_repeat
-from hup.recommender import rank_profiles
 from hup.repeat import repeat_inputs
 from hup.schema import Event
 
@@ -59,7 +59,7 @@ class Profiler:
     ) -> None:
         """Wrap a loaded checkpoint; `top_n` categories and `top_items` skus go with each profile.
 
-        Both are ranked by `hup.recommender.rank_profiles`, the offline evaluation's rule.
+        Both are ranked by `hup.hup_recommender.rank_profiles`, the offline evaluation's rule.
         ``ranking`` decides when items are ranked from candidates (default: the
         environment's, ``HUP_ANN_*``); the candidate index is built here, once.
         """

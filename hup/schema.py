@@ -76,7 +76,7 @@ class InputLimits:
 
 DEFAULT_LIMITS = InputLimits()
 # The latest `ts` accepted anywhere (9999-12-31T23:59:59Z): keeps times finite as doubles
-# and out of float ranges where adding a gap no longer changes them. The stream also
+# and out of float ranges where adding a gap leaves them unchanged. The stream also
 # refuses times too far ahead of its own clock (HUP_MAX_FUTURE_S, `stream.processor`).
 MAX_TS = 253_402_300_799.0
 # Integer ids: the 64-bit range, signed or unsigned. Larger ids must be sent as strings.

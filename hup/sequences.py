@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from hup.data import Session
 from hup.features import EventFeatures, FeatureSpec, FeatureState, Featurizer
 from hup.model import NEIGHBOUR_PART, collate_features, collate_repeat
 from hup.repeat import RepeatInputs, repeat_inputs
+from hup.sessions import Session
 from hup.vocab import Taxonomy, build_vocabularies
 
 __all__ = [

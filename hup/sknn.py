@@ -38,9 +38,9 @@ import numpy as np
 import numpy.typing as npt
 from scipy import sparse
 
-from hup.data import Session
 from hup.repeat_score import SessionInput
 from hup.schema import MicroEvent
+from hup.sessions import Session
 
 __all__ = [
     "Candidates",

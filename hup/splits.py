@@ -3,7 +3,7 @@
 ``../shared/docs/evaluation.md``, sections Split, Folds and Harder variants:
 
 * one split (``n_folds`` None or 1): sessions in file order, the first 70 % train, the next
-  10 % validation, the last 20 % test (`hup.data.split_sessions`);
+  10 % validation, the last 20 % test (`hup.sessions.split_sessions`);
 * K folds: the sessions cut into K equal blocks in file order (the last one takes the
   remainder); fold k tests on block k, validates on the last 10 % of all sessions that come
   before block k in rotation order (blocks k-1, k-2, ..., wrapping around to the end of the
@@ -22,7 +22,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from hup.data import Dataset, Session, split_sessions
+from hup.sessions import Dataset, Session, split_sessions
 
 __all__ = ["Split", "fold_blocks", "keep_first", "protocol_splits"]
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from hup.metrics import bootstrap_ci, paired_bootstrap_diff
+from hup.ranking_metrics import bootstrap_ci, paired_bootstrap_diff
 from hup.report import (
     ALPHA,
     Estimate,

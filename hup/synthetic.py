@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hup.data import Dataset, Session
 from hup.schema import Behavior, DwellEvent, Event, MicroEvent
+from hup.sessions import Dataset, Session
 
 __all__ = ["SyntheticConfig", "build_taxonomy", "generate", "iter_sessions"]
 

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hup.checkpoint import randomize_neighbours
 from hup.config import VARIANTS, HupConfig
+from hup.hup_checkpoint import randomize_neighbours
 from hup.model import HupModel
 from hup.repeat import CATEGORY_FEATURES, ITEM_FEATURES, REPEAT_SLOTS
 

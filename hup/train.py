@@ -7,27 +7,29 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from hup.baselines import Recommender, SPop
-from hup.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from hup.baselines import SPop
 from hup.config import VARIANTS, HupConfig
-from hup.data import Session
 from hup.evaluate import evaluate
 from hup.extras import require
 from hup.features import FeatureSpec, Featurizer
+from hup.hup_checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from hup.hup_recommender import HupRecommender
 from hup.model import HupModel
+from hup.model_contract import ProfileModel
 from hup.neighbours import part_of, run_sequences, stacked_tables, target_counts
-from hup.recommender import HupRecommender
+from hup.recommender_contract import Recommender
 from hup.schema import MicroEvent
 from hup.sequences import FeaturizedSession, batches, count_batches, featurize_session
+from hup.sessions import Session
 from hup.vocab import Taxonomy, Vocabularies, build_vocabularies
 
 if TYPE_CHECKING:
@@ -307,38 +309,8 @@ def log_clamped_gaps(sessions: Sequence[FeaturizedSession]) -> int:
     return clamped
 
 
-class _Trainable(Protocol):
-    """An ``nn.Module`` with ``loss(batch, positions, targets) -> scalar``."""
-
-    def loss(
-        self, batch: dict[str, Tensor], positions: Tensor, targets: dict[str, Tensor]
-    ) -> Tensor:
-        """The training loss of one batch."""
-        ...
-
-    def parameters(self) -> Iterator[nn.Parameter]:
-        """Trainable and frozen parameters."""
-        ...
-
-    def train(self, mode: bool = True) -> Any:
-        """Switch to training mode."""
-        ...
-
-    def eval(self) -> Any:
-        """Switch to evaluation mode."""
-        ...
-
-    def state_dict(self) -> dict[str, Any]:
-        """Weights and buffers."""
-        ...
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> Any:
-        """Restore weights and buffers."""
-        ...
-
-
 def fit_epochs(
-    model: _Trainable,
+    model: ProfileModel,
     batch_source: Callable[
         [torch.Generator], Iterable[tuple[dict[str, Tensor], Tensor, dict[str, Tensor]]]
     ],

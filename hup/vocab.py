@@ -95,10 +95,6 @@ class Taxonomy:
             raise DataFormatError(f"{path}: taxonomy file has no categories")
         return cls(paths)
 
-    def dump(self, path: Path) -> None:
-        """Write the file format `load` reads."""
-        path.write_text("".join("/".join(p) + "\n" for p in self.paths.values()))
-
 
 def normalize_categories(
     categories: Sequence[str], n_levels: int, taxonomy: Taxonomy | None

@@ -22,9 +22,10 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from hup.data import iter_events, load_dataset
+from hup.data import load_dataset
 from hup.exceptions import HupError
 from hup.schema import Event, write_event_schema
+from hup.sessions import iter_events
 from stream.broker import BrokerError, wait_for_broker
 from stream.demo import main as demo_main
 from stream.producer import DEFAULT_RETENTION_MS, ensure_topic, producer_config, publish

@@ -27,9 +27,10 @@ import typer
 from confluent_kafka import Consumer, KafkaException, Producer
 from rich.console import Console
 
-from hup.data import Dataset, iter_events, load_dataset
+from hup.data import load_dataset
 from hup.exceptions import HupError
 from hup.schema import MicroEvent
+from hup.sessions import Dataset, iter_events
 from stream.broker import BrokerError, BrokerHandle, TopicSpec, ensure_topics, start_broker
 from stream.demo_model import ensure_model
 from stream.demo_stats import DemoStats

@@ -11,7 +11,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from hup.data import load_dataset, split_sessions
+from hup.data import load_dataset
+from hup.sessions import split_sessions
 
 __all__ = ["ensure_model", "evaluate_model", "keep_freed_memory"]
 

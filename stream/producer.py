@@ -191,7 +191,7 @@ def publish(
     interrupted.
 
     Args:
-        events: the events, in per-user order (e.g. `hup.data.iter_events`).
+        events: the events, in per-user order (e.g. `hup.sessions.iter_events`).
         producer: a confluent-kafka Producer (or a fake with the same methods).
         topic: where to send.
         rate: events per second; 0 sends as fast as the producer takes them.

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from hup.checkpoint import save_untrained_checkpoint
 from hup.config import VARIANTS
-from hup.data import Dataset
+from hup.hup_checkpoint import save_untrained_checkpoint
+from hup.sessions import Dataset
 from hup.vocab import Taxonomy
 from stream.broker import start_broker
 

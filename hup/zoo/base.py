@@ -4,7 +4,7 @@ How to add a model (e.g. DUPN, SDM, MIND, DHAN) to the comparison:
 
 1. Write ``hup/zoo/<name>.py`` with a frozen ``@dataclass`` config subclassing `ZooConfig`
    (one comment per field; defaults are the model's documented defaults) and an ``nn.Module``
-   subclassing `SequenceModel` with ``config_class`` set to it.
+   subclassing `SequenceModel` with ``config_class`` set to it and ``name`` to its CLI name.
 2. ``forward(batch, positions)`` receives `hup.model.collate_features` tensors ([B, T], category
    fields [B, T, K], ``valid`` [B, T]) of whole featurized sessions and the (row, time) pairs of
    the events to profile ([N, 2]; always micro events). It must be causal: the profile at
@@ -25,8 +25,8 @@ How to add a model (e.g. DUPN, SDM, MIND, DHAN) to the comparison:
    kind of example than the prediction points, e.g. BPR-MF's (session, sku) pairs),
    ``trainable = False`` (no epochs), ``category_heads = False`` (categories by the
    protocol's "last category" rule).
-6. Register the class in `hup.zoo.catalog` (``ZOO_CLASSES`` and ``DISPLAY_NAMES``); the
-   registry, the CLI (``hup train --model``, ``hup compare``) and the parametrized tests in
+6. Register the class in `hup.zoo.registry` (``ZOO_CLASSES`` and ``DISPLAY_NAMES``); the
+   CLI (``hup train --model``, ``hup compare``) and the parametrized tests in
    tests/hup/zoo (beats POP after a short training, causal, ranks by the protocol,
    checkpoints) pick it up from there. Add its paper figures to `hup.zoo.paper` if any.
 
@@ -34,7 +34,7 @@ Everything else is shared: `hup.zoo.fit.fit_zoo` builds the vocabularies and the
 featurizer exactly as HUP's recipe does, trains on `hup.sequences.batches` (the protocol's
 prediction points) with `hup.train.fit_epochs` (Adam, gradient clipping) under the common
 budget (max epochs, patience, batch size, seed), stops early on validation item Recall@20 and
-saves a checkpoint (`hup.zoo.checkpoint`); `hup.zoo.recommender` ranks through `scores`,
+saves a checkpoint (`hup.zoo.zoo_checkpoint`); `hup.zoo.zoo_recommender` ranks through `scores`,
 removing the OOV id and the last input sku. Zoo models are offline comparison models: they
 have no incremental ``step`` (the stream serves HUP), so causality is tested instead by
 comparing profiles on whole and truncated sessions. ``profiles_at_points`` concatenates
@@ -53,8 +53,10 @@ import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
 from hup.config import SavedConfig
-from hup.data import Session
+from hup.model_contract import ProfileModel
 from hup.sequences import FeaturizedSession, batches, count_batches
+from hup.sessions import Session
+from hup.train import skipgram_vectors
 from hup.vocab import Vocabularies
 
 __all__ = ["Batch", "OutputHeads", "SequenceModel", "ZooConfig", "skipgram_table"]
@@ -122,9 +124,11 @@ class OutputHeads(nn.Module):
         return self.tables[head], self.biases[head]
 
 
-class SequenceModel(nn.Module):
-    """Base of every zoo model; see the module docstring for the contract."""
+class SequenceModel(ProfileModel):
+    """Base of every zoo model: `ProfileModel` plus the hooks the module docstring lists."""
 
+    name: ClassVar[str]  # the CLI name, the key of `hup.zoo.registry.ZOO_CLASSES`
+    config: ZooConfig
     config_class: ClassVar[type[ZooConfig]] = ZooConfig
     trainable: ClassVar[bool] = True  # False: `prepare` fits it; no gradient epochs
     scoring: ClassVar[Literal["dot", "cosine"]] = "dot"
@@ -135,11 +139,7 @@ class SequenceModel(nn.Module):
         super().__init__()
         self.config = config
 
-    # ---- what every model implements -------------------------------------------------------
-
-    def forward(self, batch: dict[str, Tensor], positions: Tensor) -> dict[str, Tensor]:
-        """Profiles after the events at ``positions`` ([N, 2] (row, time)), per head [N, D]."""
-        raise NotImplementedError
+    # ---- what every model implements (and `ProfileModel.forward`) ---------------------------
 
     def output_table(self, head: str) -> tuple[Tensor, Tensor | None]:
         """The table [V, D] a head's profiles are scored against, and its bias [V] or None."""
@@ -205,8 +205,6 @@ def skipgram_table(
     train: Sequence[Session], vocabularies: Vocabularies, dim: int, seed: int
 ) -> Tensor:
     """HUP's skip-gram vectors (`hup.train.skipgram_vectors`) as a table [V, dim] (OOV: 0)."""
-    from hup.train import skipgram_vectors  # gensim is heavy: only when asked for
-
     vectors = skipgram_vectors(train, dim, seed)
     table = torch.zeros(len(vocabularies.items), dim)
     for token_id, token in enumerate(vocabularies.items.tokens):

@@ -39,6 +39,7 @@ class BprMfConfig(ZooConfig):
 class BprMf(SequenceModel):
     """User factors (training sessions), item factors and item biases."""
 
+    name = "bpr-mf"
     config_class = BprMfConfig
     category_heads = False
     config: BprMfConfig

@@ -22,8 +22,6 @@ from typing import Any
 
 import orjson
 
-from hup.baselines import Rankings, Recommender
-from hup.data import Dataset, Session
 from hup.evaluate import (
     NOT_APPLICABLE,
     Estimate,
@@ -37,13 +35,14 @@ from hup.evaluate import (
 from hup.extras import require
 from hup.folds import fold_data
 from hup.points import PredictionPoint
+from hup.recommender_contract import Rankings, Recommender
 from hup.report import difference_tables
+from hup.sessions import Dataset, Session
 from hup.splits import protocol_splits
 from hup.vocab import Taxonomy
-from hup.zoo.catalog import DISPLAY_NAMES, ZOO_CLASSES
 from hup.zoo.fit import FitOptions
 from hup.zoo.paper import PAPER_COLUMNS, PAPER_TABLE3, paper_markdown
-from hup.zoo.registry import MODELS, kind_of
+from hup.zoo.registry import DISPLAY_NAMES, MODELS, ZOO_CLASSES, kind_of
 
 __all__ = [
     "Comparison",

@@ -19,8 +19,8 @@ q_v, so everything the score needs is a sum over behaviours of [W, V] matrices
 window slots. `scores` does this for every sku, in chunks of points that keep
 [chunk, W, V] small. Training uses a sampled softmax: each point's own target sku against
 ``negatives`` uniform skus shared by the batch. Scoring every target of the batch at
-every point instead held [N, W, V] activations for the backward pass with V in the
-thousands: 22 GB, killed by the OOM killer on JD_Computers.
+every point would hold [N, W, V] activations for the backward pass with V in the
+thousands: 22 GB on JD_Computers, more than the machine has.
 
 Other adaptations:
 
@@ -61,6 +61,7 @@ class DhanConfig(ZooConfig):
 class Dhan(SequenceModel):
     """Sku embeddings -> per-candidate attention within category clusters, then over clusters."""
 
+    name = "dhan"
     config_class = DhanConfig
     config: DhanConfig
 

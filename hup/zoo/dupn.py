@@ -81,6 +81,7 @@ class PropertyGatedLstm(nn.Module):
 class Dupn(SequenceModel):
     """[sku; categories] + [behaviour; gap; dwell] -> property-gated LSTM -> attention -> heads."""
 
+    name = "dupn"
     config_class = DupnConfig
     config: DupnConfig
 

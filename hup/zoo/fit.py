@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hup.data import Session
 from hup.evaluate import evaluate
 from hup.features import Featurizer
 from hup.sequences import featurize_session
+from hup.sessions import Session
 from hup.train import (
     VALIDATION_KEYS,
     TrainOptions,
@@ -31,9 +31,9 @@ from hup.train import (
     validation_metrics,
 )
 from hup.vocab import Taxonomy
-from hup.zoo.catalog import ZOO_CLASSES
-from hup.zoo.checkpoint import ZooCheckpoint, load_zoo_checkpoint, save_zoo_checkpoint
-from hup.zoo.recommender import ZooRecommender
+from hup.zoo.base import SequenceModel
+from hup.zoo.zoo_checkpoint import ZooCheckpoint, load_zoo_checkpoint, save_zoo_checkpoint
+from hup.zoo.zoo_recommender import ZooRecommender
 
 __all__ = ["FitOptions", "fit_zoo", "zoo_validation_metrics"]
 
@@ -75,7 +75,7 @@ def zoo_validation_metrics(
 
 
 def fit_zoo(
-    name: str,
+    model_class: type[SequenceModel],
     train: Sequence[Session],
     valid: Sequence[Session],
     options: FitOptions,
@@ -84,10 +84,10 @@ def fit_zoo(
     progress: Callable[[int, int], None] | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> tuple[ZooCheckpoint, list[dict[str, float]]]:
-    """Fit the zoo model ``name`` and return its best checkpoint by validation Recall@20.
+    """Fit a zoo model and return its best checkpoint by validation Recall@20.
 
     Args:
-        name: a key of `ZOO_CLASSES`.
+        model_class: the model (`hup.zoo.registry.ZOO_CLASSES` holds them by name).
         train, valid: sessions of the protocol's split (valid only selects the epoch).
         options: the budget and hyper-parameter overrides.
         taxonomy: category paths when the data gives leaves only.
@@ -99,9 +99,7 @@ def fit_zoo(
         The best checkpoint and the per-epoch history (one epoch-0 record for models that
         are not trained by gradient).
     """
-    if name not in ZOO_CLASSES:
-        raise ValueError(f"unknown zoo model {name!r}; choose from {sorted(ZOO_CLASSES)}")
-    cls = ZOO_CLASSES[name]
+    cls, name = model_class, model_class.name
     seed_everything(options.seed)
     vocab, spec = training_vocabularies(
         train, taxonomy, options.min_item_count, options.min_category_count
@@ -156,4 +154,4 @@ def fit_zoo(
     if out is None:
         return ZooCheckpoint(name, model, spec, vocab, "unsaved", info), history
     save_zoo_checkpoint(out, name, model, spec, vocab, info)
-    return load_zoo_checkpoint(out, options.device), history
+    return load_zoo_checkpoint(out, {name: cls}, options.device), history

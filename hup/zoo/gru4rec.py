@@ -40,6 +40,7 @@ class Gru4RecConfig(ZooConfig):
 class Gru4Rec(SequenceModel):
     """Embedding -> GRU over runs -> softmax heads."""
 
+    name = "gru4rec"
     config_class = Gru4RecConfig
     config: Gru4RecConfig
 

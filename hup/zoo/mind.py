@@ -60,6 +60,7 @@ def squash(z: Tensor) -> Tensor:
 class Mind(SequenceModel):
     """Pooled sku/category embeddings -> B2I routing -> K' interests -> max-over-interest scores."""
 
+    name = "mind"
     config_class = MindConfig
     config: MindConfig
     routing_start: Tensor  # [n_items, K] buffer

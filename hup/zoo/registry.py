@@ -1,4 +1,4 @@
-"""Every model of the comparison table by CLI name: a factory of `Recommender`s.
+"""Every model of the comparison table by CLI name: classes, display names and factories.
 
 ``MODELS[name](options, taxonomy)`` returns an unfitted recommender; `hup.evaluate.evaluate`
 fits it on the training split (the validation split picks the epoch) and ranks the test
@@ -7,7 +7,7 @@ points. Three kinds share the table:
 * the training-free baselines: the protocol's count baselines (POP, S-POP, Item-KNN) and
   the session-kNN peers (V-SKNN, STAN, `hup.peers`), which tune a few settings on the
   validation split in `fit`; no training budget applies to them;
-* zoo models (`hup.zoo.catalog.ZOO_CLASSES`): trained by `hup.zoo.fit.fit_zoo`;
+* zoo models (`ZOO_CLASSES`): trained by `hup.zoo.fit.fit_zoo`;
 * HUP and its Table 3 ablations (`hup.config.VARIANTS`): trained by `hup.train.train_model`.
 
 Every learned model gets the same budget from `FitOptions` (max epochs, patience, batch
@@ -22,22 +22,37 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from hup.baselines import POP, ItemKNN, Recommender, SPop
-from hup.checkpoint import Checkpoint, load_checkpoint, read_config
+from hup.baselines import POP, ItemKNN, SPop
+from hup.checkpoint_files import read_config
 from hup.config import VARIANTS, HupConfig
-from hup.data import Session
+from hup.hup_checkpoint import Checkpoint, load_checkpoint
+from hup.hup_recommender import HupRecommender
 from hup.peers import Stan, VSknn
-from hup.recommender import HupRecommender
+from hup.recommender_contract import Recommender
+from hup.sessions import Session
 from hup.train import TrainOptions, train_model
 from hup.vocab import Taxonomy
-from hup.zoo.catalog import DISPLAY_NAMES, ZOO_CLASSES
-from hup.zoo.checkpoint import ZooCheckpoint, load_zoo_checkpoint
+from hup.zoo.base import SequenceModel
+from hup.zoo.bpr_mf import BprMf
+from hup.zoo.dhan import Dhan
+from hup.zoo.dupn import Dupn
 from hup.zoo.fit import FitOptions, fit_zoo
-from hup.zoo.recommender import ZooRecommender
+from hup.zoo.gru4rec import Gru4Rec
+from hup.zoo.mind import Mind
+from hup.zoo.rib import Rib
+from hup.zoo.sasrec import Sasrec
+from hup.zoo.sdm import Sdm
+from hup.zoo.shrnn import SHrnn
+from hup.zoo.time_lstm import TimeLstm
+from hup.zoo.word2vec import Word2vec, Word2vecAvg
+from hup.zoo.zoo_checkpoint import ZooCheckpoint, load_zoo_checkpoint
+from hup.zoo.zoo_recommender import ZooRecommender
 
 __all__ = [
     "BASELINES",
+    "DISPLAY_NAMES",
     "MODELS",
+    "ZOO_CLASSES",
     "Factory",
     "hup_train_options",
     "kind_of",
@@ -46,6 +61,54 @@ __all__ = [
     "resolve",
     "settings_of",
 ]
+
+ZOO_CLASSES: dict[str, type[SequenceModel]] = {
+    cls.name: cls
+    for cls in (
+        BprMf,
+        Word2vec,
+        Word2vecAvg,
+        Gru4Rec,
+        Rib,
+        TimeLstm,
+        SHrnn,
+        Dupn,
+        Sdm,
+        Mind,
+        Dhan,
+        Sasrec,
+    )
+}
+"""Neural/embedding models by CLI name, trained by `hup.zoo.fit.fit_zoo` and saved as zoo
+checkpoints."""
+
+DISPLAY_NAMES: dict[str, str] = {
+    "pop": "POP",
+    "s-pop": "S-POP",
+    "item-knn": "Item-KNN",
+    "v-sknn": "V-SKNN",
+    "stan": "STAN",
+    "bpr-mf": "BPR-MF",
+    "word2vec": "Word2vec",
+    "word2vec-avg": "Word2vec-avg",
+    "gru4rec": "GRU4Rec",
+    "rib": "RIB",
+    "time-lstm": "Time-LSTM",
+    "s-hrnn": "S-HRNN",
+    "dupn": "DUPN",
+    "sdm": "SDM",
+    "mind": "MIND",
+    "dhan": "DHAN",
+    "sasrec": "SASRec",
+    "hup": "HUP",
+    "hup-paper": "HUP-paper",
+    "hup-nomicro": "HUP-NoMicro",
+    "hup-lstm": "HUP-LSTM",
+    "hup-tlstm": "HUP-TLSTM",
+    "hup-noatt": "HUP-NoAtt",
+    "hup-single": "HUP-Single",
+}
+"""CLI name -> the name the evaluation table shows (the paper's spelling)."""
 
 Factory = Callable[[FitOptions, Taxonomy | None], Recommender]
 
@@ -115,7 +178,7 @@ def _baseline(name: str) -> Factory:
 def _zoo(name: str) -> Factory:
     def factory(options: FitOptions, taxonomy: Taxonomy | None) -> Recommender:
         def fit(train: Sequence[Session], valid: Sequence[Session]) -> ZooCheckpoint:
-            return fit_zoo(name, train, valid, options, taxonomy)[0]
+            return fit_zoo(ZOO_CLASSES[name], train, valid, options, taxonomy)[0]
 
         return ZooRecommender(DISPLAY_NAMES[name], fit_fn=fit)
 
@@ -151,7 +214,7 @@ def load_recommender(
         CheckpointError: The directory is not a readable HUP or zoo checkpoint.
     """
     if read_config(directory).get("kind", "hup") == "zoo":
-        zoo = load_zoo_checkpoint(directory, device)
+        zoo = load_zoo_checkpoint(directory, ZOO_CLASSES, device)
         return ZooRecommender(DISPLAY_NAMES[zoo.name], checkpoint=zoo), zoo.version, zoo.info
     hup = load_checkpoint(directory, device)
     variant = str(hup.info.get("options", {}).get("variant", "hup"))

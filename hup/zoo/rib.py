@@ -40,6 +40,7 @@ class RibConfig(ZooConfig):
 class Rib(SequenceModel):
     """[item; behaviour; dwell] -> GRU over micro events -> attention -> softmax heads."""
 
+    name = "rib"
     config_class = RibConfig
     config: RibConfig
 

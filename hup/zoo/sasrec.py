@@ -83,6 +83,7 @@ class _Block(nn.Module):
 class Sasrec(SequenceModel):
     """Item runs -> embeddings + positions -> causal self-attention blocks -> shared softmax."""
 
+    name = "sasrec"
     config_class = SasrecConfig
     config: SasrecConfig
     category_heads = False

@@ -70,6 +70,7 @@ def attend(query: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
 class Sdm(SequenceModel):
     """Session LSTM + self-attention + user attention, long-term set attention, gated fusion."""
 
+    name = "sdm"
     config_class = SdmConfig
     config: SdmConfig
 

@@ -39,6 +39,7 @@ class SHrnnConfig(ZooConfig):
 class SHrnn(SequenceModel):
     """Session GRU over runs, user GRU over sub-sessions, softmax heads on the session state."""
 
+    name = "s-hrnn"
     config_class = SHrnnConfig
     config: SHrnnConfig
 

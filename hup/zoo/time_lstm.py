@@ -35,6 +35,7 @@ class TimeLstmConfig(ZooConfig):
 class TimeLstm(SequenceModel):
     """Item embedding + item-gap embedding -> time-gated LSTM over runs -> softmax heads."""
 
+    name = "time-lstm"
     config_class = TimeLstmConfig
 
     def __init__(self, config: TimeLstmConfig) -> None:

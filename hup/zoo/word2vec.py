@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from hup.data import Session
+from hup.sessions import Session
 from hup.vocab import Vocabularies
 from hup.zoo.base import SequenceModel, ZooConfig, skipgram_table
 
@@ -37,6 +37,7 @@ class Word2vecConfig(ZooConfig):
 class Word2vec(SequenceModel):
     """Profile = skip-gram embedding of the last known input sku; cosine ranking."""
 
+    name = "word2vec"
     config_class = Word2vecConfig
     trainable = False
     scoring = "cosine"
@@ -75,6 +76,8 @@ class Word2vec(SequenceModel):
 
 class Word2vecAvg(Word2vec):
     """Profile = mean skip-gram embedding of the input's known item runs; cosine ranking."""
+
+    name = "word2vec-avg"
 
     def forward(self, batch: dict[str, Tensor], positions: Tensor) -> dict[str, Tensor]:
         """Running mean of the run vectors up to each point, [N, D]."""

@@ -4,19 +4,11 @@ import math
 
 import pytest
 
-from hup.baselines import (
-    POP,
-    ItemKNN,
-    LastCategory,
-    Rankings,
-    Recommender,
-    SPop,
-    TrainingPopularity,
-    protocol_baselines,
-)
-from hup.data import Session
+from hup.baselines import POP, ItemKNN, LastCategory, SPop, TrainingPopularity, protocol_baselines
 from hup.points import prediction_points
+from hup.recommender_contract import Rankings, Recommender
 from hup.schema import DwellEvent, Event, MicroEvent
+from hup.sessions import Session
 
 CATEGORY = {"A": "x", "B": "x", "C": "y", "D": "y", "E": "z", "V": "v"}
 
@@ -86,14 +78,14 @@ def test_spop_ranks_input_skus_most_recent_first_then_pop() -> None:
 def test_item_knn_sums_the_cosine_to_every_input_sku() -> None:
     model = ItemKNN()
     model.fit(TRAIN, VALID)
-    assert model.similarity("A", "B") == pytest.approx(2 / math.sqrt(2 * 3))
-    assert model.similarity("A", "C") == pytest.approx(1 / math.sqrt(2 * 2))
-    assert model.similarity("C", "D") == pytest.approx(1 / math.sqrt(2 * 1))
-    assert model.similarity("C", "B") == pytest.approx(1 / math.sqrt(2 * 3))
-    assert model.similarity("A", "D") == 0.0
-    assert model.similarity("A", "V") == 0.0
-    assert model.neighbours("A") == ("B", "C")
-    assert model.neighbours("C") == ("D", "A", "B")
+    assert model.similar("A") == pytest.approx(
+        {"B": 2 / math.sqrt(2 * 3), "C": 1 / math.sqrt(2 * 2)}
+    )
+    assert model.similar("C") == pytest.approx(
+        {"D": 1 / math.sqrt(2 * 1), "A": 1 / math.sqrt(2 * 2), "B": 1 / math.sqrt(2 * 3)}
+    )
+    assert "D" not in model.similar("A")  # never in a session together
+    assert model.similar("V") == {}  # not a training sku
     # Distinct input skus, each once; unknown ones (E) add nothing.
     scores = model.scores(["A", "C", "C", "E"])
     assert scores == pytest.approx(

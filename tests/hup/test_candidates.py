@@ -10,12 +10,12 @@ import torch
 
 from hup import candidates
 from hup.candidates import ItemIndex, RankingOptions, build_item_index
-from hup.checkpoint import Checkpoint
 from hup.config import HupConfig
 from hup.exceptions import RankingOptionsError
 from hup.features import FeatureSpec
+from hup.hup_checkpoint import Checkpoint
+from hup.hup_recommender import rank_profiles
 from hup.model import HupModel
-from hup.recommender import rank_profiles
 from hup.runtime import Profiler
 from hup.synthetic_ranking import ranking_inputs, ranking_model
 from hup.vocab import Vocabularies, Vocabulary

@@ -8,8 +8,7 @@ import numpy as np
 import orjson
 import pytest
 
-from hup.baselines import POP, ItemKNN, LastCategory, Rankings, SPop, TrainingPopularity
-from hup.data import Dataset, Session, with_category_paths
+from hup.baselines import POP, ItemKNN, LastCategory, SPop, TrainingPopularity
 from hup.evaluate import (
     MODES,
     ResultRow,
@@ -23,7 +22,9 @@ from hup.evaluate import (
     to_markdown,
 )
 from hup.points import PredictionPoint
+from hup.recommender_contract import Rankings
 from hup.schema import DwellEvent, Event, MicroEvent
+from hup.sessions import Dataset, Session, with_category_paths
 from hup.splits import protocol_splits
 from hup.vocab import OOV_TOKEN, Taxonomy
 
@@ -242,8 +243,8 @@ def test_rankings_holding_the_last_input_sku_are_rejected() -> None:
 
 @pytest.mark.skipif(not JD_DIR.is_dir(), reason=f"JD sample data not found at {JD_DIR}")
 def test_spop_beats_pop_on_jd_appliances() -> None:
-    from hup.data import split_sessions
     from hup.jd import read_jd
+    from hup.sessions import split_sessions
 
     train, valid, test = split_sessions(read_jd(JD_DIR / "JD_Appliances_sample.txt"))
     report = evaluate([SPop(), POP()], train, valid, test, n_resamples=100)

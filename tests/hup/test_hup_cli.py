@@ -13,9 +13,10 @@ import torch
 from typer.testing import CliRunner
 
 import hup.schema
-from hup.checkpoint import load_checkpoint
 from hup.cli import app
-from hup.data import load_dataset, split_sessions
+from hup.data import load_dataset
+from hup.hup_checkpoint import load_checkpoint
+from hup.sessions import split_sessions
 from hup.splits import keep_first, protocol_splits
 from hup.vocab import Taxonomy, build_vocabularies
 

@@ -10,17 +10,17 @@ import pytest
 import torch
 
 from hup.candidates import RankingOptions, build_item_index
-from hup.checkpoint import Checkpoint, randomize_neighbours
 from hup.config import VARIANTS, HupConfig
-from hup.data import Session
 from hup.features import FeatureSpec, Featurizer
+from hup.hup_checkpoint import Checkpoint, randomize_neighbours
+from hup.hup_recommender import rank_profiles
 from hup.incremental import ProfileState, initial_state, step
 from hup.jd import read_jd
 from hup.model import HupModel, collate_features, collate_repeat
-from hup.recommender import rank_profiles
 from hup.repeat import repeat_inputs
 from hup.runtime import Profiler
 from hup.sequences import featurize_session
+from hup.sessions import Session
 from hup.synthetic import SyntheticConfig, generate
 from hup.vocab import Taxonomy, build_vocabularies
 from state.codec import decode_state, encode_state

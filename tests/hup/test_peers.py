@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from hup.baselines import SPop, TrainingPopularity
-from hup.data import Session, load_dataset, split_sessions
+from hup.data import load_dataset
 from hup.evaluate import _check, evaluate
 from hup.peers import (
     DEFAULT_TUNE_SECONDS,
@@ -26,6 +25,7 @@ from hup.peers import (
 from hup.points import PredictionPoint, prediction_points
 from hup.repeat_score import RepeatWeights, SessionInput
 from hup.schema import MicroEvent
+from hup.sessions import Session, split_sessions
 from hup.sknn import StanParams, VSknnParams
 
 JD_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "jd"
@@ -78,14 +78,6 @@ def test_rankings_are_own_skus_by_repeat_score_then_knn_then_pop() -> None:
     assert items == ["E", "C", "F", "B", "D", "G"]
     model.repeat = RepeatWeights(behaviour=1.0)  # C's cart outweighs E's recency
     assert model.rank(test, [point], 6, 2).items == [["C", "E", "F", "B", "D", "G"]]
-
-
-def test_knn_scores_of_the_recommender_are_the_scorers() -> None:
-    model = Stan(StanParams(k=4, lambda1=1.0, lambda2=math.inf, lambda3=1.0), tune=False)
-    model.fit(TRAIN, [])
-    [scores] = model.item_scores([SessionInput.read(session("A", "B").events)])
-    assert set(scores) == {"A", "B", "C", "D", "E", "F", "G"}
-    assert scores["A"] > scores["G"] > 0
 
 
 @pytest.mark.parametrize("make", PEERS)

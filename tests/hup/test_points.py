@@ -1,8 +1,8 @@
 from __future__ import annotations
 
-from hup.data import Session
 from hup.points import PredictionPoint, prediction_points, revisits
 from hup.schema import DwellEvent, Event, MicroEvent
+from hup.sessions import Session
 
 
 def micro(item: str, cat: str = "c1", ts: float = 0.0) -> MicroEvent:

@@ -6,7 +6,6 @@ import math
 
 import pytest
 
-from hup.data import Session
 from hup.points import PredictionPoint, prediction_points
 from hup.repeat_score import (
     BEHAVIOUR_LEVEL,
@@ -17,6 +16,7 @@ from hup.repeat_score import (
     tune_repeat,
 )
 from hup.schema import Behavior, DwellEvent, Event, MicroEvent
+from hup.sessions import Session
 
 
 def micro(ts: float, sku: str, behavior: int = 5) -> MicroEvent:

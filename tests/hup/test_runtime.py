@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from hup.checkpoint import load_checkpoint, save_checkpoint
 from hup.config import HupConfig
 from hup.exceptions import CheckpointError
 from hup.features import FeatureSpec
+from hup.hup_checkpoint import load_checkpoint, save_checkpoint
 from hup.model import HupModel
 from hup.runtime import Profiler, round_scores
 from hup.schema import MicroEvent

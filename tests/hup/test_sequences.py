@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hup.data import Session
 from hup.features import EventFeatures, FeatureSpec, Featurizer
 from hup.model import FEATURE_KEYS
 from hup.sequences import (
@@ -15,6 +14,7 @@ from hup.sequences import (
     featurize_session,
     training_positions,
 )
+from hup.sessions import Session
 from hup.synthetic import SyntheticConfig, generate
 from hup.vocab import Taxonomy, build_vocabularies
 

@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from hup.data import Session
 from hup.repeat_score import SessionInput
 from hup.schema import MicroEvent
+from hup.sessions import Session
 from hup.sknn import (
     Candidates,
     QueryBatch,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from hup.data import Dataset, Session, split_sessions
 from hup.schema import MicroEvent
+from hup.sessions import Dataset, Session, split_sessions
 from hup.splits import fold_blocks, keep_first, protocol_splits
 
 

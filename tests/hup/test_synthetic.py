@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from hup.data import Session
 from hup.jd import read_jd
 from hup.schema import DwellEvent, MicroEvent
+from hup.sessions import Session
 from hup.synthetic import SyntheticConfig, build_taxonomy, generate, iter_sessions
 
 CONFIG = SyntheticConfig(users=300, seed=7)

@@ -9,8 +9,8 @@ import pytest
 import torch
 from harness import Reference, offline_reference
 
-from hup.data import Dataset
 from hup.runtime import Profiler
+from hup.sessions import Dataset
 from hup.synthetic import SyntheticConfig, generate
 
 

@@ -21,12 +21,12 @@ import orjson
 import torch
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
-from hup.data import Session
+from hup.hup_recommender import rank_profiles
 from hup.model import collate_features, collate_repeat
-from hup.recommender import rank_profiles
 from hup.repeat import repeat_inputs
 from hup.runtime import Profiler
 from hup.schema import Event
+from hup.sessions import Session
 from stream.app import topic_specs
 from stream.broker import ensure_topics
 from stream.producer import producer_config
@@ -229,7 +229,7 @@ def offline_reference(profiler: Profiler, sessions: Sequence[Session]) -> Refere
 
     Per accepted event: the vector of every head, and under ``top_items`` and
     ``top_categories`` the (id, score) lists ranked from them by the offline rule
-    (`hup.recommender.rank_profiles` on the featurizer's memory at that event).
+    (`hup.hup_recommender.rank_profiles` on the featurizer's memory at that event).
     """
     per_user: dict[str, list[Event]] = defaultdict(list)
     for session in sessions:

@@ -29,10 +29,10 @@ from harness import (
 )
 from test_worker_faults import all_users_done
 
-from hup.checkpoint import load_checkpoint, save_checkpoint
-from hup.data import Dataset, Session, iter_events
+from hup.hup_checkpoint import load_checkpoint, save_checkpoint
 from hup.model import HupModel
 from hup.runtime import Profiler
+from hup.sessions import Dataset, Session, iter_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -33,7 +33,7 @@ from harness import (
     worker_env,
 )
 
-from hup.data import Dataset, iter_events
+from hup.sessions import Dataset, iter_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -28,9 +28,9 @@ from harness import (
 )
 from test_worker_faults import all_users_done, check_at_least_once, latest_seqs
 
-from hup.data import Dataset, iter_events
 from hup.runtime import Profiler
 from hup.schema import Event
+from hup.sessions import Dataset, iter_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

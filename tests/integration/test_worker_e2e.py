@@ -26,8 +26,8 @@ from harness import (
     worker_env,
 )
 
-from hup.data import Dataset, iter_events
 from hup.runtime import Profiler
+from hup.sessions import Dataset, iter_events
 
 pytestmark = pytest.mark.integration
 

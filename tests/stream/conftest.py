@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from hup.data import Dataset
 from hup.runtime import Profiler
+from hup.sessions import Dataset
 from hup.synthetic import SyntheticConfig, generate
 
 

@@ -16,8 +16,8 @@ from faust.types import TP, Message
 from mode import CrashingSupervisor
 from prometheus_client import CollectorRegistry
 
-from hup.data import Dataset, iter_events
 from hup.runtime import Profiler
+from hup.sessions import Dataset, iter_events
 from state.store import MemoryStore
 from stream.agents import describe, install_broker_fixes, process_and_publish, to_record
 from stream.app import broker_credentials, create_app, faust_options, topic_specs

@@ -14,9 +14,10 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource
 from typer.testing import CliRunner
 
-from hup.data import iter_events, load_dataset
+from hup.data import load_dataset
 from hup.runtime import Profiler
 from hup.schema import event_json_schema
+from hup.sessions import iter_events
 from state.store import MemoryStore
 from stream import cli
 from stream.cli import app

@@ -17,8 +17,8 @@ from collections import Counter
 import orjson
 import pytest
 
-from hup.data import Dataset
 from hup.runtime import Profiler
+from hup.sessions import Dataset
 from state.store import MemoryStore
 from stream.limits import DEFAULT_MAX_RECORD_BYTES
 from stream.processor import InputRecord, Processor

@@ -6,8 +6,8 @@ import numpy as np
 import orjson
 import pytest
 
-from hup.data import Dataset, iter_events
 from hup.runtime import Profiler
+from hup.sessions import Dataset, iter_events
 from state.store import MemoryStore
 from stream.latest import (
     LatestRecordError,

@@ -12,8 +12,8 @@ import pytest
 from faust.types import TP
 from prometheus_client import CollectorRegistry, generate_latest
 
-from hup.data import Dataset, iter_events
 from hup.runtime import Profiler
+from hup.sessions import Dataset, iter_events
 from state.store import MemoryStore
 from stream.agents import process_and_publish
 from stream.app import create_app

@@ -18,8 +18,8 @@ from faust.types import TP
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
-from hup.data import Dataset, iter_events
 from hup.runtime import Profiler
+from hup.sessions import Dataset, iter_events
 from state.store import MemoryStore
 from stream import fetchwait
 from stream.agents import consume_guarded, output_producer, process_and_publish

@@ -9,10 +9,10 @@ from dataclasses import replace
 import orjson
 import torch
 
-from hup.data import Dataset, iter_events
 from hup.model import collate_features
 from hup.runtime import Profiler
 from hup.sequences import featurize_session
+from hup.sessions import Dataset, iter_events
 from state.codec import encode_state
 from state.store import MemoryStore
 from stream.processor import BatchResult, InputRecord, Origin, Processor
@@ -240,8 +240,8 @@ def test_a_rekeyed_state_keeps_its_origins_through_the_codec(
     (key,) = [k for k, _ in store.items()]
     state = Processor(profiler).load_user(store, key, Counter()).state
     last = records[-1].origin
-    assert last is not None and state.source_offset(last.partition) == last.offset
-    assert state.source_offset(99) == -1
+    assert last is not None and dict(state.source_offsets)[last.partition] == last.offset
+    assert 99 not in dict(state.source_offsets)
 
 
 def test_a_bad_rekeyed_record_is_dead_lettered_at_its_origin(profiler: Profiler) -> None:

@@ -9,8 +9,8 @@ import orjson
 import pytest
 
 import stream.userstate
-from hup.data import Dataset
 from hup.runtime import Profiler
+from hup.sessions import Dataset
 from state.store import MemoryStore
 from stream.processor import InputRecord, Processor
 

@@ -17,9 +17,9 @@ import pytest
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from prometheus_client import CollectorRegistry
 
-from hup.data import Dataset
 from hup.runtime import Profiler
 from hup.schema import InputLimits
+from hup.sessions import Dataset
 from state.store import MemoryStore
 from stream.app import faust_options
 from stream.limits import (

@@ -12,8 +12,8 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, KafkaError, Producer
 
-from hup.data import Dataset, iter_events
 from hup.schema import DwellEvent, MicroEvent, parse_event_json
+from hup.sessions import Dataset, iter_events
 from stream.producer import Pacer, encode_event, ensure_topic, producer_config, publish
 
 

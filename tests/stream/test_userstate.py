@@ -10,9 +10,9 @@ import numpy as np
 import orjson
 import pytest
 
-from hup.data import Dataset
 from hup.incremental import ProfileState
 from hup.runtime import Profiler
+from hup.sessions import Dataset
 from state.codec import decode_state, encode_state
 from state.store import MemoryStore
 from stream.processor import InputRecord, Processor

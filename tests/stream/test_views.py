@@ -14,8 +14,8 @@ from aiohttp import web
 from faust.exceptions import SameNode
 from prometheus_client import CollectorRegistry
 
-from hup.data import Dataset, iter_events
 from hup.runtime import Profiler
+from hup.sessions import Dataset, iter_events
 from state.store import MemoryStore
 from stream.agents import process_and_publish
 from stream.app import LATEST_TABLE, create_app, faust_options, topic_specs

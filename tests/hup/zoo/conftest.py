@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hup.data import Session, split_sessions
+from hup.sessions import Session, split_sessions
 from hup.synthetic import SyntheticConfig, generate
 from hup.vocab import Taxonomy
 

@@ -6,11 +6,12 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from hup.baselines import Rankings, SPop
-from hup.data import Session
+from hup.baselines import SPop
+from hup.hup_recommender import profiles_at_points, rankings_from_ids, top_k_of_scores
 from hup.points import PredictionPoint
-from hup.recommender import profiles_at_points, rankings_from_ids, top_k_of_scores
-from hup.zoo.checkpoint import ZooCheckpoint
+from hup.recommender_contract import Rankings
+from hup.sessions import Session
+from hup.zoo.zoo_checkpoint import ZooCheckpoint
 
 __all__ = ["ZooRecommender"]
 

@@ -1,22 +1,21 @@
-"""Zoo checkpoints: the HUP checkpoint layout with the model's registry name and config.
+"""Zoo checkpoints: the shared layout of `hup.checkpoint_files` with the model's registry name.
 
-Same files as `hup.checkpoint` (``config.json``, ``vocab.json``, ``weights.safetensors``,
-``VERSION``; nothing unpickled). ``config.json`` adds ``"kind": "zoo"`` and ``"name"`` (the
-registry name that picks the class), and ``"model"`` holds that class's config.
+``config.json`` adds ``"kind": "zoo"`` and ``"name"`` (the registry name that picks the
+class), and ``"model"`` holds that class's config.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hup.checkpoint import FORMAT, content_version, read_files, spec_to_json, write_files
+from hup.checkpoint_files import FORMAT, content_version, read_files, spec_to_json, write_files
 from hup.exceptions import CheckpointError
 from hup.features import FeatureSpec
 from hup.vocab import Vocabularies
 from hup.zoo.base import SequenceModel
-from hup.zoo.catalog import ZOO_CLASSES
 
 __all__ = ["ZooCheckpoint", "load_zoo_checkpoint", "save_zoo_checkpoint"]
 
@@ -25,7 +24,7 @@ __all__ = ["ZooCheckpoint", "load_zoo_checkpoint", "save_zoo_checkpoint"]
 class ZooCheckpoint:
     """A loaded zoo model with its featurizer's spec and vocabularies (a `ProfileSource`)."""
 
-    name: str  # registry name, a key of ZOO_CLASSES
+    name: str  # registry name, the model class's `SequenceModel.name`
     model: SequenceModel
     spec: FeatureSpec
     vocabularies: Vocabularies
@@ -53,17 +52,24 @@ def save_zoo_checkpoint(
     return write_files(directory, config, vocabularies, model.state_dict(), prefix=name)
 
 
-def load_zoo_checkpoint(directory: Path | str, device: str = "cpu") -> ZooCheckpoint:
-    """Load a zoo checkpoint; every failure is a `CheckpointError` naming the directory."""
+def load_zoo_checkpoint(
+    directory: Path | str, classes: Mapping[str, type[SequenceModel]], device: str = "cpu"
+) -> ZooCheckpoint:
+    """Load a zoo checkpoint of one of ``classes`` (by registry name).
+
+    Raises:
+        CheckpointError: The directory is unreadable or holds no model of ``classes``; the
+            message names the directory.
+    """
     directory = Path(directory)
     config, spec, vocabularies, weights = read_files(directory, device)
     name = config.get("name")
-    if config.get("kind") != "zoo" or name not in ZOO_CLASSES:
+    if config.get("kind") != "zoo" or not isinstance(name, str) or name not in classes:
         raise CheckpointError(
             f"model checkpoint {directory} is not a zoo model checkpoint "
             f"(kind {config.get('kind', 'hup')!r}, name {name!r})"
         )
-    cls = ZOO_CLASSES[name]
+    cls = classes[name]
     try:
         model = cls(cls.config_class.from_dict(config["model"]))
         model.load_state_dict(weights)

@@ -10,10 +10,10 @@ import orjson
 import pytest
 import torch
 
-from hup.checkpoint import load_checkpoint, save_checkpoint, save_untrained_checkpoint
 from hup.config import HupConfig
 from hup.exceptions import CheckpointError
 from hup.features import FeatureSpec, Featurizer
+from hup.hup_checkpoint import load_checkpoint, save_checkpoint, save_untrained_checkpoint
 from hup.model import HupModel, collate_features
 from hup.sequences import featurize_session
 from hup.synthetic import SyntheticConfig, generate

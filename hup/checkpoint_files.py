@@ -1,7 +1,8 @@
-"""Checkpoint directories: weights (safetensors), config, vocabularies, feature spec, version.
+"""The checkpoint directory layout HUP's and the zoo's checkpoints share.
 
-Nothing is unpickled on load: weights are safetensors, everything else JSON. The model
-version is a content hash of those files (the config without its timing fields), so two
+``config.json``, ``vocab.json``, ``weights.safetensors`` and ``VERSION``: nothing is
+unpickled on load, weights are safetensors and everything else JSON. The model version
+is a content hash of those files (the config without its timing fields), so two
 checkpoints with the same version are interchangeable and a state written under another
 version is detectably foreign.
 """
@@ -9,33 +10,23 @@ version is detectably foreign.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from hup.config import HupConfig
 from hup.exceptions import CheckpointError
 from hup.features import FeatureSpec
-from hup.model import HupModel
-from hup.neighbours import NeighbourTable
-from hup.vocab import Taxonomy, Vocabularies, build_vocabularies
+from hup.vocab import Vocabularies
 
 __all__ = [
+    "FORMAT",
     "TIMING_KEYS",
-    "Checkpoint",
     "content_version",
-    "load_checkpoint",
-    "randomize_neighbours",
     "read_config",
     "read_files",
-    "save_checkpoint",
-    "save_untrained_checkpoint",
     "spec_from_json",
     "spec_to_json",
     "without_timing",
@@ -44,17 +35,6 @@ __all__ = [
 
 FORMAT = 1
 _CONFIG, _VOCAB, _WEIGHTS, _VERSION = "config.json", "vocab.json", "weights.safetensors", "VERSION"
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """A loaded model with everything needed to featurize and step events."""
-
-    model: HupModel
-    spec: FeatureSpec
-    vocabularies: Vocabularies
-    version: str
-    info: dict[str, Any]
 
 
 # Keys of config.json that record how long something took (each epoch's ``seconds`` in
@@ -144,68 +124,6 @@ def read_config(directory: Path) -> dict[str, Any]:
     return config
 
 
-def save_checkpoint(
-    directory: Path,
-    model: HupModel,
-    spec: FeatureSpec,
-    vocabularies: Vocabularies,
-    info: dict[str, Any] | None = None,
-) -> str:
-    """Write a checkpoint directory and return its model version."""
-    config = {
-        "format": FORMAT,
-        "model": model.config.to_dict(),
-        "features": spec_to_json(spec),
-        "info": info or {},
-    }
-    return write_files(directory, config, vocabularies, model.state_dict())
-
-
-def save_untrained_checkpoint(
-    directory: Path,
-    events: Iterable[Any],
-    taxonomy: Taxonomy | None = None,
-    *,
-    seed: int = 0,
-    **config: Any,
-) -> str:
-    """Write a checkpoint with seeded random weights over the vocabulary of ``events``.
-
-    For what does not depend on the weights: the stream's plumbing, exact parity of
-    the incremental step, throughput and state size. Training a model for these would
-    cost minutes and prove nothing more. ``config`` overrides `HupConfig` fields.
-    """
-    n_levels = taxonomy.n_levels if taxonomy is not None else 1
-    vocabularies = build_vocabularies(events, n_levels, taxonomy)
-    torch.manual_seed(seed)
-    model = HupModel(
-        HupConfig(
-            n_items=len(vocabularies.items),
-            n_categories=tuple(len(v) for v in vocabularies.categories),
-            **config,
-        )
-    )
-    randomize_neighbours(model, seed)
-    directory.mkdir(parents=True, exist_ok=True)
-    return save_checkpoint(directory, model, FeatureSpec(n_levels=n_levels), vocabularies)
-
-
-def randomize_neighbours(model: HupModel, seed: int = 0) -> None:
-    """Fill the model's co-visitation tables with seeded random ids and weights.
-
-    An untrained model's tables are empty, which would leave their path through the
-    explore channel untested by the plumbing and parity checks that use such models.
-    """
-    if model.repeat_heads is None:
-        return
-    generator = torch.Generator().manual_seed(seed)
-    for table in model.repeat_heads.neighbour_modules():
-        n_ids, k = table.ids.shape[1:]
-        ids = torch.randint(0, n_ids, (n_ids, k), generator=generator)
-        weights = torch.rand(n_ids, k, generator=generator)
-        table.install(NeighbourTable(ids.numpy(), weights.numpy()))
-
-
 def read_files(
     directory: Path, device: str = "cpu"
 ) -> tuple[dict[str, Any], FeatureSpec, Vocabularies, dict[str, Any]]:
@@ -230,24 +148,3 @@ def read_files(
     ) as exc:
         raise CheckpointError(f"model checkpoint {directory} is unreadable: {exc}") from exc
     return config, spec, vocabularies, weights
-
-
-def load_checkpoint(directory: Path | str, device: str = "cpu") -> Checkpoint:
-    """Load a checkpoint; every failure is a `CheckpointError` that says what and where."""
-    directory = Path(directory)
-    config, spec, vocabularies, weights = read_files(directory, device)
-    if config.get("kind", "hup") != "hup":
-        raise CheckpointError(
-            f"model checkpoint {directory} holds a {config.get('kind')} model "
-            f"({config.get('name')}), not HUP; load it with hup.zoo.checkpoint"
-        )
-    try:
-        model_config = HupConfig.from_dict(config["model"])
-        model = HupModel(model_config)
-        model.load_state_dict(weights)
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"model checkpoint {directory} is unreadable: {exc}") from exc
-    if vocabularies.n_levels != spec.n_levels or len(vocabularies.items) != model_config.n_items:
-        raise CheckpointError(f"model checkpoint {directory}: vocabularies do not match the config")
-    model.to(device).eval()
-    return Checkpoint(model, spec, vocabularies, content_version(directory), config.get("info", {}))

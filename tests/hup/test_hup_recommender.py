@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from hup.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from hup.config import HupConfig
-from hup.data import Session
 from hup.features import FeatureSpec
+from hup.hup_checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from hup.hup_recommender import HupRecommender, cosine_scores, profiles_at_points, top_k_of_scores
 from hup.model import HupModel
 from hup.points import prediction_points
-from hup.recommender import HupRecommender, cosine_scores, profiles_at_points, top_k_of_scores
 from hup.runtime import Profiler
+from hup.sessions import Session
 from hup.synthetic import SyntheticConfig, generate
 from hup.vocab import Taxonomy, build_vocabularies
 

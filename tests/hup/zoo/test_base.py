@@ -9,13 +9,13 @@ import torch
 
 from hup.baselines import POP
 from hup.evaluate import evaluate
+from hup.hup_recommender import profiles_at_points
 from hup.points import prediction_points
-from hup.recommender import profiles_at_points
 from hup.train import training_vocabularies
-from hup.zoo.catalog import DISPLAY_NAMES, ZOO_CLASSES
-from hup.zoo.checkpoint import ZooCheckpoint
 from hup.zoo.fit import FitOptions, fit_zoo
-from hup.zoo.recommender import ZooRecommender
+from hup.zoo.registry import DISPLAY_NAMES, ZOO_CLASSES
+from hup.zoo.zoo_checkpoint import ZooCheckpoint
+from hup.zoo.zoo_recommender import ZooRecommender
 
 FAST = FitOptions(epochs=3, batch_size=16, overrides={"hidden": 32, "item_dim": 32})
 
@@ -23,7 +23,7 @@ FAST = FitOptions(epochs=3, batch_size=16, overrides={"hidden": 32, "item_dim": 
 @pytest.mark.parametrize("name", list(ZOO_CLASSES))
 def test_a_short_training_beats_pop(name: str, learnable) -> None:
     train, valid, test, taxonomy = learnable
-    checkpoint, history = fit_zoo(name, train, valid, FAST, taxonomy)
+    checkpoint, history = fit_zoo(ZOO_CLASSES[name], train, valid, FAST, taxonomy)
     if checkpoint.model.trainable:
         assert len(history) >= 2 and history[-1]["loss"] < history[0]["loss"], history
     report = evaluate(

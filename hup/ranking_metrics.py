@@ -11,9 +11,7 @@ __all__ = [
     "bootstrap_ci",
     "bootstrap_distribution",
     "hits_at_k",
-    "mrr_at_k",
     "paired_bootstrap_diff",
-    "recall_at_k",
     "reciprocal_ranks_at_k",
 ]
 
@@ -65,24 +63,6 @@ def reciprocal_ranks_at_k(ranks: Ranks, k: int) -> FloatArray:
     out = np.zeros(r.shape, dtype=np.float64)
     out[inside] = 1.0 / r[inside]
     return out
-
-
-def recall_at_k(ranks: Ranks, k: int) -> float:
-    """Recall@k (hit rate) with one target per point: ``mean_i hit_i``.
-
-    Returns NaN for no points, so an empty mode shows up as missing instead of as 0 %.
-    """
-    hits = hits_at_k(ranks, k)
-    return float(hits.mean()) if hits.size else float("nan")
-
-
-def mrr_at_k(ranks: Ranks, k: int) -> float:
-    """MRR@k: ``mean_i rr_i`` with ``rr_i = 1/rank_i`` if ``rank_i <= k`` else 0.
-
-    Returns NaN for no points, so an empty mode shows up as missing instead of as 0 %.
-    """
-    rr = reciprocal_ranks_at_k(ranks, k)
-    return float(rr.mean()) if rr.size else float("nan")
 
 
 def bootstrap_distribution(

@@ -9,15 +9,16 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
-from hup.baselines import Rankings
 from hup.candidates import ItemIndex, RankingOptions, build_item_index, rank_item_candidates
-from hup.checkpoint import Checkpoint
-from hup.data import Session
 from hup.features import FeatureSpec, Featurizer
+from hup.hup_checkpoint import Checkpoint
 from hup.model import HupModel, collate_features, collate_repeat
+from hup.model_contract import ProfileModel
 from hup.points import PredictionPoint
+from hup.recommender_contract import Ranked, Rankings
 from hup.repeat import repeat_inputs
 from hup.sequences import featurize_session
+from hup.sessions import Session
 from hup.vocab import Vocabularies
 
 __all__ = [
@@ -36,12 +37,12 @@ __all__ = [
 class ProfileSource(Protocol):
     """What `profiles_at_points` reads: a causal model and its featurizer's spec and vocabularies.
 
-    A HUP `Checkpoint` is one; so is a zoo checkpoint (`hup.zoo.checkpoint`).
+    A HUP `Checkpoint` is one; so is a zoo checkpoint (`hup.zoo.zoo_checkpoint`).
     """
 
     @property
-    def model(self) -> nn.Module:
-        """A causal model: ``forward(batch, positions) -> {head: [N, D]}``."""
+    def model(self) -> ProfileModel:
+        """The model (HUP's or a zoo model)."""
         ...
 
     @property
@@ -196,9 +197,6 @@ class HupRecommender:
 
 RANK_CHUNK = 1024
 """Points ranked at once offline: bounds the [points, vocabulary] score matrix."""
-
-Ranked = list[tuple[list[int], list[float]]]
-"""Per row: the ranked ids, best first, and their scores."""
 
 
 @torch.no_grad()

@@ -1,4 +1,5 @@
-"""`hup train --model`, `hup evaluate` of zoo checkpoints and `hup compare`, end to end."""
+"""`hup compare` (and `hup train --model`, `hup evaluate` of zoo checkpoints) end to end, and
+the comparison table's cells."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from hup.cli import app
-from hup.zoo.catalog import DISPLAY_NAMES
-from hup.zoo.registry import MODELS
+from hup.evaluate import Estimate, ResultRow
+from hup.zoo.compare import _cell
+from hup.zoo.registry import DISPLAY_NAMES, MODELS
 
 DATA = "synthetic:users=30,seed=3,min_events=3,max_events=12"
 ENV = {"COLUMNS": "1000"}  # rich never wraps a message across lines
@@ -141,3 +143,10 @@ def test_compare_with_folds_fits_every_model_per_fold_and_pools(tmp_path: Path) 
              "--folds", "31"),
         "31 folds need",
     )  # fmt: skip
+
+
+def test_compare_cells_show_a_metric_a_method_lacks_as_not_applicable() -> None:
+    row = ResultRow("Last category", "every", 3, 1, {"category Recall@5": Estimate(0.5, 0.4, 0.6)})
+    assert _cell(row, "item Recall@20") == "–"
+    assert _cell(row, "category Recall@5") == "50.00 [40.00, 60.00]"
+    assert _cell(None, "item Recall@20") == "n/a"
