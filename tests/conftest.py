@@ -12,7 +12,7 @@ from hup.checkpoint import save_untrained_checkpoint
 from hup.config import VARIANTS
 from hup.data import Dataset
 from hup.vocab import Taxonomy
-from stream.broker import start_broker
+from stream.devtools.broker import start_broker
 
 
 @pytest.fixture(scope="session")

@@ -20,13 +20,14 @@ from hup.data import Dataset, iter_events
 from hup.runtime import Profiler
 from state.store import MemoryStore
 from stream.agents import describe, install_broker_fixes, process_and_publish, to_record
-from stream.app import broker_credentials, create_app, faust_options, topic_specs
+from stream.app import broker_credentials, create_app, faust_options
+from stream.guards.tables import BatchStore, TableKeyValue
 from stream.metrics import Metrics
 from stream.processor import InputRecord, Origin, Processor
 from stream.rekey import ORIGIN_HEADER, Forward, rekey
 from stream.settings import Settings
 from stream.startup import WorkerContext
-from stream.tablestore import BatchStore, TableKeyValue
+from stream.topics import topic_specs
 from stream.worker import worker_argv
 
 TOPIC = "micro-behaviors"

@@ -1,4 +1,4 @@
-"""`python -m stream.demo`: broker, model, worker, replay and live numbers, end to end, once.
+"""`python -m stream.devtools.demo`: broker, model, worker, replay and live numbers, end to end, once.
 
 Starts a broker (embedded tansu unless KAFKA_BOOTSTRAP_SERVERS is set), trains a small model
 or reuses ``runs/demo-model``, runs ``python -m stream.worker`` as a subprocess, replays
@@ -30,12 +30,13 @@ from rich.console import Console
 from hup.data import Dataset, iter_events, load_dataset
 from hup.exceptions import HupError
 from hup.schema import MicroEvent
-from stream.broker import BrokerError, BrokerHandle, TopicSpec, ensure_topics, start_broker
-from stream.demo_model import ensure_model
-from stream.demo_stats import DemoStats
-from stream.demo_worker import WorkerError, WorkerProcess
-from stream.producer import DEFAULT_RETENTION_MS, producer_config, publish
-from stream.tail import consumer_config
+from stream.devtools.broker import BrokerError, BrokerHandle, start_broker
+from stream.devtools.demo_model import ensure_model
+from stream.devtools.demo_stats import DemoStats
+from stream.devtools.demo_worker import WorkerError, WorkerProcess
+from stream.devtools.producer import DEFAULT_RETENTION_MS, producer_config, publish
+from stream.devtools.tail import consumer_config
+from stream.topics import TopicSpec, ensure_topics
 
 __all__ = ["DemoOptions", "ReplayError", "main", "malformed_messages", "run_demo"]
 

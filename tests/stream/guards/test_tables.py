@@ -7,7 +7,7 @@ import asyncio
 import faust
 import pytest
 
-from stream.tablestore import ConfirmedTable
+from stream.guards.tables import ConfirmedTable
 
 
 def test_confirm_waits_for_every_changelog_send_and_raises_its_error(monkeypatch) -> None:

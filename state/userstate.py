@@ -1,4 +1,7 @@
-"""A user's stored state as the stream keeps it: the model's state plus the stream's bookkeeping.
+"""A user's stored state as the worker keeps it: the model's state plus the stream's bookkeeping.
+
+`load_user_state` reads it from a store's bytes and `UserState.encode` writes it back;
+`UserState.encoded_size` is its record size without encoding it.
 
 The model's `ProfileState` counts the events it applied (``applied``) and carries the
 stream's idempotency record (the input position(s) of the last applied event). The
@@ -7,7 +10,7 @@ into the new model's fresh state: `hup.incremental.step` reads ``applied > 0`` a
 user has an open entry". So the stream stores one more array beside the model's, the
 events counted before the state was last reset (`SEQ_BASE_ARRAY`, int64, 0-d, present
 only when non-zero): ``seq = seq_base + applied``. `ProfileState.from_arrays` ignores
-arrays it does not know, so older builds read these states too.
+arrays it does not know, so a reader without `SEQ_BASE_ARRAY` reads these states too.
 
 A state written by another model version is reset to the new model's initial state
 and keeps its sequence count and idempotency record, so ``seq`` keeps increasing and
@@ -27,7 +30,7 @@ from hup.exceptions import StateError
 from hup.incremental import ProfileState
 from hup.runtime import Profiler
 from state.codec import decode_state, encode_state, encoded_size_of, peek_model_version
-from state.exceptions import StateDecodeError
+from state.errors import StateDecodeError
 
 __all__ = ["MODEL_FIELDS", "SEQ_BASE_ARRAY", "UserState", "carry_over", "load_user_state"]
 

@@ -35,9 +35,9 @@ from state.expiry import is_expired, last_seen_from_state
 from stream.metrics import Metrics
 
 if TYPE_CHECKING:
-    from stream.app import Topics
+    from stream.topics import Topics
 
-__all__ = ["SWEEP_STEP", "TableSweeper", "install_expiry", "sweep_interval"]
+__all__ = ["SWEEP_STEP", "TableSweeper", "install_sweeper", "sweep_interval"]
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ class TableSweeper:
         self.metrics.state_expired.inc(removed)
 
 
-def install_expiry(app: faust.App, topics: Topics, ttl_s: float, metrics: Metrics) -> TableSweeper:
+def install_sweeper(app: faust.App, topics: Topics, ttl_s: float, metrics: Metrics) -> TableSweeper:
     """Sweep ``topics.state`` (and ``topics.latest``) every `sweep_interval` seconds."""
     sweeper = TableSweeper(app, topics.state, topics.latest, ttl_s, metrics)
     app.timer(sweep_interval(ttl_s))(sweeper.run)

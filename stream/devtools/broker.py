@@ -2,7 +2,7 @@
 
 One place shared by the demo, the Procfile ``broker`` process and the test
 fixtures, so they all agree on how a broker is found, started, awaited and
-stopped, and on how topics are created (`stream.topics`, re-exported here).
+stopped. Topics are created with `stream.topics.ensure_topics`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Literal
@@ -29,17 +29,13 @@ from confluent_kafka.admin import AdminClient
 from hup.exceptions import MissingExtraError
 from hup.extras import require
 from stream.settings import Settings
-from stream.topics import TopicSpec, ensure_topics  # re-exported: callers import them here
+from stream.topics import EMBEDDED_CLUSTER_ID
 
 __all__ = [
     "BrokerError",
     "BrokerHandle",
     "BrokerKind",
-    "TopicSpec",
-    "EMBEDDED_CLUSTER_ID",
     "docker_available",
-    "ensure_topics",
-    "is_embedded_broker",
     "main",
     "start_broker",
     "start_embedded_broker",
@@ -55,11 +51,6 @@ BrokerKind = Literal["env", "testcontainers", "embedded"]
 _STOP_GRACE_S = 8.0
 # libc's prctl(PR_SET_PDEATHSIG) option number (linux/prctl.h).
 _PR_SET_PDEATHSIG = 1
-
-
-# The cluster id the embedded broker reports. The worker runs its tansu work-arounds
-# (stream.highwater) only against a cluster with this id (`is_embedded_broker`).
-EMBEDDED_CLUSTER_ID = "hup-embedded-tansu"
 
 
 class BrokerError(RuntimeError):
@@ -197,7 +188,7 @@ def start_embedded_broker(
         startup_timeout: Seconds to wait until it answers a metadata request.
         host: Loopback address to listen on and advertise.
         cluster_id: The cluster id it reports; the worker recognises the embedded
-            broker by the default, `EMBEDDED_CLUSTER_ID` (`is_embedded_broker`).
+            broker by the default, `EMBEDDED_CLUSTER_ID` (`stream.topics.is_embedded_broker`).
 
     Returns:
         A handle whose ``stop()`` terminates (then kills) the process.
@@ -299,21 +290,6 @@ def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
-
-
-def is_embedded_broker(
-    bootstrap: str, *, client_config: Mapping[str, str] | None = None, timeout: float = 30.0
-) -> bool:
-    """Whether the cluster at ``bootstrap`` is the embedded broker `start_embedded_broker` runs.
-
-    Told by the cluster id it reports (`EMBEDDED_CLUSTER_ID`): the worker applies its
-    tansu work-arounds (stream.highwater) to that broker only, never to a real Kafka.
-
-    Raises:
-        KafkaException: The cluster did not answer a metadata request within ``timeout``.
-    """
-    admin = AdminClient({**(client_config or {}), "bootstrap.servers": bootstrap})
-    return admin.list_topics(timeout=timeout).cluster_id == EMBEDDED_CLUSTER_ID
 
 
 def wait_for_broker(

@@ -122,7 +122,7 @@ class AckGuard:
         self._open_holes: dict[TP, tuple[int, float]] = {}
         self._ack: Callable[[Message], bool] = consumer.ack
         consumer.ack = self._guarded_ack  # type: ignore[method-assign]
-        # faust 0.15 internals (checked by stream.internals): the fetch loop looks the
+        # faust 0.15 internals (checked by stream.guards.internals): the fetch loop looks the
         # method up on the instance.
         self._add_gap: AddGap = consumer._add_gap  # type: ignore[attr-defined]  # noqa: SLF001
         consumer._add_gap = self._guarded_add_gap  # type: ignore[attr-defined]  # noqa: SLF001
@@ -290,7 +290,7 @@ class AckGuard:
         hole) is never acked, so it is taken out of faust's set of unacked messages
         instead; the seek after the rebalance (or `reread`) fetches it again.
         """
-        # faust 0.15 internals (checked by stream.internals).
+        # faust 0.15 internals (checked by stream.guards.internals).
         unacked = getattr(self._consumer, "_unacked_messages", None)
         if unacked is not None:
             unacked.discard(event.message)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from faust.types import TP, Message
 
-from stream.fence import RebalanceFence
+from stream.guards.fence import RebalanceFence
 
 OURS, THEIRS = TP("events", 0), TP("events", 1)
 
@@ -108,7 +108,7 @@ def test_a_revoke_gives_up_waiting_and_the_slow_batch_may_not_write(
             await app.on_partitions_revoked.send({OURS})
             return fence.may_write(epoch, {OURS})
 
-    with caplog.at_level(logging.WARNING, logger="stream.fence"):
+    with caplog.at_level(logging.WARNING, logger="stream.guards.fence"):
         assert asyncio.run(scenario()) is False
     assert "did not wait for the batch in flight" in caplog.text
 

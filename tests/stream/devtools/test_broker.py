@@ -14,15 +14,14 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource
 
-from stream.broker import (
+from stream.devtools.broker import (
     BrokerError,
-    TopicSpec,
-    ensure_topics,
     start_broker,
     start_embedded_broker,
     wait_for_broker,
 )
 from stream.settings import Settings
+from stream.topics import TopicSpec, ensure_topics
 
 pytestmark = pytest.mark.integration
 
@@ -121,7 +120,7 @@ def test_module_runs_a_foreground_broker_until_sigterm(tmp_path: Path) -> None:
         port = sock.getsockname()[1]
     env = {**os.environ, "HUP_BROKER_PORT": str(port), "HUP_BROKER_LOG": str(tmp_path / "b.log")}
     env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
-    proc = subprocess.Popen([sys.executable, "-m", "stream.broker"], env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "stream.devtools.broker"], env=env)
     try:
         wait_for_broker(f"127.0.0.1:{port}", timeout=20)
         proc.send_signal(signal.SIGTERM)

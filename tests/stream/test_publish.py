@@ -1,4 +1,4 @@
-"""The output producer (`stream.output`) and its place in the batch: delivered before the commit."""
+"""The output producer (`stream.publish`) and its place in the batch: delivered before the commit."""
 
 from __future__ import annotations
 
@@ -10,25 +10,21 @@ from collections.abc import Awaitable, Callable, Coroutine
 from types import SimpleNamespace
 from typing import Any
 
-import faust
 import orjson
 import pytest
-from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
-from faust.types import TP
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
 from hup.data import Dataset, iter_events
 from hup.runtime import Profiler
 from state.store import MemoryStore
-from stream import fetchwait
-from stream.agents import consume_guarded, output_producer, process_and_publish
+from stream.agents import output_producer, process_and_publish
 from stream.app import create_app
+from stream.guards.tables import BatchStore
 from stream.metrics import Metrics
-from stream.output import OutputDeliveryError, OutputProducer, output_producer_config
 from stream.processor import InputRecord, Processor
+from stream.publish import OutputDeliveryError, OutputProducer, output_producer_config
 from stream.settings import Settings
-from stream.tablestore import BatchStore
 
 
 class FakeProducer:
@@ -142,7 +138,7 @@ def test_a_delivery_error_fails_the_send_with_a_clear_error_and_is_counted(
         assert "Message size too large" in str(failed.value) and "b'u1'" in str(failed.value)
         await output.close()
 
-    with caplog.at_level(logging.ERROR, logger="stream.output"):
+    with caplog.at_level(logging.ERROR, logger="stream.publish"):
         asyncio.run(run())
     assert _count(metrics, "failed") == 1 and _count(metrics, "delivered") == 0
     assert any("delivery to user-profiles failed" in r.getMessage() for r in caplog.records)
@@ -296,105 +292,3 @@ def test_the_worker_closes_its_output_producer_when_the_app_stops(tmp_path) -> N
         assert delivery.done() and output._producer is None  # noqa: SLF001
 
     asyncio.run(run())
-
-
-def test_the_worker_consumer_waits_at_most_the_configured_fetch_wait(
-    tmp_path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    app = create_app(Settings(app_id="fetch-test", datadir=tmp_path, fetch_max_wait_ms=15))
-    assert fetchwait.fetch_max_wait_ms(app) == 15
-    faust_consumer = SimpleNamespace(_fetch_max_wait_ms=1500)  # what faust 0.15 builds
-    monkeypatch.setattr(
-        fetchwait, "_faust_create_worker_consumer", lambda thread, t: faust_consumer
-    )
-    create = AIOKafkaConsumerThread._create_worker_consumer
-    assert create is fetchwait._create_worker_consumer  # noqa: SLF001
-    assert create(SimpleNamespace(app=app), None)._fetch_max_wait_ms == 15
-    other = SimpleNamespace(_fetch_max_wait_ms=1500)
-    monkeypatch.setattr(fetchwait, "_faust_create_worker_consumer", lambda thread, t: other)
-    # An app that did not ask (the no-op bench worker, say) keeps faust's.
-    assert create(SimpleNamespace(app=faust.App("fetch-other")), None)._fetch_max_wait_ms == 1500
-
-
-class _Source:
-    """faust's stream as `consume_guarded` uses it: stamped events in batches, acks."""
-
-    def __init__(self, batches: list[list[SimpleNamespace]]) -> None:
-        self.batches = batches
-        self.processors: list[Any] = []
-        self.current_event: Any = None
-        self.acked: list[int] = []
-        self.channel = SimpleNamespace(queue=object(), get_topic_name=lambda: "events")
-
-    def add_processor(self, fun: Any) -> None:
-        self.processors.append(fun)
-
-    async def noack_take(self, size: int, within: float) -> Any:
-        for batch in self.batches:
-            for event in batch:
-                self.current_event = event
-                for processor in self.processors:
-                    processor(event.value)
-            yield batch
-
-    async def ack(self, event: Any) -> None:
-        self.acked.append(event.message.offset)
-
-
-class _Message:
-    def __init__(self, offset: int) -> None:
-        self.topic, self.partition, self.offset = "events", 0, offset
-        self.tp = TP("events", 0)
-
-
-def test_batches_taken_while_stopping_are_released_without_a_hole_or_a_re_read(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """A SIGTERM during a batch's deliveries: its events and the next batch's wait for the restart."""
-    seeks: list[tuple[TP, int]] = []
-
-    async def seek(tp: TP, offset: int) -> None:
-        seeks.append((tp, offset))
-
-    async def add_gap(*args: object) -> None:
-        raise AssertionError("no gap may be marked")
-
-    async def seek_to_committed() -> dict[TP, int]:
-        return {}
-
-    consumer = SimpleNamespace(
-        ack=lambda message: True,
-        _add_gap=add_gap,
-        seek_to_committed=seek_to_committed,
-        _unacked_messages=set(),
-        _waiting_for_ack=None,
-        assignment=lambda: {TP("events", 0)},
-        seek=seek,
-    )
-    app = SimpleNamespace(
-        conf=SimpleNamespace(broker_session_timeout=6.0),
-        consumer=consumer,
-        should_stop=False,
-        on_partitions_revoked=SimpleNamespace(connect=lambda fun: fun),
-        flow_control=SimpleNamespace(_queues=set()),
-    )
-    batches = [
-        [SimpleNamespace(message=_Message(o), value=b"{}") for o in range(start, start + 3)]
-        for start in (0, 3, 6)
-    ]
-    source = _Source(batches)
-    handled: list[list[int]] = []
-
-    async def handle(events: list[Any], still_owned: Callable[[], bool]) -> bool:
-        handled.append([e.message.offset for e in events])
-        if len(handled) == 2:
-            app.should_stop = True  # SIGTERM while this batch's outputs were delivered
-            return False
-        return True
-
-    with caplog.at_level(logging.INFO):
-        asyncio.run(consume_guarded(app, source, Settings(), handle))  # type: ignore[arg-type]
-    assert handled == [[0, 1, 2], [3, 4, 5]]  # the third batch is not processed
-    assert source.acked == [0, 1, 2]
-    assert seeks == []
-    assert not any("never reached the agent" in r.getMessage() for r in caplog.records)

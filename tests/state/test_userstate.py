@@ -15,14 +15,14 @@ from hup.incremental import ProfileState
 from hup.runtime import Profiler
 from state.codec import decode_state, encode_state
 from state.store import MemoryStore
-from stream.processor import InputRecord, Processor
-from stream.userstate import (
+from state.userstate import (
     MODEL_FIELDS,
     SEQ_BASE_ARRAY,
     UserState,
     carry_over,
     load_user_state,
 )
+from stream.processor import InputRecord, Processor
 
 OLD = "hup-oldmodel0000"
 
@@ -124,7 +124,7 @@ def test_an_unreadable_state_restarts_seq_and_says_so(
     processor.process(records[:3], store)
     raw = store.get(key) or b""
     store.put(key, raw[:-1] + bytes([raw[-1] ^ 1]))  # checksum no longer matches
-    with caplog.at_level(logging.WARNING, logger="stream.userstate"):
+    with caplog.at_level(logging.WARNING, logger="state.userstate"):
         result = processor.process(records[3:4], store)
     assert result.outcomes["state_reset_corrupt"] == 1
     assert [m["seq"] for m in _published(result)] == [1]

@@ -25,12 +25,12 @@ from rich.progress import (
 from hup.data import iter_events, load_dataset
 from hup.exceptions import HupError
 from hup.schema import Event, write_event_schema
-from stream.broker import BrokerError, wait_for_broker
-from stream.demo import main as demo_main
-from stream.producer import DEFAULT_RETENTION_MS, ensure_topic, producer_config, publish
-from stream.profile_schema import write_profile_schema
+from stream.devtools.broker import BrokerError, wait_for_broker
+from stream.devtools.demo import main as demo_main
+from stream.devtools.producer import DEFAULT_RETENTION_MS, ensure_topic, producer_config, publish
+from stream.devtools.tail import consumer_config, follow, format_profile
+from stream.profile import write_profile_schema
 from stream.settings import Settings
-from stream.tail import consumer_config, follow, format_profile
 
 __all__ = ["app"]
 
@@ -41,7 +41,7 @@ err = Console(stderr=True, highlight=False)
 _BOOTSTRAP_ENV = ["KAFKA_BOOTSTRAP_SERVERS", "HUP_KAFKA_BOOTSTRAP_SERVERS"]
 _LOCAL_HINT = (
     "no --bootstrap or KAFKA_BOOTSTRAP_SERVERS, so the local broker on HUP_BROKER_PORT "
-    "(`python -m stream.broker`)"
+    "(`python -m stream.devtools.broker`)"
 )
 
 BootstrapOption = Annotated[

@@ -10,8 +10,9 @@ from aiokafka import AIOKafkaConsumer
 from confluent_kafka import Consumer, Producer, TopicPartition
 from faust.types import TP
 
-from stream.broker import TopicSpec, ensure_topics, is_embedded_broker, start_embedded_broker
-from stream.highwater import true_end_offset
+from stream.devtools.broker import start_embedded_broker
+from stream.guards.highwater import true_end_offset
+from stream.topics import TopicSpec, ensure_topics, is_embedded_broker
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ from confluent_kafka import Consumer, KafkaError, Producer
 
 from hup.data import Dataset, iter_events
 from hup.schema import DwellEvent, MicroEvent, parse_event_json
-from stream.producer import Pacer, encode_event, ensure_topic, producer_config, publish
+from stream.devtools.producer import Pacer, encode_event, ensure_topic, producer_config, publish
 
 
 class FakeProducer:

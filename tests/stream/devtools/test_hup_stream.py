@@ -1,4 +1,4 @@
-"""`hup-stream`: argument and error handling, produce/tail against a broker, the profile schema."""
+"""`hup-stream`: argument and error handling, produce/tail against a broker, the schema command."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import json
 import uuid
 from pathlib import Path
 
-import jsonschema
 import orjson
 import pytest
 from confluent_kafka import Consumer, Producer
@@ -15,19 +14,14 @@ from confluent_kafka.admin import AdminClient, ConfigResource
 from typer.testing import CliRunner
 
 from hup.data import iter_events, load_dataset
-from hup.runtime import Profiler
 from hup.schema import event_json_schema
-from state.store import MemoryStore
-from stream import cli
-from stream.cli import app
-from stream.processor import InputRecord, Processor
-from stream.profile_schema import (
-    SHIPPED_PROFILE_SCHEMA,
-    ProfileMessage,
+from stream.devtools import hup_stream as cli
+from stream.devtools.hup_stream import app
+from stream.devtools.tail import consumer_config, format_profile
+from stream.profile import (
     profile_json_schema,
 )
 from stream.settings import Settings
-from stream.tail import consumer_config, format_profile
 
 DATA = "synthetic:users=4,seed=3"
 
@@ -322,52 +316,6 @@ def test_schema_command_writes_both_topics_schemas(runner: CliRunner, tmp_path: 
     assert result.stdout.split() == [str(profiles), str(events)]
     assert json.loads(profiles.read_text()) == profile_json_schema()
     assert json.loads(events.read_text()) == event_json_schema()
-
-
-def test_shipped_profile_schema_matches_the_model() -> None:
-    assert json.loads(SHIPPED_PROFILE_SCHEMA.read_text()) == profile_json_schema(), (
-        "regenerate it: hup-stream schema --out stream/schemas"
-    )
-
-
-def test_processor_output_validates_against_the_schema(checkpoint_dir: Path, traffic) -> None:
-
-    schema = profile_json_schema()
-    jsonschema.Draft202012Validator.check_schema(schema)
-    validator = jsonschema.Draft202012Validator(schema)
-
-    processor = Processor(Profiler.load(checkpoint_dir))
-    events = list(itertools.islice(iter_events(traffic.sessions), 60))
-    records = [
-        InputRecord(orjson.dumps(e.model_dump(mode="json")), "t", 0, n, e.user_id.encode())
-        for n, e in enumerate(events)
-    ]
-    result = processor.process(records, MemoryStore())
-    assert result.profiles
-    for profile in result.profiles:
-        message = orjson.loads(profile.value)
-        errors = [e.message for e in validator.iter_errors(message)]
-        assert not errors, errors
-        ProfileMessage.model_validate(message)  # the pydantic model agrees
-
-
-@pytest.mark.parametrize(
-    "broken",
-    [
-        {"seq": 0},
-        {"model_version": ""},
-        {"top_categories": [{"id": "c1"}]},
-        {"top_items": [{"id": "sku-7"}]},
-        {"top_items": None},
-        {"profile": {"micro": None, "item": [], "category": [[1.0]]}},
-        {"extra": 1},
-    ],
-)
-def test_schema_rejects_broken_profiles(broken: dict) -> None:
-
-    validator = jsonschema.Draft202012Validator(profile_json_schema())
-    assert validator.is_valid(_profile("u1", 1))
-    assert not validator.is_valid(_profile("u1", 1) | broken)
 
 
 def test_produce_batches_by_its_own_variable_not_the_workers(

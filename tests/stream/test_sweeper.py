@@ -12,9 +12,9 @@ from faust.types import TP
 from prometheus_client import CollectorRegistry
 
 from state.codec import encode_state
-from stream import expiry
-from stream.expiry import TableSweeper, sweep_interval
+from stream import sweeper as sweeper_module
 from stream.metrics import Metrics
+from stream.sweeper import TableSweeper, sweep_interval
 
 NOW = 1_700_000_000.0
 TTL = 3600.0
@@ -104,7 +104,7 @@ def test_idle_users_of_owned_partitions_go_with_tombstones_in_both_changelogs() 
 
 
 def test_the_sweep_goes_in_steps_and_stops_at_a_rebalance(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(expiry, "SWEEP_STEP", 2)
+    monkeypatch.setattr(sweeper_module, "SWEEP_STEP", 2)
     app, state, latest, metrics = _setup({0})
     state.data._dbs[0].update({f"idle{i}".encode(): _state(0.0) for i in range(6)})
     sweeper = TableSweeper(app, state, latest, TTL, metrics, clock=lambda: NOW)

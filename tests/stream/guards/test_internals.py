@@ -1,4 +1,4 @@
-"""stream.internals: the faust internals the guards patch are checked before the worker starts."""
+"""stream.guards.internals: the faust internals the guards patch are checked before the worker starts."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from faust.transport.consumer import Consumer
 from prometheus_client import CollectorRegistry
 
-from stream import internals
+from stream.guards import internals
 from stream.metrics import Metrics
 from stream.settings import Settings
 from stream.startup import WorkerContext
@@ -52,7 +52,7 @@ def test_a_missing_internal_is_refused_with_the_faust_version(
     message = str(refused.value)
     assert "\n" not in message
     assert f"faust-streaming {version('faust-streaming')}" in message
-    assert "Consumer._add_gap (stream.acks" in message
+    assert "Consumer._add_gap (stream.guards.acks" in message
 
 
 def test_an_instance_attribute_declared_nowhere_is_missing(
@@ -82,7 +82,7 @@ def test_prepare_refuses_to_start(
 
 
 def test_the_worker_refuses_before_importing_the_app(tmp_path: Path) -> None:
-    # faust without _current_event: stream.tablestore could not even be imported, so
+    # faust without _current_event: stream.guards.tables could not even be imported, so
     # the check must come first, and end the process with one line.
     code = (
         "import faust.streams, sys; del faust.streams._current_event; "

@@ -1,10 +1,10 @@
 """The faust internals the worker's guards patch or read, checked before it starts.
 
 faust-streaming 0.15 breaks at-least-once in five ways (docs/broker-notes.md, F5), and
-the work-arounds reach into its private parts: `stream.acks` replaces the consumer's
-``ack`` and ``_add_gap`` and empties ``FlowControlEvent._queues``, `stream.tablestore`
-sets ``faust.streams._current_event``, `stream.highwater` replaces ``highwaters``,
-`stream.fetchwait` wraps the consumer thread's ``_create_worker_consumer``,
+the work-arounds reach into its private parts: `stream.guards.acks` replaces the consumer's
+``ack`` and ``_add_gap`` and empties ``FlowControlEvent._queues``, `stream.guards.tables`
+sets ``faust.streams._current_event``, `stream.guards.highwater` replaces ``highwaters``,
+`stream.guards.fetchwait` wraps the consumer thread's ``_create_worker_consumer``,
 `stream.metrics` reads ``_committed_offset`` and the RocksDB store's ``_dbs``. Another
 faust release may rename any of them, and a guard that silently patches nothing would
 lose events. So the worker checks each one before it imports the modules that use
@@ -57,31 +57,31 @@ _CONSUMER = "faust.transport.drivers.aiokafka:Consumer"  # the consumer class fa
 # Every private (or patched public) attribute the stream package touches; keep in step
 # with `grep -n "noqa: SLF001\|faust 0.15" stream/*.py`.
 REQUIRED: tuple[Internal, ...] = (
-    Internal(_CONSUMER, "ack", "stream.acks replaces it on the consumer"),
-    Internal(_CONSUMER, "_add_gap", "stream.acks replaces it on the consumer"),
-    Internal(_CONSUMER, "_unacked_messages", "stream.acks releases abandoned events"),
-    Internal(_CONSUMER, "_waiting_for_ack", "stream.acks wakes a waiting rebalance"),
-    Internal(_CONSUMER, "seek", "stream.acks re-reads an input gap"),
-    Internal(_CONSUMER, "seek_to_committed", "stream.acks wraps it on the consumer"),
-    Internal(_CONSUMER, "highwaters", "stream.highwater replaces it on the consumer"),
+    Internal(_CONSUMER, "ack", "stream.guards.acks replaces it on the consumer"),
+    Internal(_CONSUMER, "_add_gap", "stream.guards.acks replaces it on the consumer"),
+    Internal(_CONSUMER, "_unacked_messages", "stream.guards.acks releases abandoned events"),
+    Internal(_CONSUMER, "_waiting_for_ack", "stream.guards.acks wakes a waiting rebalance"),
+    Internal(_CONSUMER, "seek", "stream.guards.acks re-reads an input gap"),
+    Internal(_CONSUMER, "seek_to_committed", "stream.guards.acks wraps it on the consumer"),
+    Internal(_CONSUMER, "highwaters", "stream.guards.highwater replaces it on the consumer"),
     Internal(_CONSUMER, "highwater", "stream.metrics reads the lag"),
     Internal(_CONSUMER, "_committed_offset", "stream.metrics reads the lag"),
-    Internal("mode.utils.queues:FlowControlEvent", "_queues", "stream.acks keeps the queue"),
-    Internal("faust.streams", "_current_event", "stream.tablestore scopes table access"),
-    Internal("faust.streams:Stream", "current_event", "stream.fence stamps events"),
+    Internal("mode.utils.queues:FlowControlEvent", "_queues", "stream.guards.acks keeps the queue"),
+    Internal("faust.streams", "_current_event", "stream.guards.tables scopes table access"),
+    Internal("faust.streams:Stream", "current_event", "stream.guards.fence stamps events"),
     Internal("faust.streams:Stream", "noack_take", "stream.agents takes batches"),
-    Internal("faust.tables.base:Collection", "send_changelog", "stream.tablestore confirms"),
+    Internal("faust.tables.base:Collection", "send_changelog", "stream.guards.tables confirms"),
     Internal("faust.stores.rocksdb:Store", "_dbs", "stream.metrics counts users"),
     Internal("faust.stores.rocksdb:Store", "offset_key", "stream.metrics counts users"),
     Internal(
         "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread",
         "_create_worker_consumer",
-        "stream.fetchwait sets the input fetch wait",
+        "stream.guards.fetchwait sets the input fetch wait",
     ),
     Internal(
         "faust.transport.drivers.aiokafka",
         "credentials_to_aiokafka_auth",
-        "stream.highwater reads end offsets",
+        "stream.guards.highwater reads end offsets",
     ),
 )
 

@@ -14,7 +14,7 @@ from typing import IO, Any, Protocol
 import orjson
 
 from hup.schema import Event
-from stream.broker import TopicSpec, ensure_topics
+from stream.topics import TopicSpec, ensure_topics
 
 __all__ = [
     "DEFAULT_RETENTION_MS",

@@ -13,7 +13,12 @@ import faust
 import pytest
 from faust.types import TP
 
-from stream.acks import PERSISTENT_HOLE_S, AckGuard, PersistentHoleError, keep_queue_on_resume
+from stream.guards.acks import (
+    PERSISTENT_HOLE_S,
+    AckGuard,
+    PersistentHoleError,
+    keep_queue_on_resume,
+)
 
 
 @dataclass
@@ -109,7 +114,7 @@ def test_on_a_transactional_topic_a_hole_between_processed_offsets_is_marked_as_
         for offset in offsets:
             await guard.processed(event("events", 0, offset))  # type: ignore[arg-type]
 
-    with caplog.at_level(logging.WARNING, logger="stream.acks"):
+    with caplog.at_level(logging.WARNING, logger="stream.guards.acks"):
         asyncio.run(process(10, 11, 14, 12, 15))  # 12: a redelivery, not a new hole
     assert consumer.gaps == [("events", 0, 12, 13)]
     assert guard.holes == 1
@@ -157,7 +162,7 @@ def test_a_hole_holds_the_partition_back_and_reads_it_again_from_the_hole(
     assert _offsets(holes[P0].events) == [(0, 14), (0, 15)]
 
     consumer._unacked_messages = {held}
-    with caplog.at_level(logging.WARNING, logger="stream.acks"):
+    with caplog.at_level(logging.WARNING, logger="stream.guards.acks"):
         asyncio.run(guard.reread(holes))
     assert consumer.seeks == [(P0, 13)]  # fetched again from the hole
     assert consumer._unacked_messages == set()  # released: a rebalance does not wait for it
@@ -196,7 +201,7 @@ def test_records_missing_between_the_committed_offset_and_the_first_event_are_re
     # guarded: both go through. Partition 0 must go on at 9, so 282 is behind a hole.
     assert _offsets(ready) == [(1, 40), (0, 50)]
     assert holes[P0].start == 9 and _offsets(holes[P0].events) == [(0, 282), (0, 283)]
-    with caplog.at_level(logging.WARNING, logger="stream.acks"):
+    with caplog.at_level(logging.WARNING, logger="stream.guards.acks"):
         asyncio.run(guard.reread(holes))
     assert consumer.seeks == [(P0, 9)]
     assert "events[0]@9..281 never reached the agent" in caplog.text
@@ -299,7 +304,7 @@ def test_a_re_read_behind_stale_records_in_the_same_batch_is_processed_without_a
     batch = [SimpleNamespace(message=m) for m in stale]
     batch += [event("events", 0, n) for n in (100, 101, 102)]
     consumer._unacked_messages = set(stale)
-    with caplog.at_level(logging.INFO, logger="stream.acks"):
+    with caplog.at_level(logging.INFO, logger="stream.guards.acks"):
         ready, holes = guard.split(batch)  # type: ignore[arg-type]
         asyncio.run(guard.reread(holes))
     assert _offsets(ready) == [(0, 100), (0, 101), (0, 102)]
@@ -319,7 +324,7 @@ def test_a_jump_after_the_re_read_in_one_batch_is_read_again_from_the_first_miss
     guard = AckGuard(consumer, ["events"], on_hole=actions.append)  # type: ignore[arg-type]
     asyncio.run(guard.processed(event("events", 0, 99)))  # type: ignore[arg-type]
     batch = [event("events", 0, n) for n in (320, *range(100, 109), 115, 116)]
-    with caplog.at_level(logging.WARNING, logger="stream.acks"):
+    with caplog.at_level(logging.WARNING, logger="stream.guards.acks"):
         ready, holes = guard.split(batch)  # type: ignore[arg-type]
         asyncio.run(guard.reread(holes))
     assert _offsets(ready) == [(0, n) for n in range(100, 109)]

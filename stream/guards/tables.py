@@ -1,4 +1,4 @@
-"""The processor's view of per-user state in a faust Table, one batch at a time."""
+"""The worker's faust tables: writes awaited until the broker has them, accessed a batch at a time."""
 
 from __future__ import annotations
 
@@ -6,13 +6,15 @@ import asyncio
 import weakref
 from collections.abc import Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Protocol
+from typing import Any
 
 import faust
 from faust.streams import _current_event  # faust 0.15.3 has no public setter (broker notes F3)
 from faust.types import EventT, FutureMessage
 
-__all__ = ["BatchStore", "ConfirmedTable", "KeyValue", "TableKeyValue"]
+from state.store import KeyValue
+
+__all__ = ["BatchStore", "ConfirmedTable", "TableKeyValue"]
 
 
 class ConfirmedTable(faust.Table):
@@ -46,18 +48,6 @@ class ConfirmedTable(faust.Table):
         """
         pending, self._unconfirmed = self._unconfirmed, []
         await asyncio.gather(*pending)
-
-
-class KeyValue(Protocol):
-    """What the processor needs of a store: bytes in, bytes out."""
-
-    def get(self, key: bytes) -> bytes | None:
-        """The value under ``key``, or None."""
-        ...
-
-    def put(self, key: bytes, value: bytes) -> None:
-        """Replace the value under ``key``."""
-        ...
 
 
 class TableKeyValue:
