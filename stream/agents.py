@@ -256,9 +256,10 @@ async def process_and_publish(
     3. only then is each user's last profile of the batch written to ``latest``
        (the table behind ``GET /profiles/{user_id}``), then the new state to
        its table (``store.commit()``); the agent then waits until the broker has
-       the state's changelog records, and only then acks the batch. Latest before state: a crash between the two leaves
-       the old state, so the batch is processed and ``latest`` written again;
-       the other order could skip the events by offset with ``latest`` stale.
+       the state's changelog records, and only then acks the batch. Latest
+       before state: a crash between the two leaves the old state, so the batch
+       is processed and ``latest`` written again; the other order could skip the
+       events by offset with ``latest`` stale.
 
     Returns None, having written nothing, when ``still_owned`` says the worker gave
     one of the batch's partitions up, or began to stop, while its profiles were

@@ -13,8 +13,8 @@ each lost events (docs/broker-notes.md, F5):
   a rebalance while the fetch loop is still handing over records fetched before it,
   and resuming flow control then empties the stream's queue: records already handed
   over but not yet taken are dropped, and the jump from the reset position to the
-  next record marks them as a gap, committable as if processed. The SIGKILL test,
-  repeated under load, lost one or two events this way in half of its runs.
+  next record marks them as a gap, committable as if processed. Under load, a
+  SIGKILL of the worker then loses events.
 
 The guard refuses the ack of any message on the guarded topics that the agent did
 not mark as processed (counted in ``hup_acks_refused_total``), and ignores faust's
@@ -340,7 +340,7 @@ def keep_queue_on_resume(app: faust.App, stream: faust.Stream[Any]) -> None:
     faust registers each channel queue with the app's flow control, which clears the
     queue on every resume. The resume that ends a rebalance comes after the seek, and
     the fetch loop hands records over until then, so records the consumer has already
-    counted as read were thrown away (see the module docstring). Left in the queue,
+    counted as read would be thrown away (see the module docstring). Left in the queue,
     records of an earlier consumer generation are still skipped by the stream (and
     their acks refused above), and those of the current one are processed in order.
     """

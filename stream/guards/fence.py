@@ -18,11 +18,10 @@ worker gives partitions up (the end of a revoke):
   unacked: the seek that ends every rebalance goes back to the committed offset,
   which cannot be past an unacked event, so it is fetched again by whoever owns
   its partition then. (Releasing *current* events would lose them: no seek
-  follows to fetch them again. That is what the earlier fence did, which
-  checked ``app.rebalancing``: faust sets it False only after it has resumed
-  fetching, so it released events fetched after the seek, and they were never
-  processed; its partition stalled, and restarted workers never published some
-  users' last profiles.)
+  follows to fetch them again. So the fence does not go by ``app.rebalancing``:
+  faust sets it False only after it has resumed fetching, and events fetched
+  after the seek would be released, never processed, and their partition would
+  stall.)
 - the revoke waits (up to half the session timeout) for the batch in flight, so
   a batch started before a revoke is written while the partition is still ours;
   a batch still running when the wait gives up sees the epoch moved and writes

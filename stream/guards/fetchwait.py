@@ -3,8 +3,8 @@
 A fetch request that finds no records waits at the broker up to ``fetch_max_wait_ms``.
 Kafka answers it as soon as a record arrives, so the value only bounds idle polling;
 the embedded tansu broker does not, and always waits the full time (docs/broker-notes.md,
-T6), so with faust's fixed 1500 ms an event arriving while a fetch waits was seen up to
-1.5 s later. `install` makes the worker consumer that faust builds for an app use the
+T6), so with faust's fixed 1500 ms an event arriving while a fetch waits would be seen
+up to 1.5 s later. `install` makes the worker consumer that faust builds for an app use the
 app's HUP_FETCH_MAX_WAIT_MS instead (set before the consumer starts, which is when
 aiokafka's fetcher reads it).
 """

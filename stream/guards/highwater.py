@@ -6,9 +6,9 @@ answers with the base offset of the partition's last record batch plus one, not 
 last offset plus one (docs/broker-notes.md, T1). With producers that batch, recovery
 then stops before the last records of the last batch and silently loses those
 users' newest state, or, with a local RocksDB already ahead, crash-loops on
-faust's consistency check. Until now the worker avoided multi-record batches
-altogether (``HUP_PRODUCER_MAX_BATCH_SIZE=1``), which made every produce request
-carry one record per partition: the worker spent most of a batch waiting for
+faust's consistency check. Without the correction the worker could only avoid
+multi-record batches (``HUP_PRODUCER_MAX_BATCH_SIZE=1``): every produce request would
+carry one record per partition, and a batch would spend most of its time waiting for
 produce round trips.
 
 `install` makes the consumer's ``highwaters()`` read the partition's last batch and

@@ -5,7 +5,8 @@ the work-arounds reach into its private parts: `stream.guards.acks` replaces the
 ``ack`` and ``_add_gap`` and empties ``FlowControlEvent._queues``, `stream.guards.tables`
 sets ``faust.streams._current_event``, `stream.guards.highwater` replaces ``highwaters``,
 `stream.guards.fetchwait` wraps the consumer thread's ``_create_worker_consumer``,
-`stream.metrics` reads ``_committed_offset`` and the RocksDB store's ``_dbs``. Another
+`stream.guards.batches` takes batches with ``noack_take``, `stream.metrics` reads
+``_committed_offset`` and the RocksDB store's ``_dbs`` (as `stream.sweeper` does). Another
 faust release may rename any of them, and a guard that silently patches nothing would
 lose events. So the worker checks each one before it imports the modules that use
 them (`stream.worker.main`) and again when faust prepares the worker
@@ -25,7 +26,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 __all__ = ["REQUIRED", "TESTED", "FaustInternalsError", "Internal", "check", "missing"]
 
-# The versions the guards were written and tested against (constraints.txt pins them).
+# The versions the guards are tested against (constraints.txt pins them).
 TESTED = {"faust-streaming": "0.15.3", "mode-streaming": "0.7.1", "aiokafka": "0.14.0"}
 
 
@@ -55,7 +56,7 @@ class Internal:
 _CONSUMER = "faust.transport.drivers.aiokafka:Consumer"  # the consumer class faust's kafka:// uses
 
 # Every private (or patched public) attribute the stream package touches; keep in step
-# with `grep -n "noqa: SLF001\|faust 0.15" stream/*.py`.
+# with `grep -rn "noqa: SLF001\|faust 0.15" stream`.
 REQUIRED: tuple[Internal, ...] = (
     Internal(_CONSUMER, "ack", "stream.guards.acks replaces it on the consumer"),
     Internal(_CONSUMER, "_add_gap", "stream.guards.acks replaces it on the consumer"),
@@ -69,7 +70,7 @@ REQUIRED: tuple[Internal, ...] = (
     Internal("mode.utils.queues:FlowControlEvent", "_queues", "stream.guards.acks keeps the queue"),
     Internal("faust.streams", "_current_event", "stream.guards.tables scopes table access"),
     Internal("faust.streams:Stream", "current_event", "stream.guards.fence stamps events"),
-    Internal("faust.streams:Stream", "noack_take", "stream.agents takes batches"),
+    Internal("faust.streams:Stream", "noack_take", "stream.guards.batches takes batches"),
     Internal("faust.tables.base:Collection", "send_changelog", "stream.guards.tables confirms"),
     Internal("faust.stores.rocksdb:Store", "_dbs", "stream.metrics counts users"),
     Internal("faust.stores.rocksdb:Store", "offset_key", "stream.metrics counts users"),

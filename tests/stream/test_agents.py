@@ -205,7 +205,7 @@ def _event(app: faust.App, key: bytes, partition: int, offset: int) -> faust.Eve
 
 
 def test_table_access_runs_under_the_event_of_the_users_partition() -> None:
-    app = faust.App("test-tablestore")
+    app = faust.App("test-tables")
     events = [_event(app, b"alice", 0, 1), _event(app, b"bob", 2, 7), _event(app, b"alice", 0, 2)]
 
     class Table(dict):

@@ -19,7 +19,7 @@ from stream.metrics import Metrics
 from stream.settings import Settings
 from stream.startup import WorkerContext
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_the_installed_faust_has_every_internal_the_guards_patch() -> None:
