@@ -3,7 +3,7 @@
 Whatever keeps the worker from starting (a faust without an internal the guards patch,
 no model, an unusable data directory, a port in use, no broker answering) ends it here,
 before faust starts its services and logs "Ready": one line on stderr naming the problem
-and exit status 2 (`stream.worker.refuse_to_start`), never a traceback.
+and exit status 2 (`refuse_to_start`), never a traceback.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ from __future__ import annotations
 import gc
 import logging
 import socket
+import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from confluent_kafka import KafkaException
@@ -32,9 +33,14 @@ from stream.topics import (
     ensure_topics,
     is_embedded_broker,
 )
-from stream.worker import refuse_to_start
 
-__all__ = ["GC_GEN0_THRESHOLD", "WorkerContext", "settle_memory"]
+__all__ = [
+    "EXIT_CANNOT_START",
+    "GC_GEN0_THRESHOLD",
+    "WorkerContext",
+    "refuse_to_start",
+    "settle_memory",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +48,14 @@ logger = logging.getLogger(__name__)
 # event allocates a few dozen short-lived containers (features, states, profile dicts),
 # so CPython's default of 700 collects several times per batch for nothing.
 GC_GEN0_THRESHOLD = 50_000
+# The exit status of a worker that refuses to start (as the CLIs' usage errors).
+EXIT_CANNOT_START = 2
+
+
+def refuse_to_start(reason: str) -> NoReturn:
+    """End the process before it starts: ``reason`` in one line on stderr, exit status 2."""
+    print(f"hup worker: cannot start: {reason}", file=sys.stderr, flush=True)
+    raise SystemExit(EXIT_CANNOT_START)
 
 
 def settle_memory() -> None:

@@ -1,35 +1,27 @@
-"""Entry point of the profile worker: ``python -m stream.worker``, and its refusal to start.
+"""Entry point of the profile worker: ``python -m stream.worker``.
 
 Equivalent to ``faust -A stream.app worker --without-web -l info`` (the web
 flag follows HUP_WEB_PORT, the level HUP_LOG_LEVEL). Both read every setting
 from the environment (see `stream.settings.Settings`). The worker refuses to
-start, with one line on stderr and exit status 2 (`refuse_to_start`), when
-HUP_MODEL is unset or unreadable, its web or metrics port is taken, no broker
-answers within HUP_STARTUP_TIMEOUT_S, or the installed faust lacks an internal
-its guards patch (`stream.startup`, `stream.guards.internals`). SIGTERM/SIGINT
-stop it gracefully: the agent finishes or abandons its batch (an abandoned batch
-is not acked), faust commits acked offsets and flushes its producer.
+start, with one line on stderr and exit status 2 (`stream.startup.refuse_to_start`),
+when HUP_MODEL is unset or unreadable, its web or metrics port is taken, no broker
+answers within HUP_STARTUP_TIMEOUT_S, or the installed faust lacks an internal its
+guards patch (`stream.guards.internals`, checked here before the app's modules,
+which use them, are imported). SIGTERM/SIGINT stop it gracefully: the agent
+finishes or abandons its batch (an abandoned batch is not acked), faust commits
+acked offsets and flushes its producer.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
 
 from stream.guards import FaustInternalsError, check_internals
 from stream.settings import Settings
+from stream.startup import refuse_to_start
 
-__all__ = ["EXIT_CANNOT_START", "main", "refuse_to_start", "worker_argv"]
-
-# The exit status of a worker that refuses to start (as the CLIs' usage errors).
-EXIT_CANNOT_START = 2
-
-
-def refuse_to_start(reason: str) -> NoReturn:
-    """End the process before it starts: ``reason`` in one line on stderr, exit status 2."""
-    print(f"hup worker: cannot start: {reason}", file=sys.stderr, flush=True)
-    raise SystemExit(EXIT_CANNOT_START)
+__all__ = ["main", "worker_argv"]
 
 
 def worker_argv(settings: Settings) -> list[str]:

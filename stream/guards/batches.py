@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import Protocol, cast
 
 import faust
 from faust.types import EventT
@@ -22,15 +22,26 @@ from prometheus_client import Counter
 from stream.guards.acks import AckGuard, PersistentHoleError, keep_queue_on_resume
 from stream.guards.fence import RebalanceFence
 
-if TYPE_CHECKING:
-    from stream.settings import Settings
-
-__all__ = ["GuardCounters", "Handler", "consume_guarded"]
+__all__ = ["BatchSettings", "GuardCounters", "Handler", "consume_guarded"]
 
 logger = logging.getLogger(__name__)
 
 # Handles one batch: ``handle(events, still_owned)`` returns whether it finished it.
 Handler = Callable[[list[EventT], Callable[[], bool]], Awaitable[bool]]
+
+
+class BatchSettings(Protocol):
+    """How batches are taken (`stream.settings.Settings` has both)."""
+
+    @property
+    def batch_size(self) -> int:
+        """The most events of one batch."""
+        ...
+
+    @property
+    def batch_within_s(self) -> float:
+        """The longest a batch waits to fill, in seconds."""
+        ...
 
 
 class GuardCounters(Protocol):
@@ -43,7 +54,7 @@ class GuardCounters(Protocol):
 async def consume_guarded(
     app: faust.App,
     source: faust.Stream[bytes],
-    settings: Settings,
+    settings: BatchSettings,
     handle: Handler,
     *,
     metrics: GuardCounters | None = None,
