@@ -23,7 +23,7 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 install: $(BIN)/.installed ## Create .venv and install the project with dev tools
 
 demo: install ## Run the main job end to end on the embedded broker
-	$(BIN)/python -m stream.demo
+	$(BIN)/python -m stream.devtools.demo
 
 test: install ## Run the whole test suite (slow tests included)
 	$(BIN)/python -m pytest -q

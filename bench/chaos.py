@@ -69,7 +69,7 @@ from hup.schema import Event  # noqa: E402
 from hup.sessions import Session, iter_events  # noqa: E402
 from hup.synthetic import SyntheticConfig, generate  # noqa: E402
 from hup.vocab import Taxonomy  # noqa: E402
-from stream.broker import start_broker  # noqa: E402
+from stream.devtools.broker import start_broker  # noqa: E402
 
 log = logging.getLogger("chaos")
 console = Console()

@@ -66,14 +66,14 @@ from hup.sessions import Dataset
 from hup.synthetic import SyntheticConfig, generate
 from hup.vocab import Taxonomy
 from state.store import MemoryStore
-from stream.app import LATEST_TABLE, topic_specs
-from stream.broker import BrokerHandle, ensure_topics, start_broker
-from stream.demo_stats import percentile
-from stream.demo_worker import WorkerError, WorkerProcess
+from state.userstate import UserState
+from stream.devtools.broker import BrokerHandle, start_broker
+from stream.devtools.demo_stats import percentile
+from stream.devtools.demo_worker import WorkerError, WorkerProcess
+from stream.devtools.producer import encode_event, producer_config, publish
 from stream.processor import InputRecord, Processor
-from stream.producer import encode_event, producer_config, publish
 from stream.settings import Settings
-from stream.userstate import UserState
+from stream.topics import LATEST_TABLE, ensure_topics, topic_specs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from step_cost import measure, untrained_profiler  # noqa: E402  (a sibling script)

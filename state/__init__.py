@@ -1,1 +1,1 @@
-"""Per-user profile state: versioned byte encoding and key-value stores."""
+"""Per-user profile state: versioned byte encoding, key-value stores and the user's record."""

@@ -42,7 +42,7 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from state.exceptions import StateDecodeError, StateVersionError
+from state.errors import StateDecodeError, StateVersionError
 
 __all__ = [
     "CODEC_VERSION",

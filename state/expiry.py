@@ -6,7 +6,7 @@ from collections.abc import Callable
 import numpy as np
 
 from state.codec import decode_state
-from state.exceptions import StateDecodeError
+from state.errors import StateDecodeError
 from state.store import Store
 
 __all__ = ["LAST_TS", "expire", "is_expired", "last_seen_from_state"]

@@ -14,7 +14,7 @@ from typing import Protocol, cast, runtime_checkable
 
 from rocksdict import Options, Rdict
 
-__all__ = ["MemoryStore", "RocksDBStore", "Store"]
+__all__ = ["KeyValue", "MemoryStore", "RocksDBStore", "Store"]
 
 logger = logging.getLogger(__name__)
 
@@ -23,9 +23,8 @@ logger = logging.getLogger(__name__)
 _KEEP_LOG_FILES = 3
 
 
-@runtime_checkable
-class Store(Protocol):
-    """Byte store keyed by user id (one instance per partition)."""
+class KeyValue(Protocol):
+    """What stepping users needs of a store: bytes in, bytes out (the processor's view)."""
 
     def get(self, key: bytes) -> bytes | None:
         """Return the value stored under ``key``, or ``None`` if there is none."""
@@ -34,6 +33,11 @@ class Store(Protocol):
     def put(self, key: bytes, value: bytes) -> None:
         """Store ``value`` under ``key``, replacing any previous value."""
         ...
+
+
+@runtime_checkable
+class Store(KeyValue, Protocol):
+    """Byte store keyed by user id (one instance per partition)."""
 
     def delete(self, key: bytes) -> None:
         """Remove ``key``; deleting a missing key is not an error."""

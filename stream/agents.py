@@ -6,7 +6,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from functools import partial
 from typing import TYPE_CHECKING, cast
 
 import faust
@@ -14,25 +13,20 @@ from confluent_kafka import Producer
 from faust.types import AgentT, EventT, StreamT
 from mode import CrashingSupervisor
 
-from state.store import Store
-from stream import highwater
-from stream.acks import AckGuard, PersistentHoleError, keep_queue_on_resume
-from stream.fence import RebalanceFence
-from stream.metrics import MeteredKeyValue, Metrics, install_metric_updates
-from stream.output import OutputProducer, output_producer_config
+from state.store import KeyValue
+from stream.guards import BatchStore, TableKeyValue, consume_guarded, correct_highwaters
+from stream.metrics import MeteredKeyValue, Metrics, RateLimitedLog, install_metric_updates
 from stream.processor import BatchResult, DeadLetter, InputRecord, Processor
-from stream.ratelog import RateLimitedLog
+from stream.publish import OutputProducer, output_producer_config
 from stream.rekey import origin_from_headers, rekey
-from stream.tablestore import BatchStore, KeyValue, TableKeyValue
 
 if TYPE_CHECKING:
-    from stream.app import Topics
     from stream.settings import Settings
     from stream.startup import WorkerContext
+    from stream.topics import Topics
 
 __all__ = [
     "Send",
-    "consume_guarded",
     "describe",
     "install_agent",
     "install_broker_fixes",
@@ -110,7 +104,7 @@ def install_agent(app: faust.App, topics: Topics, context: WorkerContext) -> Age
 
 
 def output_producer(app: faust.App, settings: Settings, metrics: Metrics) -> OutputProducer:
-    """The worker's output producer (`stream.output`), flushed and closed when ``app`` stops.
+    """The worker's output producer (`stream.publish`), flushed and closed when ``app`` stops.
 
     faust stops the consumer first (its last commit covers acked events only, whose
     outputs were delivered), then sends ``on_before_shutdown``: the flush there only
@@ -139,7 +133,7 @@ def install_broker_fixes(app: faust.App, context: WorkerContext) -> bool:
     """
     if not context.embedded_broker:
         return False
-    highwater.install(app)
+    correct_highwaters(app)
     return True
 
 
@@ -194,88 +188,6 @@ def _install_rekey_agent(
         )
 
     return rekey_events
-
-
-async def consume_guarded(
-    app: faust.App,
-    source: faust.Stream[bytes],
-    settings: Settings,
-    handle: Callable[[list[EventT], Callable[[], bool]], Awaitable[bool]],
-    *,
-    metrics: Metrics | None = None,
-    transactional: bool = False,
-) -> None:
-    """Feed ``source``'s batches to ``handle`` and ack each event only once it is handled.
-
-    ``handle(events, still_owned)`` returns whether it finished the batch; False leaves
-    the events unacked for the partitions' next owner (``still_owned()`` tells it whether
-    this worker still owns them). Around it, the work-arounds of faust's at-least-once
-    holes (broker notes F5): the stream's queue survives the resume after a rebalance,
-    offsets count as committable only once handled, events fetched before a revoke
-    are released rather than handled, and events behind a hole in a partition's
-    offsets are released and the partition read again from the hole (unless the
-    topic is ``transactional``). ``metrics`` counts refused acks and holes.
-
-    Raises:
-        PersistentHoleError: A hole could not be read again (`stream.acks`).
-    """
-    keep_queue_on_resume(app, source)
-    topic = cast(faust.types.TopicT, source.channel).get_topic_name()
-    guard = AckGuard(
-        app.consumer,
-        [topic],
-        transactional=transactional,
-        on_refused=metrics.acks_refused.inc if metrics is not None else None,
-        on_hole=(lambda action: metrics.offset_gaps.labels(action).inc())
-        if metrics is not None
-        else None,
-    )
-    app.on_partitions_revoked.connect(guard.on_partitions_revoked)  # type: ignore[arg-type]
-    fence = RebalanceFence(app, source)
-    # noack_take, not take_events: take_events acks a batch even when the body
-    # raises (broker notes F4); here a batch is acked only once it is done.
-    async for batch in source.noack_take(settings.batch_size, within=settings.batch_within_s):
-        taken = cast(list[EventT], list(batch))  # noack_take yields events, not values
-        async with fence.batch() as epoch:
-            events: list[EventT] = []
-            stale: list[EventT] = []
-            for event in taken:
-                (events if fence.current(event) else stale).append(event)
-            if stale:
-                # Fetched before this worker gave partitions up: the seek that ended
-                # that rebalance fetches them again for the partitions' owner.
-                for event in stale:
-                    guard.abandon(event)
-                logger.info(
-                    "released %d events fetched before a rebalance; they are consumed "
-                    "again from the committed offset",
-                    len(stale),
-                )
-            if app.should_stop and events:
-                # Nothing of this batch would be saved (`RebalanceFence.may_write`), and
-                # its offsets follow those of a batch left unacked for the same reason,
-                # which is no hole: release it for the next start without a re-read.
-                for event in events:
-                    guard.abandon(event)
-                continue
-            events, holes = guard.split(events)
-            if holes:
-                # Never processed past, never committed over: read again from the hole.
-                try:
-                    await guard.reread(holes)
-                except PersistentHoleError as exc:
-                    logger.error("%s; the worker stops", exc)
-                    raise
-            if not events:
-                continue
-            tps = {e.message.tp for e in events}
-            if not await handle(events, partial(fence.may_write, epoch, tps)):
-                for event in events:
-                    guard.abandon(event)
-                continue
-            for event in events:
-                await guard.processed(event)
-                await source.ack(event)
 
 
 def to_record(
@@ -344,9 +256,10 @@ async def process_and_publish(
     3. only then is each user's last profile of the batch written to ``latest``
        (the table behind ``GET /profiles/{user_id}``), then the new state to
        its table (``store.commit()``); the agent then waits until the broker has
-       the state's changelog records, and only then acks the batch. Latest before state: a crash between the two leaves
-       the old state, so the batch is processed and ``latest`` written again;
-       the other order could skip the events by offset with ``latest`` stale.
+       the state's changelog records, and only then acks the batch. Latest
+       before state: a crash between the two leaves the old state, so the batch
+       is processed and ``latest`` written again; the other order could skip the
+       events by offset with ``latest`` stale.
 
     Returns None, having written nothing, when ``still_owned`` says the worker gave
     one of the batch's partitions up, or began to stop, while its profiles were
@@ -368,8 +281,7 @@ async def process_and_publish(
     redelivers events that are then skipped by offset, having been published.
     """
     try:
-        # The processor only calls get/put, though it is typed with the full Store.
-        result = processor.process(records, cast(Store, store))
+        result = processor.process(records, store)
         deliveries = [await send_profile(p.key, p.value) for p in result.profiles]
         deliveries += [await send_dead_letter(d.key, d.value) for d in result.dead_letters]
         await asyncio.gather(*deliveries)

@@ -1,4 +1,4 @@
-"""The faust App of the profile worker: its configuration, topics and state table.
+"""The faust App of the profile worker: its configuration, topics and tables.
 
 Run it with ``python -m stream.worker`` or, equivalently,
 ``faust -A stream.app worker --without-web -l info``.
@@ -7,49 +7,22 @@ Run it with ``python -m stream.worker`` or, equivalently,
 from __future__ import annotations
 
 import ssl
-from dataclasses import dataclass
 from typing import Any, cast
 
 import faust
-from faust.types import TopicT
 from prometheus_client import CollectorRegistry
 
 from hup.runtime import Profiler
-from stream import fetchwait
 from stream.agents import install_agent
-from stream.broker import TopicSpec
-from stream.expiry import install_expiry
+from stream.guards import ConfirmedTable, set_fetch_wait
 from stream.metrics import Metrics
 from stream.settings import Settings
 from stream.startup import WorkerContext
-from stream.tablestore import ConfirmedTable
+from stream.sweeper import install_sweeper
+from stream.topics import LATEST_TABLE, Topics, topic_specs
 from stream.views import install_views
 
-__all__ = [
-    "LATEST_TABLE",
-    "Topics",
-    "app",
-    "broker_credentials",
-    "create_app",
-    "faust_options",
-    "topic_specs",
-]
-
-
-@dataclass(frozen=True)
-class Topics:
-    """The worker's channels: input, outputs, and the per-user state table."""
-
-    events: TopicT
-    profiles: TopicT
-    dead_letters: TopicT
-    state: ConfirmedTable
-    latest: ConfirmedTable  # the last profile message published per user (stream.views)
-    by_user: TopicT | None = None  # the input re-keyed by user_id (HUP_REPARTITION=1)
-
-
-# Named here rather than in Settings: nothing about it is configurable.
-LATEST_TABLE = "latest-profile"
+__all__ = ["app", "broker_credentials", "create_app", "faust_options"]
 
 
 def faust_options(settings: Settings) -> dict[str, Any]:
@@ -118,26 +91,6 @@ def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | No
     )
 
 
-def topic_specs(settings: Settings) -> list[TopicSpec]:
-    """Every topic the worker needs, with explicit configs (tansu reports no defaults, T4)."""
-    retention = {"retention.ms": str(settings.retention_ms)}
-
-    def spec(name: str, config: dict[str, str]) -> TopicSpec:
-        return TopicSpec(name, settings.partitions, settings.replication, config)
-
-    specs = [
-        spec(settings.input_topic, retention),
-        spec(settings.output_topic, retention),
-        spec(settings.dlq_topic, retention),
-        # The changelog is the state's backup: compacted, never deleted by age.
-        spec(settings.changelog_topic, {"cleanup.policy": "compact"}),
-        spec(f"{settings.app_id}-{LATEST_TABLE}-changelog", {"cleanup.policy": "compact"}),
-    ]
-    if settings.repartition:
-        specs.append(spec(settings.repartition_topic, retention))
-    return specs
-
-
 def create_app(
     settings: Settings,
     *,
@@ -155,7 +108,7 @@ def create_app(
         The app, with its agent installed; ``app.main()`` runs it.
     """
     app = faust.App(settings.app_id, **faust_options(settings))
-    fetchwait.install(app, settings.fetch_max_wait_ms)
+    set_fetch_wait(app, settings.fetch_max_wait_ms)
     raw: dict[str, Any] = {
         "key_type": bytes,
         "value_type": bytes,
@@ -202,7 +155,7 @@ def create_app(
         max_id_chars=settings.max_id_chars,
     )
     if settings.state_ttl_s:
-        install_expiry(app, topics, settings.state_ttl_s, context.metrics)
+        install_sweeper(app, topics, settings.state_ttl_s, context.metrics)
     return app
 
 

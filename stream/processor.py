@@ -8,7 +8,7 @@ are never reordered and each model call is batched across users), writes each us
 state once, and returns the profiles to publish and the dead letters.
 
 No input yields a record the producer would refuse (HUP_PRODUCER_MAX_REQUEST_SIZE,
-`stream.limits`): a dead letter keeps a prefix of the original bytes, and an event whose
+`stream.publish`): a dead letter keeps a prefix of the original bytes, and an event whose
 profile or state record would be too large (a very long user_id, event_id, item_id or
 category) is dead-lettered instead of applied, leaving the user's state as it was.
 
@@ -25,15 +25,15 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
 
 from hup.exceptions import EventValidationError
 from hup.incremental import ProfileState
 from hup.runtime import Applied, Profiler
 from hup.schema import DEFAULT_LIMITS, Event, InputLimits, parse_event_json
-from stream.latest import encode_latest, profile_body, render_profile
-from stream.limits import DEFAULT_MAX_RECORD_BYTES, FRAMING_RESERVE, clip_text, fit_dead_letter
-from stream.userstate import UserState, load_user_state
+from state.store import KeyValue
+from state.userstate import UserState, load_user_state
+from stream.profile import ProfileBody, encode_latest, profile_body, render_profile
+from stream.publish import DEFAULT_MAX_RECORD_BYTES, FRAMING_RESERVE, clip_text, fit_dead_letter
 
 __all__ = [
     "DEFAULT_MAX_FUTURE_S",
@@ -89,12 +89,12 @@ class OutputProfile:
     value: bytes
     event_ts: float
     received_ts: float
-    # The message's fields (`stream.latest.profile_body`), from which the compact
+    # The message's typed fields (`stream.profile.profile_body`), from which the compact
     # latest-profile record is built; None for a profile made elsewhere.
-    body: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+    body: ProfileBody | None = field(default=None, compare=False, repr=False)
 
     def latest_record(self) -> bytes:
-        """What the latest-profile table stores for this profile (`stream.latest`)."""
+        """What the latest-profile table stores for this profile (`stream.profile`)."""
         return self.value if self.body is None else encode_latest(self.body)
 
 
@@ -131,9 +131,9 @@ def dead_letter(
 
     A re-keyed record is reported where its producer wrote it (``record.origin``). The
     dead letter's key and value take at most ``max_bytes`` together: the reason is cut
-    to `stream.limits.REASON_MAX_CHARS` characters and the original key and value to
+    to `stream.publish.REASON_MAX_CHARS` characters and the original key and value to
     what fits, with their sizes and ``key_truncated``/``value_truncated`` flags
-    (`stream.limits.fit_dead_letter`). Base64 takes 4/3 of the bytes, so without the
+    (`stream.publish.fit_dead_letter`). Base64 takes 4/3 of the bytes, so without the
     cut a malformed record of 3/4 of the limit would make an unsendable dead letter.
     """
     where = record.origin or record
@@ -147,18 +147,6 @@ def dead_letter(
     key, value = fit_dead_letter(fields, where.key, record.value, max_bytes)
     where_text = f"{where.topic}[{where.partition}]@{where.offset}"
     return DeadLetter(key, value, reason, where_text, limits)
-
-
-class KeyValue(Protocol):
-    """The part of a state store the processor uses."""
-
-    def get(self, key: bytes) -> bytes | None:
-        """The stored value, or None."""
-        ...
-
-    def put(self, key: bytes, value: bytes) -> None:
-        """Store a value (persisted only by this call)."""
-        ...
 
 
 class Processor:
@@ -185,7 +173,7 @@ class Processor:
                 user's state lives in the partition its key maps to; an event that arrives
                 elsewhere would fork that state. (Repartitioning makes every key right.)
             max_record_bytes: the most key plus value bytes of any record the worker
-                produces (`stream.limits.max_record_bytes` of HUP_PRODUCER_MAX_REQUEST_SIZE).
+                produces (`stream.publish.max_record_bytes` of HUP_PRODUCER_MAX_REQUEST_SIZE).
             require_origin: dead-letter records without an origin (the re-keying stage's
                 topic, HUP_REPARTITION=1: a record it did not write has no input position
                 to be de-duplicated by).
@@ -205,7 +193,7 @@ class Processor:
         """The user's state, or a fresh one when absent, foreign (other model) or corrupt.
 
         A state of another model version keeps its sequence count and idempotency record
-        (`stream.userstate`); an unreadable one keeps nothing.
+        (`state.userstate`); an unreadable one keeps nothing.
         """
         return load_user_state(store.get(key), self.profiler, outcomes, key)
 
@@ -401,7 +389,7 @@ class _Applied:
     batch). The state keeps, per input partition, the offset of the last event applied
     from it; so the record is the same whether the worker re-keys or not, and turning
     HUP_REPARTITION on or off neither re-applies nor skips an event. A state written
-    before it kept them has only the last consumed position, which is used instead.
+    without them has only the last consumed position, which is used instead.
     """
 
     def __init__(self, state: ProfileState) -> None:

@@ -22,8 +22,8 @@ import orjson
 
 from hup.exceptions import EventValidationError
 from hup.schema import DEFAULT_LIMITS, InputLimits, parse_event_json
-from stream.limits import DEFAULT_MAX_RECORD_BYTES
 from stream.processor import ORIGIN_HEADER, DeadLetter, InputRecord, Origin, dead_letter
+from stream.publish import DEFAULT_MAX_RECORD_BYTES
 
 __all__ = ["ORIGIN_HEADER", "Forward", "origin_from_headers", "rekey"]
 
@@ -55,7 +55,7 @@ def rekey(
     Dead-lettered: a record without a valid event (held to ``limits``, as the processor
     holds it), and one whose forward (value, user id and origin header, which holds the
     original key in base64) would exceed ``max_bytes``, since the producer would refuse
-    it and stop the worker (`stream.limits`).
+    it and stop the worker (`stream.publish`).
     """
     if record.value is None:
         return dead_letter(record, "empty message (no value)", max_bytes)

@@ -9,15 +9,22 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator, model_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from hup.schema import DEFAULT_LIMITS, InputLimits
-from stream.limits import DEFAULT_MAX_REQUEST_SIZE
 
-__all__ = ["BrokerChoice", "SaslMechanism", "SecurityProtocol", "Settings"]
+__all__ = [
+    "DEFAULT_MAX_REQUEST_SIZE",
+    "BrokerChoice",
+    "SaslMechanism",
+    "SecurityProtocol",
+    "Settings",
+]
 
 BrokerChoice = Literal["auto", "testcontainers", "embedded"]
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 
 _DAY_MS = 24 * 3600 * 1000
+# faust's (and Kafka's Java producer's) default producer max request size.
+DEFAULT_MAX_REQUEST_SIZE = 1_000_000
 
 
 class Settings(BaseSettings):
@@ -38,7 +45,7 @@ class Settings(BaseSettings):
     # Which broker start_broker() starts when no bootstrap servers are given:
     # "auto" tries testcontainers when a Docker daemon answers, else embedded tansu.
     broker: BrokerChoice = "auto"
-    # Port of the foreground embedded broker (`python -m stream.broker`); the worker
+    # Port of the foreground embedded broker (`python -m stream.devtools.broker`); the worker
     # connects to 127.0.0.1 on it when KAFKA_BOOTSTRAP_SERVERS is not set.
     broker_port: int = Field(default=9092, ge=1, le=65535)
     # Seconds to wait for a started broker to answer a metadata request.
@@ -88,7 +95,7 @@ class Settings(BaseSettings):
     # The input topic is written by transactional producers: their commit markers take
     # offsets the consumer never returns, so such a hole is committed over once the
     # records on both sides are processed. Otherwise (the default) a hole is never
-    # committed over: the partition is read again from it (stream.acks).
+    # committed over: the partition is read again from it (stream.guards.acks).
     input_transactional: bool = False
     # Categories listed with every profile.
     top_n: int = Field(default=5, ge=1)
@@ -111,7 +118,7 @@ class Settings(BaseSettings):
     # default). Every record the worker writes (profile, dead letter, state and
     # latest-profile changelog records) must fit in it less 1 KiB of framing: dead letters
     # keep a prefix of the original bytes, and an event whose profile or state would not
-    # fit is dead-lettered (stream.limits). Keep it at most the brokers' message.max.bytes.
+    # fit is dead-lettered (stream.publish). Keep it at most the brokers' message.max.bytes.
     producer_max_request_size: int = Field(default=DEFAULT_MAX_REQUEST_SIZE, ge=65_536)
     # librdkafka's linger.ms for the output producer (profiles, dead letters): how long
     # a record may wait for others to share its produce request. The agent awaits the

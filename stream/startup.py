@@ -3,7 +3,7 @@
 Whatever keeps the worker from starting (a faust without an internal the guards patch,
 no model, an unusable data directory, a port in use, no broker answering) ends it here,
 before faust starts its services and logs "Ready": one line on stderr naming the problem
-and exit status 2 (`stream.refusal`), never a traceback.
+and exit status 2 (`refuse_to_start`), never a traceback.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ from __future__ import annotations
 import gc
 import logging
 import socket
+import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from confluent_kafka import KafkaException
@@ -20,19 +21,17 @@ from prometheus_client import start_http_server
 
 from hup.exceptions import CheckpointError, RankingOptionsError
 from hup.runtime import Profiler
-from stream import internals
-from stream.broker import is_embedded_broker
-from stream.limits import max_record_bytes
-from stream.metrics import Metrics
+from stream.guards import FaustInternalsError, check_internals
+from stream.metrics import Metrics, RateLimitedLog
 from stream.processor import Processor
-from stream.ratelog import RateLimitedLog
-from stream.refusal import EXIT_CANNOT_START, refuse_to_start
+from stream.publish import max_record_bytes
 from stream.settings import Settings
 from stream.topics import (
     BrokersUnreachableError,
     TopicSpec,
     client_security_config,
     ensure_topics,
+    is_embedded_broker,
 )
 
 __all__ = [
@@ -49,6 +48,14 @@ logger = logging.getLogger(__name__)
 # event allocates a few dozen short-lived containers (features, states, profile dicts),
 # so CPython's default of 700 collects several times per batch for nothing.
 GC_GEN0_THRESHOLD = 50_000
+# The exit status of a worker that refuses to start (as the CLIs' usage errors).
+EXIT_CANNOT_START = 2
+
+
+def refuse_to_start(reason: str) -> NoReturn:
+    """End the process before it starts: ``reason`` in one line on stderr, exit status 2."""
+    print(f"hup worker: cannot start: {reason}", file=sys.stderr, flush=True)
+    raise SystemExit(EXIT_CANNOT_START)
 
 
 def settle_memory() -> None:
@@ -150,8 +157,8 @@ class WorkerContext:
         self._prepared = True
         try:
             # Also here for `faust -A stream.app worker`, which skips stream.worker.main.
-            internals.check()
-        except internals.FaustInternalsError as exc:
+            check_internals()
+        except FaustInternalsError as exc:
             refuse_to_start(str(exc))
         torch.set_num_threads(self.settings.torch_threads)
         try:
@@ -225,7 +232,7 @@ class WorkerContext:
             refuse_to_start(f"cannot create topics on {servers}: {exc}")
 
     def _detect_embedded_broker(self) -> None:
-        # The tansu high-watermark correction (stream.highwater) is for the embedded
+        # The tansu high-watermark correction (stream.guards.highwater) is for the embedded
         # broker only: against Kafka it would cost a fetch per partition for nothing.
         servers = self.settings.bootstrap_servers
         try:

@@ -1,6 +1,8 @@
-"""Creating the worker's topics with explicit configs, on any cluster, and checking existing ones.
+"""The worker's channels: its topics and tables, created with explicit configs on any cluster.
 
-The worker creates its topics itself at start-up, so that a changelog is compacted
+`Topics` holds what the app declares (input, outputs, the two tables, the re-keying
+topic) and `topic_specs` what each needs on the broker. The worker creates its topics
+itself at start-up, so that a changelog is compacted
 wherever it runs: a changelog deleted by age loses users' state for good. Topic
 creation therefore uses the same security settings as the worker's own clients
 (`client_security_config`), and a topic that already exists is checked for the one
@@ -13,19 +15,29 @@ import logging
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
 from stream.settings import Settings
 
+if TYPE_CHECKING:
+    from faust.types import TopicT
+
+    from stream.guards import ConfirmedTable
+
 __all__ = [
+    "EMBEDDED_CLUSTER_ID",
+    "LATEST_TABLE",
     "BrokersUnreachableError",
     "TopicSpec",
+    "Topics",
     "check_cleanup_policies",
     "client_security_config",
     "ensure_topics",
+    "is_embedded_broker",
+    "topic_specs",
 ]
 
 log = logging.getLogger(__name__)
@@ -33,6 +45,14 @@ log = logging.getLogger(__name__)
 # Creating a topic that exists, without the right to create topics: Kafka checks the
 # ACL first, so a pre-created topic on a locked-down cluster answers with one of these.
 _NOT_AUTHORIZED = (KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED)
+
+# The table of the last profile message published per user. Named here rather than in
+# Settings: nothing about it is configurable.
+LATEST_TABLE = "latest-profile"
+
+# The cluster id the embedded broker (`stream.devtools.broker`) reports. The worker
+# corrects high watermarks (`stream.guards.highwater`) only on a cluster with this id.
+EMBEDDED_CLUSTER_ID = "hup-embedded-tansu"
 
 
 class BrokersUnreachableError(Exception):
@@ -56,6 +76,38 @@ class TopicSpec:
     # Topic-level configs, e.g. {"retention.ms": "86400000"} or
     # {"cleanup.policy": "compact"} for a changelog.
     config: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Topics:
+    """The worker's channels: input, outputs, and the per-user tables."""
+
+    events: TopicT
+    profiles: TopicT
+    dead_letters: TopicT
+    state: ConfirmedTable
+    latest: ConfirmedTable  # the last profile message published per user (stream.views)
+    by_user: TopicT | None = None  # the input re-keyed by user_id (HUP_REPARTITION=1)
+
+
+def topic_specs(settings: Settings) -> list[TopicSpec]:
+    """Every topic the worker needs, with explicit configs (tansu reports no defaults, T4)."""
+    retention = {"retention.ms": str(settings.retention_ms)}
+
+    def spec(name: str, config: dict[str, str]) -> TopicSpec:
+        return TopicSpec(name, settings.partitions, settings.replication, config)
+
+    specs = [
+        spec(settings.input_topic, retention),
+        spec(settings.output_topic, retention),
+        spec(settings.dlq_topic, retention),
+        # The changelog is the state's backup: compacted, never deleted by age.
+        spec(settings.changelog_topic, {"cleanup.policy": "compact"}),
+        spec(f"{settings.app_id}-{LATEST_TABLE}-changelog", {"cleanup.policy": "compact"}),
+    ]
+    if settings.repartition:
+        specs.append(spec(settings.repartition_topic, retention))
+    return specs
 
 
 def client_security_config(settings: Settings) -> dict[str, str]:
@@ -231,3 +283,18 @@ def check_cleanup_policies(
 
 def _policies(value: str) -> frozenset[str]:
     return frozenset(p.strip() for p in value.split(",") if p.strip())
+
+
+def is_embedded_broker(
+    bootstrap: str, *, client_config: Mapping[str, str] | None = None, timeout: float = 30.0
+) -> bool:
+    """Whether the cluster at ``bootstrap`` is the embedded broker of the dev tools.
+
+    Told by the cluster id it reports (`EMBEDDED_CLUSTER_ID`): the worker applies its
+    tansu work-arounds (`stream.guards.highwater`) to that broker only, never to a real Kafka.
+
+    Raises:
+        KafkaException: The cluster did not answer a metadata request within ``timeout``.
+    """
+    admin = AdminClient({**(client_config or {}), "bootstrap.servers": bootstrap})
+    return admin.list_topics(timeout=timeout).cluster_id == EMBEDDED_CLUSTER_ID

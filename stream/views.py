@@ -2,7 +2,7 @@
 
 ``GET /profiles/{user_id}`` answers from the ``latest-profile`` table, which holds
 the last profile message published for each user as a compact record
-(`stream.latest`: the vectors as float32 bytes, about half the message's size), from
+(`stream.profile`: the vectors as float32 bytes, about half the message's size), from
 which the answer is rebuilt byte for byte as published (the output schema,
 stream/schemas/profile.schema.json). The profile cannot be recomputed from the state
 instead: it is what `Profiler.apply` returns when *stepping* an event, and the message
@@ -40,7 +40,7 @@ from faust.tables.manager import TableManager
 from faust.types import TableT
 from faust.web import Request, Response, View
 
-from stream.latest import LatestRecordError, render_latest
+from stream.profile import LatestRecordError, render_latest
 
 __all__ = [
     "UNAUTHORIZED",
@@ -130,7 +130,7 @@ def lookup_profile(table: Mapping[bytes, bytes], user_id: str) -> tuple[int, byt
     """The HTTP status and JSON body for ``GET /profiles/{user_id}``.
 
     Args:
-        table: The latest-profile record per user-id bytes (`stream.latest`).
+        table: The latest-profile record per user-id bytes (`stream.profile`).
         user_id: The user id from the URL.
 
     Returns:

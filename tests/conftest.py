@@ -1,4 +1,8 @@
-"""Shared fixtures: one Kafka broker per test session (configured, testcontainers or embedded)."""
+"""Shared fixtures: one Kafka broker per session, and a small checkpoint with synthetic traffic.
+
+The broker is a configured one, a testcontainer or the embedded tansu; the checkpoint and
+the traffic serve the stream and state tests.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,11 @@ import torch
 
 from hup.config import VARIANTS
 from hup.hup_checkpoint import save_untrained_checkpoint
+from hup.runtime import Profiler
 from hup.sessions import Dataset
+from hup.synthetic import SyntheticConfig, generate
 from hup.vocab import Taxonomy
-from stream.broker import start_broker
+from stream.devtools.broker import start_broker
 
 
 @pytest.fixture(scope="session")
@@ -53,3 +59,23 @@ def make_random_checkpoint(
         return directory
 
     return write
+
+
+@pytest.fixture(scope="session")
+def traffic() -> Dataset:
+    """A few dozen synthetic users with a 3-level taxonomy."""
+    return generate(SyntheticConfig(users=40, seed=11, min_events=5, max_events=50))
+
+
+@pytest.fixture(scope="session")
+def checkpoint_dir(
+    make_random_checkpoint: Callable[[Dataset, str], Path], traffic: Dataset
+) -> Path:
+    """An untrained (random) checkpoint: enough to test the plumbing and exact parity."""
+    return make_random_checkpoint(traffic, "model")
+
+
+@pytest.fixture
+def profiler(checkpoint_dir: Path) -> Profiler:
+    """The checkpoint loaded as the worker loads it."""
+    return Profiler.load(checkpoint_dir)

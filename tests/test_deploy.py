@@ -20,7 +20,7 @@ import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
 from hup.cli import app as hup_cli
-from stream.cli import app as stream_cli
+from stream.devtools.hup_stream import app as stream_cli
 from stream.metrics import Metrics
 from stream.processor import BatchResult, OutputProfile
 from stream.settings import Settings

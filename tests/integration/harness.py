@@ -27,10 +27,9 @@ from hup.repeat import repeat_inputs
 from hup.runtime import Profiler
 from hup.schema import Event
 from hup.sessions import Session
-from stream.app import topic_specs
-from stream.broker import ensure_topics
-from stream.producer import producer_config
+from stream.devtools.producer import producer_config
 from stream.settings import Settings
+from stream.topics import ensure_topics, topic_specs
 
 REPO = Path(__file__).resolve().parents[2]
 

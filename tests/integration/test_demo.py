@@ -1,4 +1,4 @@
-"""`python -m stream.demo` end to end (reduced), its failure path, and the numbers it prints."""
+"""`python -m stream.devtools.demo` end to end (reduced), its failure path, and the numbers it prints."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 
 from hup.exceptions import EventValidationError
 from hup.schema import parse_event_json
-from stream.demo import malformed_messages
-from stream.demo_stats import DemoStats, percentile
+from stream.devtools.demo import malformed_messages
+from stream.devtools.demo_stats import DemoStats, percentile
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,7 +23,14 @@ ROOT = Path(__file__).resolve().parents[2]
 def _run_demo(tmp_path: Path, *args: str, timeout: float = 420) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HUP_")}
     env["PYTHONUNBUFFERED"] = "1"
-    command = [sys.executable, "-m", "stream.demo", "--run-dir", str(tmp_path / "run"), *args]
+    command = [
+        sys.executable,
+        "-m",
+        "stream.devtools.demo",
+        "--run-dir",
+        str(tmp_path / "run"),
+        *args,
+    ]
     return subprocess.run(
         command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False
     )

@@ -21,7 +21,7 @@ import orjson
 import pytest
 from harness import REPO, START_TIMEOUT_S, Reader, free_port
 
-from stream.broker import wait_for_broker
+from stream.devtools.broker import wait_for_broker
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -15,7 +15,7 @@ from state.codec import (
     encoded_size_of,
     peek_model_version,
 )
-from state.exceptions import StateDecodeError, StateVersionError
+from state.errors import StateDecodeError, StateVersionError
 
 MODEL_VERSION = "hup-v1"
 DTYPES = ["bool", "int8", "uint8", "int16", "int32", "int64", "float32", "float64"]

@@ -20,13 +20,14 @@ from hup.runtime import Profiler
 from hup.sessions import Dataset, iter_events
 from state.store import MemoryStore
 from stream.agents import describe, install_broker_fixes, process_and_publish, to_record
-from stream.app import broker_credentials, create_app, faust_options, topic_specs
+from stream.app import broker_credentials, create_app, faust_options
+from stream.guards.tables import BatchStore, TableKeyValue
 from stream.metrics import Metrics
 from stream.processor import InputRecord, Origin, Processor
 from stream.rekey import ORIGIN_HEADER, Forward, rekey
 from stream.settings import Settings
 from stream.startup import WorkerContext
-from stream.tablestore import BatchStore, TableKeyValue
+from stream.topics import topic_specs
 from stream.worker import worker_argv
 
 TOPIC = "micro-behaviors"
@@ -204,7 +205,7 @@ def _event(app: faust.App, key: bytes, partition: int, offset: int) -> faust.Eve
 
 
 def test_table_access_runs_under_the_event_of_the_users_partition() -> None:
-    app = faust.App("test-tablestore")
+    app = faust.App("test-tables")
     events = [_event(app, b"alice", 0, 1), _event(app, b"bob", 2, 7), _event(app, b"alice", 0, 2)]
 
     class Table(dict):

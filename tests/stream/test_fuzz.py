@@ -20,8 +20,8 @@ import pytest
 from hup.runtime import Profiler
 from hup.sessions import Dataset
 from state.store import MemoryStore
-from stream.limits import DEFAULT_MAX_RECORD_BYTES
 from stream.processor import InputRecord, Processor
+from stream.publish import DEFAULT_MAX_RECORD_BYTES
 
 logger = logging.getLogger(__name__)
 

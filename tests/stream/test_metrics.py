@@ -1,8 +1,9 @@
-"""The metrics struct and its gauges, each test on a fresh CollectorRegistry."""
+"""The metrics struct and its gauges (each test on a fresh CollectorRegistry), and the rate-limited log."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,10 +18,16 @@ from hup.sessions import Dataset, iter_events
 from state.store import MemoryStore
 from stream.agents import process_and_publish
 from stream.app import create_app
-from stream.metrics import MeteredKeyValue, Metrics, consumer_lag, users_by_partition
+from stream.guards.tables import BatchStore
+from stream.metrics import (
+    MeteredKeyValue,
+    Metrics,
+    RateLimitedLog,
+    consumer_lag,
+    users_by_partition,
+)
 from stream.processor import BatchResult, InputRecord, OutputProfile, Processor
 from stream.settings import Settings
-from stream.tablestore import BatchStore
 
 
 @pytest.fixture
@@ -169,3 +176,36 @@ def test_consumer_lag_is_highwater_minus_committed_per_input_partition() -> None
     )
     app = SimpleNamespace(consumer=consumer)
     assert consumer_lag(app, "in") == {0: 20, 2: 0, 3: 40}  # type: ignore[arg-type]
+
+
+def test_a_flood_logs_a_few_lines_then_how_many_were_left_out(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [0.0]
+    log = RateLimitedLog(
+        logging.getLogger("test.ratelog"),
+        lines=3,
+        window_s=60.0,
+        what="dead letters",
+        clock=lambda: now[0],
+    )
+    with caplog.at_level(logging.WARNING, logger="test.ratelog"):
+        for i in range(25):
+            log.log("letter %d", i)
+        assert [r.getMessage() for r in caplog.records] == ["letter 0", "letter 1", "letter 2"]
+        assert log.suppressed == 22
+        now[0] = 61.0
+        log.log("letter %d", 25)
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages[3].startswith("22 more dead letters not logged in the last 61 s")
+    assert messages[4] == "letter 25" and log.suppressed == 0
+
+
+def test_a_quiet_window_logs_no_summary(caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    log = RateLimitedLog(logging.getLogger("test.ratelog"), lines=3, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="test.ratelog"):
+        log.log("one")
+        now[0] = 120.0
+        log.log("two")
+    assert [r.getMessage() for r in caplog.records] == ["one", "two"]

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-import stream.userstate
+import state.userstate
 from hup.runtime import Profiler
 from hup.sessions import Dataset
 from state.store import MemoryStore
@@ -37,7 +37,7 @@ def test_one_decode_and_one_encode_per_user_per_batch(
     profiler: Profiler, traffic: Dataset, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: Counter[str] = Counter()
-    decode, encode = stream.userstate.decode_state, stream.userstate.encode_state
+    decode, encode = state.userstate.decode_state, state.userstate.encode_state
 
     def counted_decode(*args: Any, **kwargs: Any) -> Any:
         calls["decode"] += 1
@@ -47,8 +47,8 @@ def test_one_decode_and_one_encode_per_user_per_batch(
         calls["encode"] += 1
         return encode(*args, **kwargs)
 
-    monkeypatch.setattr(stream.userstate, "decode_state", counted_decode)
-    monkeypatch.setattr(stream.userstate, "encode_state", counted_encode)
+    monkeypatch.setattr(state.userstate, "decode_state", counted_decode)
+    monkeypatch.setattr(state.userstate, "encode_state", counted_encode)
     processor, store = Processor(profiler), MemoryStore()
     processor.process(_batch(traffic, users=3, per_user=2), store)
     assert calls == Counter(encode=3)  # new users: nothing to decode

@@ -22,17 +22,16 @@ from hup.schema import InputLimits
 from hup.sessions import Dataset
 from state.store import MemoryStore
 from stream.app import faust_options
-from stream.limits import (
+from stream.metrics import Metrics
+from stream.processor import BatchResult, InputRecord, Processor, dead_letter
+from stream.publish import (
     DEAD_LETTER_KEY_MAX_BYTES,
-    DEFAULT_MAX_REQUEST_SIZE,
     REASON_MAX_CHARS,
     clip_text,
     fit_dead_letter,
     max_record_bytes,
 )
-from stream.metrics import Metrics
-from stream.processor import BatchResult, InputRecord, Processor, dead_letter
-from stream.settings import Settings
+from stream.settings import DEFAULT_MAX_REQUEST_SIZE, Settings
 from stream.startup import WorkerContext
 
 TOPIC = "micro-behaviors"

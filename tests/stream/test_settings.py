@@ -9,10 +9,10 @@ from prometheus_client import CollectorRegistry
 from pydantic import AliasChoices
 
 from stream import startup
-from stream.app import topic_specs
 from stream.metrics import Metrics
 from stream.settings import Settings
 from stream.startup import WorkerContext
+from stream.topics import topic_specs
 
 
 @pytest.fixture(autouse=True)

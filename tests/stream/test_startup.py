@@ -11,10 +11,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from stream import startup
-from stream.app import topic_specs
 from stream.metrics import Metrics
 from stream.settings import Settings
 from stream.startup import WorkerContext
+from stream.topics import topic_specs
 
 
 @pytest.fixture

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from stream.app import topic_specs
 from stream.metrics import Metrics
 from stream.settings import Settings
 from stream.startup import GC_GEN0_THRESHOLD, WorkerContext
+from stream.topics import topic_specs
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import logging
 import uuid
 from collections.abc import Mapping
 from concurrent.futures import Future
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -224,10 +223,3 @@ def test_a_new_topic_is_not_checked(kafka_bootstrap: str, caplog: pytest.LogCapt
         created = ensure_topics(kafka_bootstrap, [_compacted(f"new-{uuid.uuid4().hex[:8]}")])
     assert len(created) == 1
     assert not [r for r in caplog.records if "cleanup.policy" in r.getMessage()]
-
-
-def test_broker_module_still_exports_topic_creation() -> None:
-    from stream import broker
-
-    assert broker.TopicSpec is TopicSpec and broker.ensure_topics is ensure_topics
-    assert Path(broker.__file__).name == "broker.py"

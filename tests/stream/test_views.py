@@ -18,11 +18,12 @@ from hup.runtime import Profiler
 from hup.sessions import Dataset, iter_events
 from state.store import MemoryStore
 from stream.agents import process_and_publish
-from stream.app import LATEST_TABLE, create_app, faust_options, topic_specs
+from stream.app import create_app, faust_options
+from stream.guards.tables import BatchStore
 from stream.metrics import Metrics
 from stream.processor import InputRecord, Processor
 from stream.settings import Settings
-from stream.tablestore import BatchStore
+from stream.topics import LATEST_TABLE, topic_specs
 from stream.views import UNKNOWN_USER, authorized, is_ready, lookup_profile, quiet_bad_requests
 
 
@@ -91,7 +92,7 @@ def test_the_batch_writes_each_users_last_published_profile(
     assert len(last) == 4 and len(latest) == 4
     for key, value in last.items():
         assert key is not None
-        # Stored as a compact record (stream.latest), served byte for byte as published.
+        # Stored as a compact record (stream.profile), served byte for byte as published.
         assert lookup_profile(latest, key.decode()) == (200, value)
         stored = latest.get(key)
         assert stored is not None and len(stored) < 0.7 * len(value)
