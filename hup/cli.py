@@ -21,6 +21,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from hup.baselines import protocol_baselines
+from hup.compare import run_comparison, write_comparison
 from hup.config import VARIANTS
 from hup.data import load_dataset
 from hup.evaluate import evaluate as run_evaluation
@@ -43,7 +44,6 @@ from hup.sessions import Dataset
 from hup.splits import Split, protocol_splits
 from hup.train import TrainOptions, train_model
 from hup.vocab import Taxonomy
-from hup.zoo.compare import run_comparison, write_comparison
 from hup.zoo.fit import FitOptions, fit_zoo
 from hup.zoo.registry import (
     MODELS,

@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from hup.cli import app
+from hup.compare import _cell
 from hup.evaluate import Estimate, ResultRow
-from hup.zoo.compare import _cell
 from hup.zoo.registry import DISPLAY_NAMES, MODELS
 
 DATA = "synthetic:users=30,seed=3,min_events=3,max_events=12"
