@@ -190,7 +190,7 @@ def feature_arrays(f: FeatureState) -> dict[str, np.ndarray]:
     `feature_f` float64, `feature_i` int64 and `feature_s` utf-8 hold the scalar fields;
     `recent_i`, `recent_f` and `recent_s` the repeat memory, only when it is not empty.
     """
-    arrays = {
+    arrays: dict[str, np.ndarray] = {
         "feature_f": np.array(
             [
                 f.last_micro_ts,

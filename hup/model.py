@@ -128,6 +128,9 @@ class Neighbours(nn.Module):
     (the saved model keeps table 0 only).
     """
 
+    ids: torch.Tensor
+    weights: torch.Tensor
+
     def __init__(self, n_ids: int, k: int) -> None:
         """Empty tables for `n_ids` ids of `k` neighbours each; `install` fills them."""
         super().__init__()

@@ -175,14 +175,14 @@ def ensure_topics(
     if not specs:
         return []
     errors: list[KafkaError] = []
-    admin = AdminClient(
-        {
-            **(client_config or {}),
-            "bootstrap.servers": bootstrap,
-            "log_level": 0,
-            "error_cb": errors.append,
-        }
-    )
+    # librdkafka takes callbacks in the config dict, which its type stubs do not allow.
+    config: dict[str, Any] = {
+        **(client_config or {}),
+        "bootstrap.servers": bootstrap,
+        "log_level": 0,
+        "error_cb": errors.append,
+    }
+    admin = AdminClient(config)
     try:
         admin.list_topics(timeout=timeout)
     except KafkaException as exc:

@@ -129,9 +129,9 @@ class AckGuard:
         # faust's `perform_seek` (after every assignment's recovery) looks this up on the
         # instance too; its result says where each partition's next record must be.
         self._seek_to_committed: Callable[[], Awaitable[Mapping[Any, int | None]]] = (
-            consumer.seek_to_committed
+            consumer.seek_to_committed  # type: ignore[attr-defined]
         )
-        consumer.seek_to_committed = self._guarded_seek_to_committed  # type: ignore[method-assign]
+        consumer.seek_to_committed = self._guarded_seek_to_committed  # type: ignore[attr-defined]
 
     def split(self, events: Sequence[EventT]) -> tuple[list[EventT], dict[TP, Hole]]:
         """Separate the events the agent may process from those behind a hole.
