@@ -42,9 +42,10 @@ some row of the batch. The new states are views of the call's buffers.
 
 from __future__ import annotations
 
+import itertools
 import operator
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
@@ -385,10 +386,10 @@ class _Group(NamedTuple):
 
     start: int  # first layer of the run
     stop: int  # one past its last layer
-    summary_t: Tensor  # [G, H, A + V + A]: key (entry part), head values, query
+    summary_t: Tensor  # [G, H, A + V + A]: key (entry part), head values, 2 x query
     signal_table: Tensor  # [sum of signal counts, A + V + A]: key (signal part + bias), zeros
     signal_offsets: np.ndarray  # [G, 1] first row of each layer's signals in signal_table
-    score: Tensor  # [G, 1, A] second scoring layer (its bias cancels in the softmax)
+    score: Tensor  # [G, 1, A] 2 x second scoring layer (its bias cancels in the softmax)
     head_bias: Tensor  # [G, V]
     heads: list[list[tuple[str, int]]]  # per layer, (head, size) in value order
 
@@ -400,13 +401,21 @@ class _Plan:
     concatenation is split into its parts, the part fed by a small embedding table
     becomes a lookup of that table times the weights (precomputed), and every constant
     term (biases) is folded into one table row per layer. The pre-activations of a layer
-    are laid out [extra gates (time, behaviour), I, F, O, C~] (E + 4 blocks of H), so one
-    sigmoid covers every gate and the recurrent weights feed one run of four blocks.
+    are laid out [extra gates (time, behaviour), I, C~, F, O] (E + 4 blocks of H), so the
+    recurrent weights feed one run of four blocks and the factors of the cell's update
+    (extra gates, I, C~) are one run too. The C~ block is scaled by 2 (exact in floating
+    point), so one sigmoid covers every block: tanh(x) = 2 sigmoid(2x) - 1, and torch's
+    sigmoid costs a third of its tanh on the CPU. The attention query and the second
+    scoring layer are scaled by 2 for the same reason (`_attend`).
     """
 
     def __init__(self, model: HupModel) -> None:
         cfg = model.config
-        self.parameters = list(model.parameters())
+        # The parameters read below (not those of the repeat heads, for instance).
+        modules = [model.cells, model.pools, model.heads, model.item_embedding]
+        modules += [model.category_embeddings, model.behavior_embedding]
+        modules += [model.gap_embedding, model.dwell_embedding]
+        self.parameters = [p for module in modules for p in module.parameters()]
         self.versions = _versions(self.parameters)
         self.columns = cols = _Columns(cfg.n_levels)
         self.hidden = h = cfg.hidden
@@ -426,9 +435,16 @@ class _Plan:
             parts, dt, a, _, _, _ = self._inputs(model, name)
             x_dim = sum(width for _, width, _ in parts)
             order = torch.cat(
-                [torch.arange(0, 2 * h), torch.arange(3 * h, 4 * h), torch.arange(2 * h, 3 * h)]
+                [
+                    torch.arange(0, h),
+                    torch.arange(2 * h, 3 * h),
+                    torch.arange(h, 2 * h),
+                    torch.arange(3 * h, 4 * h),
+                ]
             )
-            gates_w = cell.gates.weight.detach()[order]  # I, F, O, C~
+            doubled = torch.ones(4 * h)
+            doubled[h : 2 * h] = 2.0  # C~ (see the class docstring)
+            gates_w = cell.gates.weight.detach()[order] * doubled.unsqueeze(1)  # I, C~, F, O
             blocks_x, biases = [], []
             extra: list[tuple[int, torch.nn.Embedding, Tensor, int]] = []  # col, emb, W, block
             for gate, (gate_column, gate_embedding) in (
@@ -442,7 +458,7 @@ class _Plan:
                     biases.append(gate.bias.detach())
             self.extras = len(extra)
             blocks_x.append(gates_w[:, :x_dim])
-            biases.append(cell.gates.bias.detach()[order])
+            biases.append(cell.gates.bias.detach()[order] * doubled)
             w_x = torch.cat(blocks_x)  # [G, X]
             width_g = w_x.shape[0]
             sparse: dict[int, Tensor] = {cols.zero: torch.cat(biases).unsqueeze(0)}
@@ -582,12 +598,12 @@ class _Plan:
             layer_heads, head_w, bias = cls._heads(model, name)
             pool = model.pool_of(name)
             w = pool.score_hidden.weight.detach()  # [A, 2H + S]: entry, query, signal
-            summary_t.append(torch.cat([w[:, :h], head_w, w[:, h : 2 * h]]).T)
+            summary_t.append(torch.cat([w[:, :h], head_w, 2 * w[:, h : 2 * h]]).T)
             embedding = model.behavior_embedding if name == "micro" else model.dwell_embedding
             keys = embedding.weight.detach() @ w[:, 2 * h :].T + pool.score_hidden.bias.detach()
             zeros = keys.new_zeros(keys.shape[0], head_w.shape[0] + w.shape[0])
             signal_tables.append(torch.cat([keys, zeros], dim=1))
-            score.append(pool.score_out.weight.detach()[0])
+            score.append(2 * pool.score_out.weight.detach()[0])
             head_bias.append(bias)
             heads.append(layer_heads)
         sizes = [t.shape[0] for t in signal_tables]
@@ -658,23 +674,25 @@ def step(
 
     # Per-row bookkeeping of every layer, in numpy, before any model arithmetic.
     seen = np.fromiter((s.applied > 0 for s in states), dtype=bool, count=batch)
-    count = np.stack([s.window_count for s in states])  # [B, L]
+    # np.concatenate then reshape: np.stack adds an axis to every array first.
+    count = np.concatenate([s.window_count for s in states]).reshape(batch, n_layers)
     commit = fm[:, plan.change].astype(bool) & seen[:, None]  # [B, L]
     new_count = np.where(seen[:, None], count + commit, 1)
     new_signal = fm[:, plan.signal]  # [B, L]
-    keeps = []  # (layer, rows whose open entry is not stepped)
+    # The batch's hidden states, in a buffer of this call's that becomes the new ones.
+    hidden = np.concatenate([s.hidden for s in states]).reshape(batch, 4, n_layers, h)
+    kept = []  # (layer, rows whose open entry is not stepped, its open h and c)
     for index, column in plan.recompute:
         keep = fm[:, column] == 0
         if keep.any():
-            keeps.append((index, keep))
-            new_signal[keep, index] = np.stack([s.open_signal[index] for s in states])[keep]
+            kept.append((index, keep, hidden[keep, 2:4, index]))
+            signals = np.concatenate([s.open_signal for s in states]).reshape(batch, n_layers)
+            new_signal[keep, index] = signals[keep, index]
 
     # The committed (h, c) of every layer: the open entry's where a new entry starts.
-    hidden = np.stack([s.hidden for s in states])  # [B, 4, L, H]
-    new_hidden = np.empty_like(hidden)
-    new_hidden[:, 0:2] = hidden[:, 0:2]
-    np.copyto(new_hidden[:, 0:2], hidden[:, 2:4], where=commit[:, None, :, None])
-    nh = torch.from_numpy(new_hidden)
+    rows, layers = np.nonzero(commit)
+    hidden[rows, 0:2, layers] = hidden[rows, 2:4, layers]
+    nh = torch.from_numpy(hidden)
 
     # Pre-activations [L, B, (E + 4) H] of every layer from everything but the finer layer:
     # the small tables (one padded bag per layer and row), the item embedding and the
@@ -689,26 +707,32 @@ def step(
     pre[:, :, e * h :].baddbmm_(nh[:, 0].transpose(0, 1), plan.recurrent)
 
     # The open step of each layer, coarser layers reading the finer layer's open output.
+    # tanh(x) = 2 sigmoid(2x) - 1 throughout (see `_Plan`): the C~ block arrives doubled.
     committed_c, open_h, open_c = nh[:, 1].unbind(1), nh[:, 2].unbind(1), nh[:, 3].unbind(1)
     for index, gates in enumerate(pre.unbind(0)):
         finer_w = plan.finer[index]
         if finer_w is not None:
             gates.addmm_(open_h[index - 1], finer_w)
-        *scales, forget, output = torch.sigmoid(gates[:, : (e + 3) * h]).split(h, dim=1)
-        update = torch.tanh(gates[:, (e + 3) * h :])
-        for scale in scales:  # the extra gates and I
-            update.mul_(scale)
-        torch.addcmul(update, forget, committed_c[index], out=open_c[index])
-        torch.mul(output, torch.tanh(open_c[index]), out=open_h[index])
-        for layer, keep in keeps:
+        gates.sigmoid_()
+        candidate = gates[:, (e + 1) * h : (e + 2) * h]
+        torch.add(_MINUS_ONE, candidate, alpha=2, out=candidate)  # tanh of C~
+        update = gates[:, : (e + 2) * h].view(batch, e + 2, h).prod(dim=1)  # extras * I * C~
+        torch.addcmul(
+            update, gates[:, (e + 2) * h : (e + 3) * h], committed_c[index], out=open_c[index]
+        )
+        squashed = torch.mul(open_c[index], 2).sigmoid_()
+        torch.add(_MINUS_ONE, squashed, alpha=2, out=squashed)  # tanh(c)
+        torch.mul(gates[:, (e + 3) * h :], squashed, out=open_h[index])
+        for layer, keep, open_hc in kept:
             if layer == index:
-                new_hidden[keep, 2:4, index] = hidden[keep, 2:4, index]
+                hidden[keep, 2:4, index] = open_hc
 
     profiles: dict[str, Tensor] = {}
-    layer_rings: list[list[np.ndarray]] = []
+    # Per group, an iterator over its rings in (row, layer) order: one tuple per row below.
+    ring_rows: list[Iterator[np.ndarray]] = []
     for group in plan.groups:
         rings, out = _attend(plan, group, states, nh, new_signal, new_count)
-        layer_rings += [list(rings[:, g]) for g in range(group.stop - group.start)]
+        ring_rows += [iter(rings.reshape(-1, *rings.shape[2:]))] * (group.stop - group.start)
         for g, heads in enumerate(group.heads):
             start = 0
             for head, size in heads:
@@ -720,7 +744,7 @@ def step(
         for head, size in heads:
             profiles[head] = out[:, start : start + size]
             start += size
-        layer_rings.append([_NO_WINDOW] * batch)
+        ring_rows.append(itertools.repeat(_NO_WINDOW))
 
     new_states = [
         ProfileState(
@@ -737,16 +761,17 @@ def step(
         for state, fs, hid, signal, rings, n in zip(
             states,
             feature_states,
-            list(new_hidden),
+            list(hidden),
             list(new_signal),
-            zip(*layer_rings, strict=True),
+            zip(*ring_rows, strict=False),  # the rows' ring tuples; `states` sets the length
             list(new_count),
-            strict=True,
+            strict=False,
         )
     ]
     return new_states, profiles
 
 
+_MINUS_ONE = torch.tensor(-1.0)
 _NO_WINDOW = np.zeros((0, 0), dtype=np.float32)
 _NO_WINDOW.flags.writeable = False
 
@@ -788,7 +813,8 @@ def _attend(
     )
     ring = torch.from_numpy(rings)[:, :, :n]
     query = summary[:, :, width:].transpose(0, 1).unsqueeze(2)  # [B, G, 1, A]
-    scores = torch.add(ring[..., :keys_width], query).tanh_().mul_(group.score).sum(dim=-1)
+    # score 2v . sigmoid(2(k + q)) = v . tanh(k + q) + sum(v): the softmax drops the constant.
+    scores = torch.add(query, ring[..., :keys_width], alpha=2).sigmoid_().mul_(group.score).sum(-1)
     if int(filled.min()) < n:
         scores.masked_fill_(torch.from_numpy(np.arange(n) >= filled[..., None]), float("-inf"))
     weights = torch.softmax(scores, dim=-1)  # [B, G, n]
