@@ -207,6 +207,7 @@ def rank_profiles(
     k_categories: int,
     excluded: Sequence[int | None],
     item_index: ItemIndex | None = None,
+    levels: Sequence[int] | None = None,
 ) -> tuple[Ranked, list[Ranked]]:
     """Top items and top categories of each level, with scores, from profiles at points.
 
@@ -217,22 +218,24 @@ def rank_profiles(
     per row never to rank (the last input sku offline), or None; OOV id 0 is never ranked.
     With ``item_index`` (`hup.candidates.build_item_index`: large vocabularies) items are
     ranked from candidates by the same mixture; categories are always ranked exactly.
+    ``levels`` names the category levels to rank, in the order returned (default: all): the
+    stream publishes the finest only, and each level costs a [rows, categories] mixture.
     """
     items: Ranked | None = None
+    ranked_levels = range(model.config.n_levels) if levels is None else levels
     if model.repeat_heads is not None:
         if item_index is not None:
             items = rank_item_candidates(model, item_index, profiles, k_items, excluded)
         else:
             item_scores = model.item_mixture(profiles, profiles).probabilities()
         level_scores = [
-            model.category_mixture(k, profiles, profiles).probabilities()
-            for k in range(model.config.n_levels)
+            model.category_mixture(k, profiles, profiles).probabilities() for k in ranked_levels
         ]
     else:
         item_scores = cosine_scores(profiles["item"], model.item_embedding.weight)
         level_scores = [
             cosine_scores(profiles[f"category{k}"], model.category_embedding(k).weight)
-            for k in range(model.config.n_levels)
+            for k in ranked_levels
         ]
     if items is None:
         items = _top_k(item_scores, k_items, excluded)

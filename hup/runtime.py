@@ -118,12 +118,18 @@ class Profiler:
         if self.model.repeat_heads is not None:
             inputs.update(collate_repeat([repeat_inputs(fs) for fs in feature_states]))
         open_items = [fs.item_id if fs.has_open and fs.item_id else None for fs in feature_states]
-        items, levels = rank_profiles(
-            self.model, inputs, self.top_items, self.top_n, open_items, self.item_index
+        items, (finest,) = rank_profiles(
+            self.model,
+            inputs,
+            self.top_items,
+            self.top_n,
+            open_items,
+            self.item_index,
+            levels=(self._finest,),
         )
         vocab = self.checkpoint.vocabularies
         item_tokens, category_tokens = vocab.items.tokens, vocab.categories[self._finest].tokens
-        return _named(item_tokens, items), _named(category_tokens, levels[self._finest])
+        return _named(item_tokens, items), _named(category_tokens, finest)
 
 
 def _named(

@@ -12,12 +12,19 @@ import torch
 from hup.config import HupConfig
 from hup.features import FeatureSpec
 from hup.hup_checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from hup.hup_recommender import HupRecommender, cosine_scores, profiles_at_points, top_k_of_scores
+from hup.hup_recommender import (
+    HupRecommender,
+    cosine_scores,
+    profiles_at_points,
+    rank_profiles,
+    top_k_of_scores,
+)
 from hup.model import HupModel
 from hup.points import prediction_points
 from hup.runtime import Profiler
 from hup.sessions import Session
 from hup.synthetic import SyntheticConfig, generate
+from hup.synthetic_ranking import ranking_inputs, ranking_model
 from hup.vocab import Taxonomy, build_vocabularies
 
 torch.set_num_threads(1)
@@ -194,3 +201,15 @@ def test_profiles_at_points_run_on_the_models_device(checkpoint: Checkpoint, dat
     for head, value in profiles.items():
         assert value.device == torch.device("meta"), head
         assert value.shape[0] == len(points), head
+
+
+def test_ranking_some_category_levels_gives_those_levels_of_the_full_ranking() -> None:
+    model = ranking_model(500, seed=3)
+    inputs = ranking_inputs(model, 16, seed=3)
+    excluded: list[int | None] = [None] * 16
+    items, every_level = rank_profiles(model, inputs, 20, 5, excluded)
+    assert len(every_level) == model.config.n_levels > 1
+    finest = model.config.n_levels - 1
+    only_items, only = rank_profiles(model, inputs, 20, 5, excluded, levels=(finest, 0))
+    assert only_items == items
+    assert only == [every_level[finest], every_level[0]]
