@@ -165,12 +165,7 @@ class SequenceModel(ProfileModel):
     def loss(
         self, batch: dict[str, Tensor], positions: Tensor, targets: dict[str, Tensor]
     ) -> Tensor:
-        """Softmax cross-entropy of the next item (weight 1) and next categories (each level).
-
-        Args:
-            batch, positions: as for `forward` (positions = the prediction points).
-            targets: ``item`` [N] and ``categories`` [N, K] ids of what came next.
-        """
+        """Softmax cross-entropy of the next item (weight 1) and next categories (each level)."""
         profiles = self(batch, positions)
         total = _cross_entropy(self.scores(profiles, "item"), targets["item"])
         for head in self.heads[1:]:

@@ -6,10 +6,10 @@ import dataclasses
 
 import pytest
 import torch
+from untrained_zoo import assert_causal
 
 from hup.baselines import POP
 from hup.evaluate import evaluate
-from hup.hup_recommender import profiles_at_points
 from hup.points import prediction_points
 from hup.train import training_vocabularies
 from hup.zoo.fit import FitOptions, fit_zoo
@@ -59,15 +59,4 @@ def test_profiles_see_only_the_input(name: str, tiny) -> None:
     checkpoint = ZooCheckpoint(name, model, spec, vocab, "test", {})
     points = prediction_points(test)
     assert points
-    full = profiles_at_points(checkpoint, test, points)
-    cut_sessions = [
-        type(s)(s.session_id, s.user_id, s.events[: p.n_input])
-        for s, p in ((test[p.session_index], p) for p in points)
-    ]
-    cut_points = [
-        type(p)(n, p.n_input, p.target_item, p.target_categories, p.last_input_item, p.is_last)
-        for n, p in enumerate(points)
-    ]
-    cut = profiles_at_points(checkpoint, cut_sessions, cut_points)
-    for head in full:
-        torch.testing.assert_close(full[head], cut[head], rtol=1e-5, atol=1e-5)
+    assert_causal(checkpoint, test, points)
