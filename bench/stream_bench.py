@@ -66,7 +66,7 @@ from hup.sessions import Dataset
 from hup.synthetic import SyntheticConfig, generate
 from hup.vocab import Taxonomy
 from state.store import MemoryStore
-from state.userstate import UserState
+from state.userstate import StateCache, UserState
 from stream.devtools.broker import BrokerHandle, start_broker
 from stream.devtools.demo_stats import percentile
 from stream.devtools.demo_worker import WorkerError, WorkerProcess
@@ -236,7 +236,10 @@ def all_users_at_once(dataset: Dataset) -> list[Event]:
 def core_alone(model: Path, events: Sequence[Event], figures: Figures) -> None:
     """Events/s of the processor (no Kafka) and of its model steps, state bytes per user."""
     batch_size, partitions = figures.batch_size, figures.partitions
-    processor = Processor(Profiler.load(model))
+    cache_bytes = Settings().state_cache_mb * 2**20  # as the worker runs it (HUP_STATE_CACHE_MB)
+    processor = Processor(
+        Profiler.load(model), state_cache=StateCache(cache_bytes) if cache_bytes else None
+    )
     store = MemoryStore()
     records = [
         InputRecord(

@@ -1,7 +1,8 @@
 """A user's stored state as the worker keeps it: the model's state plus the stream's bookkeeping.
 
 `load_user_state` reads it from a store's bytes and `UserState.encode` writes it back;
-`UserState.encoded_size` is its record size without encoding it.
+`UserState.encoded_size` is its record size without encoding it. `StateCache` keeps the
+states a worker wrote last, so the next batch of an active user skips decoding them.
 
 The model's `ProfileState` counts the events it applied (``applied``) and carries the
 stream's idempotency record (the input position(s) of the last applied event). The
@@ -21,7 +22,7 @@ this build cannot read) keeps nothing: that user's ``seq`` restarts at 1.
 from __future__ import annotations
 
 import logging
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, fields, replace
 
 import numpy as np
@@ -32,7 +33,14 @@ from hup.runtime import Profiler
 from state.codec import decode_state, encode_state, encoded_size_of, peek_model_version
 from state.errors import StateDecodeError
 
-__all__ = ["MODEL_FIELDS", "SEQ_BASE_ARRAY", "UserState", "carry_over", "load_user_state"]
+__all__ = [
+    "MODEL_FIELDS",
+    "SEQ_BASE_ARRAY",
+    "StateCache",
+    "UserState",
+    "carry_over",
+    "load_user_state",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -119,3 +127,78 @@ def load_user_state(
     logger.debug("user %r: state of model %s reset for %s", key[:200], version, profiler.version)
     fresh = carry_over(profiler.new_state(), stored)
     return UserState(fresh, seq_base + stored.applied, reset=True)
+
+
+class StateCache:
+    """The decoded states a worker wrote last, by user key, within a byte budget (LRU).
+
+    Decoding a stored state (`load_user_state`) is a large part of a batch's cost, and an
+    active user's next batch reads back the very bytes this worker wrote. An entry keeps
+    those bytes beside the state: `lookup` hands the state out only when the store's
+    bytes are equal to them, so whatever else wrote the record (another worker after a
+    rebalance, a restore, a batch whose writes were discarded, an expiry tombstone) the
+    store's bytes decide, and a hit is exactly what decoding them would give.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        """Hold at most ``max_bytes`` of entries (stored bytes plus state arrays); 0: none."""
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+        self._entries: OrderedDict[bytes, tuple[bytes, UserState, int]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def lookup(self, key: bytes, raw: bytes) -> UserState | None:
+        """The cached state of ``key`` if it was stored as ``raw``, else None."""
+        entry = self._entries.get(key)
+        if entry is None or entry[0] != raw:
+            self.misses += 1
+            return None
+        self._entries.move_to_end(key)
+        self.hits += 1
+        return entry[1]
+
+    def remember(self, key: bytes, raw: bytes, user: UserState) -> None:
+        """Keep ``user`` as the state ``raw`` decodes to (a compact copy of its arrays)."""
+        self.forget(key)
+        if self.max_bytes <= 0:
+            return
+        state = _compact(user.state)
+        size = len(raw) + state.hidden.nbytes + sum(ring.nbytes for ring in state.windows) + 512
+        if size > self.max_bytes:
+            return
+        self._entries[key] = (raw, UserState(state, user.seq_base), size)
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            _, (_, _, evicted) = self._entries.popitem(last=False)
+            self.bytes -= evicted
+
+    def forget(self, key: bytes) -> None:
+        """Drop ``key``'s entry, if any."""
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self.bytes -= entry[2]
+
+
+def _compact(state: ProfileState) -> ProfileState:
+    """``state`` as `ProfileState.from_arrays` builds it from its stored arrays.
+
+    The step's states may be views into the arrays of a whole batch, which an entry must
+    not keep alive, and decoding leaves the ring slots past each window's count zero.
+    """
+    lengths = np.minimum(state.window_count, len(state.windows[0])).tolist()
+    windows = []
+    for ring, n in zip(state.windows, lengths, strict=True):
+        compact = np.zeros(ring.shape, dtype=np.float32)
+        compact[:n] = ring[:n]
+        windows.append(compact)
+    return replace(
+        state,
+        hidden=np.array(state.hidden, dtype=np.float32),
+        open_signal=np.array(state.open_signal, dtype=np.int64),
+        window_count=np.array(state.window_count, dtype=np.int64),
+        windows=tuple(windows),
+    )

@@ -31,7 +31,7 @@ from hup.incremental import ProfileState
 from hup.runtime import Applied, Profiler
 from hup.schema import DEFAULT_LIMITS, Event, InputLimits, parse_event_json
 from state.store import KeyValue
-from state.userstate import UserState, load_user_state
+from state.userstate import StateCache, UserState, load_user_state
 from stream.profile import ProfileBody, encode_latest, profile_body, render_profile
 from stream.publish import DEFAULT_MAX_RECORD_BYTES, FRAMING_RESERVE, clip_text, fit_dead_letter
 
@@ -162,6 +162,7 @@ class Processor:
         require_origin: bool = False,
         limits: InputLimits = DEFAULT_LIMITS,
         max_future_s: float = DEFAULT_MAX_FUTURE_S,
+        state_cache: StateCache | None = None,
     ) -> None:
         """Bind a model.
 
@@ -179,6 +180,8 @@ class Processor:
                 to be de-duplicated by).
             limits: the bounds each event is held to (HUP_MAX_* settings).
             max_future_s: dead-letter events whose ts is further ahead of ``clock`` than this.
+            state_cache: the states this processor wrote last (HUP_STATE_CACHE_MB), so that
+                a user's next batch skips decoding the bytes it reads back.
         """
         self.profiler = profiler
         self.coalesce = coalesce
@@ -188,6 +191,7 @@ class Processor:
         self.require_origin = require_origin
         self.limits = limits
         self.max_future_s = max_future_s
+        self.state_cache = state_cache
 
     def load_user(self, store: KeyValue, key: bytes, outcomes: Counter[str]) -> UserState:
         """The user's state, or a fresh one when absent, foreign (other model) or corrupt.
@@ -195,7 +199,12 @@ class Processor:
         A state of another model version keeps its sequence count and idempotency record
         (`state.userstate`); an unreadable one keeps nothing.
         """
-        return load_user_state(store.get(key), self.profiler, outcomes, key)
+        raw = store.get(key)
+        if raw is not None and self.state_cache is not None:
+            cached = self.state_cache.lookup(key, raw)
+            if cached is not None:
+                return cached
+        return load_user_state(raw, self.profiler, outcomes, key)
 
     def process(self, records: Sequence[InputRecord], store: KeyValue) -> BatchResult:
         """Apply a batch; see the module docstring for the guarantees."""
@@ -296,7 +305,10 @@ class Processor:
         result.profiles.extend(latest.values())
         for user in changed:
             stored = UserState(states[user], seq_bases[user])
-            store.put(user.encode(), stored.encode(self.profiler.version))
+            key, raw = user.encode(), stored.encode(self.profiler.version)
+            store.put(key, raw)
+            if self.state_cache is not None:
+                self.state_cache.remember(key, raw, stored)
         return result
 
     def _fits(self, user: str, stored: UserState) -> bool:

@@ -146,6 +146,9 @@ class Settings(BaseSettings):
     # event is measured from the last ts, so one far-future ts would leave every later gap
     # at zero; training data is not held to it (its times are the data's own).
     max_future_s: float = Field(default=86_400.0, ge=0)
+    # Memory for the decoded states the worker wrote last (`state.userstate.StateCache`), in
+    # MiB: an active user's next batch then skips decoding its state. 0 turns it off.
+    state_cache_mb: int = Field(default=256, ge=0)
     # Users whose last event is older than this many seconds (by event time) are removed
     # from the state and latest-profile tables, with a tombstone in each changelog. 0: never.
     state_ttl_s: float = Field(default=0.0, ge=0)

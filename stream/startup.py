@@ -21,6 +21,7 @@ from prometheus_client import start_http_server
 
 from hup.exceptions import CheckpointError, RankingOptionsError
 from hup.runtime import Profiler
+from state.userstate import StateCache
 from stream.guards import FaustInternalsError, check_internals
 from stream.metrics import Metrics, RateLimitedLog
 from stream.processor import Processor
@@ -139,6 +140,9 @@ class WorkerContext:
             require_origin=self.settings.repartition,
             limits=self.settings.input_limits,
             max_future_s=self.settings.max_future_s,
+            state_cache=StateCache(self.settings.state_cache_mb * 2**20)
+            if self.settings.state_cache_mb
+            else None,
         )
         self.metrics.set_model(profiler.version, str(self.settings.model or ""))
         logger.info("model %s loaded from %s", profiler.version, self.settings.model)
