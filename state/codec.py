@@ -61,6 +61,8 @@ CODEC_VERSION = 1
 _PREFIX = struct.Struct("<4sBB")  # magic, codec version, model-version length
 _COUNT = struct.Struct("<H")
 _CRC = struct.Struct("<I")
+# The dims of an array record, by ndim (one byte in the layout).
+_DIMS = tuple(struct.Struct(f"<{ndim}I") for ndim in range(256))
 
 _DTYPE_BY_CODE: dict[int, np.dtype] = {
     1: np.dtype("|b1"),
@@ -287,14 +289,14 @@ def _read_arrays(data: bytes, offset: int, end: int, copy: bool) -> dict[str, np
         data_start = dims_start + 4 * ndim
         if data_start > end:
             raise _truncated(f"array #{index} {name!r} dims", data_start, end)
-        shape = struct.unpack_from(f"<{ndim}I", data, dims_start)
-        size = math.prod(shape)
-        offset = data_start + size * dtype.itemsize
+        shape = _DIMS[ndim].unpack_from(data, dims_start)
+        offset = data_start + math.prod(shape) * dtype.itemsize
         if offset > end:
             raise _truncated(f"array #{index} {name!r} data of shape {shape}", offset, end)
         if name in arrays:
             raise StateDecodeError(f"array #{index} repeats the name {name!r}")
-        array = np.frombuffer(data, dtype, size, data_start).reshape(shape)
+        # One constructor call: a view of ``data`` (read-only for bytes), maybe unaligned.
+        array = np.ndarray(shape, dtype, data, data_start)
         arrays[name] = array.copy() if copy else array
     if offset != end:
         raise StateDecodeError(f"{end - offset} trailing bytes after the last of {count} arrays")
