@@ -99,22 +99,34 @@ class ProfileState:
         )
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        """Plain named arrays (the stored layout in the module docstring)."""
+        """Plain named arrays (the stored layout in the module docstring).
+
+        Built from Python lists (``tolist``) and one ``concatenate`` straight to
+        float32: the stream calls this for every changed user in every batch.
+        """
         window = len(self.windows[0])
-        filled = np.minimum(self.window_count, window)
+        counts = self.window_count.tolist()
         arrays = {
             "hidden": self.hidden,
-            "meta": np.concatenate(
+            "meta": np.array(
                 [
-                    [self.applied, self.input_partition, self.input_offset, window],
-                    self.open_signal,
-                    self.window_count,
-                    [ring.shape[1] for ring in self.windows],
-                ]
-            ).astype(np.int64),
+                    self.applied,
+                    self.input_partition,
+                    self.input_offset,
+                    window,
+                    *self.open_signal.tolist(),
+                    *counts,
+                    *[ring.shape[1] for ring in self.windows],
+                ],
+                dtype=np.int64,
+            ),
             "windows": np.concatenate(
-                [ring[:n].ravel() for ring, n in zip(self.windows, filled.tolist(), strict=True)]
-            ).astype(np.float32),
+                [
+                    ring[: min(n, window)].ravel()
+                    for ring, n in zip(self.windows, counts, strict=True)
+                ],
+                dtype=np.float32,
+            ),
             **feature_arrays(self.features),
             "last_ts": np.array(self.features.last_ts, dtype=np.float64),
         }
@@ -280,13 +292,18 @@ def feature_state(arrays: Mapping[str, np.ndarray]) -> FeatureState:
 
 
 def _recent_arrays(recent: tuple[RecentItem, ...]) -> dict[str, np.ndarray]:
+    # `recent_f` from a flat list: numpy converts it faster than a list of pairs.
     return {
         "recent_i": np.array(
             [(e.item_id, e.runs, e.micro, e.behaviors, *e.category_ids) for e in recent],
             dtype=np.int64,
         ),
-        "recent_f": np.array([(e.dwell_closed, e.last_ts) for e in recent], dtype=np.float64),
-        "recent_s": np.frombuffer(_SEPARATOR.join(e.item for e in recent).encode(), dtype=np.uint8),
+        "recent_f": np.array(
+            [v for e in recent for v in (e.dwell_closed, e.last_ts)], dtype=np.float64
+        ).reshape(len(recent), 2),
+        "recent_s": np.frombuffer(
+            _SEPARATOR.join([e.item for e in recent]).encode(), dtype=np.uint8
+        ),
     }
 
 

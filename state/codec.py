@@ -35,6 +35,7 @@ bumps ``CODEC_VERSION``; old bytes are then refused and the stream resets those
 users instead of misreading them.
 """
 
+import functools
 import math
 import struct
 import zlib
@@ -60,6 +61,8 @@ CODEC_VERSION = 1
 _PREFIX = struct.Struct("<4sBB")  # magic, codec version, model-version length
 _COUNT = struct.Struct("<H")
 _CRC = struct.Struct("<I")
+# The dims of an array record, by ndim (one byte in the layout).
+_DIMS = tuple(struct.Struct(f"<{ndim}I") for ndim in range(256))
 
 _DTYPE_BY_CODE: dict[int, np.dtype] = {
     1: np.dtype("|b1"),
@@ -71,12 +74,19 @@ _DTYPE_BY_CODE: dict[int, np.dtype] = {
     7: np.dtype("<f4"),
     8: np.dtype("<f8"),
 }
-# Keyed by dtype.str ("<f4", "|b1", ...) because that string pins the byte order.
-_CODE_BY_STR: dict[str, int] = {dtype.str: code for code, dtype in _DTYPE_BY_CODE.items()}
+# Keyed by dtype: dtypes of another byte order ("<f4" vs ">f4") are not equal, so a
+# big-endian array misses and is converted.
+_CODE_BY_DTYPE: dict[np.dtype, int] = {dtype: code for code, dtype in _DTYPE_BY_CODE.items()}
 
 
 def encode_state(arrays: Mapping[str, np.ndarray], model_version: str) -> bytes:
     """Encode one user's named arrays into the version-1 layout.
+
+    The stream encodes every changed user's state in every batch, so the bytes are
+    one ``b"".join`` of cached header records and the arrays' own buffers: an array
+    that is already a C-contiguous little-endian ndarray (the usual case) is not
+    copied before the join, and the header bytes of an (array name, dtype, shape)
+    are packed once per process (`_array_head`).
 
     Args:
         arrays: Arrays by name, in the order they should be decoded. Any rank
@@ -93,46 +103,61 @@ def encode_state(arrays: Mapping[str, np.ndarray], model_version: str) -> bytes:
         ValueError: A name, the model version, a rank, a dimension or the
             number of arrays exceeds the layout's field widths.
     """
+    parts: list[bytes | np.ndarray] = [_state_head(model_version, len(arrays))]
+    for name, value in arrays.items():
+        array = value
+        if (
+            type(array) is not np.ndarray
+            or not array.flags.c_contiguous
+            or array.dtype not in _CODE_BY_DTYPE
+        ):
+            # Not ascontiguousarray: it turns 0-d arrays into shape (1,).
+            array = np.asarray(value, dtype=value.dtype.newbyteorder("<"), order="C")
+            if array.dtype not in _CODE_BY_DTYPE:
+                supported = ", ".join(str(dtype) for dtype in _DTYPE_BY_CODE.values())
+                raise TypeError(f"array {name!r} has dtype {value.dtype}; supported: {supported}")
+        parts += (_array_head(name, array.dtype, array.shape), array)
+    body = b"".join(parts)
+    return body + _CRC.pack(zlib.crc32(body))
+
+
+@functools.lru_cache(maxsize=64)
+def _state_head(model_version: str, count: int) -> bytes:
+    """Magic, codec version, model version and array count: the bytes before the arrays."""
     version_bytes = model_version.encode()
     try:
-        parts: list[bytes | memoryview] = [
-            _PREFIX.pack(MAGIC, CODEC_VERSION, len(version_bytes)),
-            version_bytes,
-            _COUNT.pack(len(arrays)),
-        ]
+        return (
+            _PREFIX.pack(MAGIC, CODEC_VERSION, len(version_bytes))
+            + version_bytes
+            + _COUNT.pack(count)
+        )
     except struct.error as exc:
         raise ValueError(
             f"model version {model_version!r} ({len(version_bytes)} bytes, max 255) or "
-            f"array count {len(arrays)} (max 65535) does not fit the state layout"
+            f"array count {count} (max 65535) does not fit the state layout"
         ) from exc
-    for name, value in arrays.items():
-        # No copy when already C-contiguous little-endian (the usual case). Not
-        # ascontiguousarray: it turns 0-d arrays into shape (1,).
-        array = np.asarray(value, dtype=value.dtype.newbyteorder("<"), order="C")
-        code = _CODE_BY_STR.get(array.dtype.str)
-        if code is None:
-            supported = ", ".join(str(dtype) for dtype in _DTYPE_BY_CODE.values())
-            raise TypeError(f"array {name!r} has dtype {value.dtype}; supported: {supported}")
-        name_bytes = name.encode()
-        try:
-            parts.append(
-                struct.pack(
-                    f"<B{len(name_bytes)}sBB{array.ndim}I",
-                    len(name_bytes),
-                    name_bytes,
-                    code,
-                    array.ndim,
-                    *array.shape,
-                )
-            )
-        except struct.error as exc:
-            raise ValueError(
-                f"array {name!r} (name {len(name_bytes)} bytes, shape {array.shape}) does not "
-                "fit the state layout: names max 255 bytes, dims max 2**32 - 1"
-            ) from exc
-        parts.append(array.data)
-    body = b"".join(parts)
-    return body + _CRC.pack(zlib.crc32(body))
+
+
+# Bounded: the stream's states share a few names and dtypes, but their shapes vary
+# with the users' histories.
+@functools.lru_cache(maxsize=4096)
+def _array_head(name: str, dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
+    """The record bytes before an array's data: name, dtype code, ndim and dims."""
+    name_bytes = name.encode()
+    try:
+        return struct.pack(
+            f"<B{len(name_bytes)}sBB{len(shape)}I",
+            len(name_bytes),
+            name_bytes,
+            _CODE_BY_DTYPE[dtype],
+            len(shape),
+            *shape,
+        )
+    except struct.error as exc:
+        raise ValueError(
+            f"array {name!r} (name {len(name_bytes)} bytes, shape {shape}) does not "
+            "fit the state layout: names max 255 bytes, dims max 2**32 - 1"
+        ) from exc
 
 
 def encoded_size(arrays: Mapping[str, np.ndarray], model_version: str) -> int:
@@ -264,14 +289,14 @@ def _read_arrays(data: bytes, offset: int, end: int, copy: bool) -> dict[str, np
         data_start = dims_start + 4 * ndim
         if data_start > end:
             raise _truncated(f"array #{index} {name!r} dims", data_start, end)
-        shape = struct.unpack_from(f"<{ndim}I", data, dims_start)
-        size = math.prod(shape)
-        offset = data_start + size * dtype.itemsize
+        shape = _DIMS[ndim].unpack_from(data, dims_start)
+        offset = data_start + math.prod(shape) * dtype.itemsize
         if offset > end:
             raise _truncated(f"array #{index} {name!r} data of shape {shape}", offset, end)
         if name in arrays:
             raise StateDecodeError(f"array #{index} repeats the name {name!r}")
-        array = np.frombuffer(data, dtype, size, data_start).reshape(shape)
+        # One constructor call: a view of ``data`` (read-only for bytes), maybe unaligned.
+        array = np.ndarray(shape, dtype, data, data_start)
         arrays[name] = array.copy() if copy else array
     if offset != end:
         raise StateDecodeError(f"{end - offset} trailing bytes after the last of {count} arrays")
