@@ -82,6 +82,7 @@ async def consume_guarded(
         else None,
     )
     app.on_partitions_revoked.connect(guard.on_partitions_revoked)  # type: ignore[arg-type]
+    app.on_partitions_assigned.connect(guard.on_partitions_assigned)  # type: ignore[arg-type]
     fence = RebalanceFence(app, source)
     # noack_take, not take_events: take_events acks a batch even when the body
     # raises (broker notes F4); here a batch is acked only once it is done.

@@ -406,3 +406,19 @@ def test_redeliveries_after_a_held_event_do_not_count_as_a_re_read_in_progress()
     assert _offsets(ready) == [(0, 98), (0, 99)]  # redelivered: the processor skips them
     assert holes[P0].start == 100 and holes[P0].reread is True
     assert consumer.seeks == [(P0, 100)]
+
+
+def test_a_batch_finishing_after_the_revoke_leaves_no_hole_when_the_partition_comes_back() -> None:
+    consumer = FakeConsumer()
+    guard = AckGuard(consumer, ["events"])  # type: ignore[arg-type]
+    asyncio.run(guard.on_partitions_revoked(None, {P0, P1}))
+    # The batch in flight at the revoke finishes after the guard's receiver ran.
+    asyncio.run(guard.processed(event("events", 0, 761)))  # type: ignore[arg-type]
+    asyncio.run(guard.on_partitions_assigned(None, {P1}))
+    # P0 was processed by another worker meanwhile, which committed past 761; back here
+    # the stream may see its records before the seek to the committed offset.
+    ready, holes = guard.split([event("events", 0, 1233)])  # type: ignore[arg-type]
+    assert len(ready) == 1 and holes == {}
+    asyncio.run(guard.on_partitions_assigned(None, {P0, P1}))  # nothing revoked since
+    ready, holes = guard.split([event("events", 0, 1234)])  # type: ignore[arg-type]
+    assert len(ready) == 1 and holes == {}

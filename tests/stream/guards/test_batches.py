@@ -75,6 +75,7 @@ def test_batches_taken_while_stopping_are_released_without_a_hole_or_a_re_read(
         consumer=consumer,
         should_stop=False,
         on_partitions_revoked=SimpleNamespace(connect=lambda fun: fun),
+        on_partitions_assigned=SimpleNamespace(connect=lambda fun: fun),
         flow_control=SimpleNamespace(_queues=set()),
     )
     batches = [
