@@ -1,6 +1,6 @@
 """The faust guards: what the worker adds to faust 0.15 so that no event is lost.
 
-faust-streaming breaks at-least-once in six ways (docs/broker-notes.md, F5) and
+faust-streaming breaks at-least-once in seven ways (docs/broker-notes.md, F5) and
 misreads the embedded tansu broker in two (T1, T6). The guards work around each, and
 most reach into faust's private parts:
 

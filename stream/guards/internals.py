@@ -1,6 +1,6 @@
 """The faust internals the worker's guards patch or read, checked before it starts.
 
-faust-streaming 0.15 breaks at-least-once in six ways (docs/broker-notes.md, F5), and
+faust-streaming 0.15 breaks at-least-once in seven ways (docs/broker-notes.md, F5), and
 the work-arounds reach into its private parts: `stream.guards.acks` replaces the consumer's
 ``ack`` and ``_add_gap`` and empties ``FlowControlEvent._queues``, `stream.guards.tables`
 sets ``faust.streams._current_event``, `stream.guards.highwater` replaces ``highwaters``,
