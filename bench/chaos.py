@@ -59,6 +59,8 @@ from harness import (  # noqa: E402
     offline_reference,
     produce,
     profile_diff,
+    ranking_agreements,
+    vector_diff,
     wait_ready,
     worker_env,
 )
@@ -121,14 +123,11 @@ def make_events(n_events: int, seed: int) -> tuple[list[Event], Taxonomy, list[S
 def check(messages: Sequence[tuple[bytes | None, bytes]], reference: Reference) -> dict[str, Any]:
     """Lost, applied twice, repeats, rankings unlike the offline pass, the largest difference.
 
-    A profile whose ``top_items`` or ``top_categories`` ids differ from the reference's
-    is counted, so one such profile does not hide the rest of the run's figures. When the
-    published ids are the reference's, each placed where the reference has a score within
-    `TOLERANCE` of its own, the two orders differ only among tied scores
-    (``rankings_tie_order``): an event applied in a batch of other users rounds its
-    floats differently, by about 1e-8, which decides the order of ids whose scores tie
-    that closely. Any other difference counts in ``rankings_differing`` and the first
-    `MISMATCHES_KEPT` are described in ``mismatches``.
+    A profile whose ``top_items`` or ``top_categories`` differ from the reference's
+    (`harness.ranking_agreement`) is counted, so one such profile does not hide the rest
+    of the run's figures, and the first `MISMATCHES_KEPT` are described in
+    ``mismatches``. Rankings whose order differs only among scores tied within
+    `TOLERANCE` count in ``rankings_tie_order``.
     """
     first: dict[tuple[str, int], dict] = {}
     repeats = differing = twice = 0
@@ -142,15 +141,14 @@ def check(messages: Sequence[tuple[bytes | None, bytes]], reference: Reference) 
         if not 1 <= seq <= len(expected):
             twice += 1  # a seq beyond the user's events: an event was applied twice
             continue
-        try:
-            worst = max(worst, profile_diff(message, expected[seq - 1]))
-        except AssertionError:  # a ranking whose ids differ from the offline pass
+        agreements = ranking_agreements(message, expected[seq - 1]).values()
+        if "differs" in agreements:
             mismatch = ranking_mismatch(message, expected[seq - 1])
             worst = max(worst, mismatch["vector_difference"])
-            if mismatch["tie_order_only"]:
-                tie_orders += 1
-            else:
-                mismatches.append(mismatch)
+            mismatches.append(mismatch)
+        else:
+            worst = max(worst, profile_diff(message, expected[seq - 1]))
+            tie_orders += "tie_order" in agreements
         if (user, seq) not in first:
             first[(user, seq)] = message
             continue
@@ -178,10 +176,6 @@ MISMATCHES_KEPT = 10
 
 def ranking_mismatch(message: dict, expected: dict[str, Any]) -> dict[str, Any]:
     """One profile whose ranked ids differ from the offline pass: both rankings and scores."""
-    got = message["profile"]
-    vectors = {"item": got["item"], "micro": got["micro"]} | {
-        f"category{k}": v for k, v in enumerate(got["category"])
-    }
     rankings = {
         key: {
             "published": [(c["id"], c["score"]) for c in message[key]],
@@ -192,25 +186,9 @@ def ranking_mismatch(message: dict, expected: dict[str, Any]) -> dict[str, Any]:
     return {
         "user_id": message["user_id"],
         "seq": message["seq"],
-        "tie_order_only": all(
-            tie_order_only(r["published"], r["offline"]) for r in rankings.values()
-        ),
         **rankings,
-        "vector_difference": max(
-            (torch.tensor(v) - expected[head]).abs().max().item() for head, v in vectors.items()
-        ),
+        "vector_difference": vector_diff(message, expected),
     }
-
-
-def tie_order_only(published: Sequence[Any], offline: Sequence[Any]) -> bool:
-    """Whether two (id, score) rankings differ only in the order of scores tied within `TOLERANCE`."""
-    reference = {i: s for i, s in offline}
-    if sorted(reference) != sorted(i for i, _ in published):
-        return False
-    return all(
-        abs(reference[i] - score) <= TOLERANCE
-        for (i, _), (_, score) in zip(published, offline, strict=True)
-    )
 
 
 class Progress:

@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bench"))
 
 import chaos  # noqa: E402
-from harness import Reference  # noqa: E402  (chaos puts the integration harness on the path)
+from harness import Reference, ranking_agreement  # noqa: E402  (chaos puts the integration harness on the path)
 
 
 def reference_profile(items: list[tuple[str, float]]) -> dict:
@@ -57,11 +57,23 @@ def test_a_seq_beyond_the_users_events_is_applied_twice_and_a_changed_repeat_dif
     assert figures["rankings_differing"] == 1  # "d" is not in the reference's top items
 
 
+BEYOND = [("d", 0.42333535), ("e", 0.1)]
+
+
 @pytest.mark.parametrize(
-    ("published_ids", "tie"),
-    [(["a", "c", "b"], True), (["b", "a", "c"], False), (["a", "b", "d"], False)],
+    ("published_ids", "agreement"),
+    [
+        (["a", "b", "c"], "same"),
+        (["a", "c", "b"], "tie_order"),  # b and c tie within the tolerance
+        (["a", "b", "d"], "tie_order"),  # so does d, the first id past the cut
+        (["b", "a", "c"], "differs"),  # 0.5 and 0.42 do not tie
+        (["a", "b", "e"], "differs"),  # e is past the cut and scores far lower
+        (["a", "b", "f"], "differs"),  # f is nowhere in the reference
+        (["a", "b", "b"], "differs"),
+        (["a", "b"], "differs"),
+    ],
 )
-def test_tie_order_only(published_ids: list[str], tie: bool) -> None:
-    scores = dict(TIED)
+def test_ranking_agreement(published_ids: list[str], agreement: str) -> None:
+    scores = dict(TIED + BEYOND)
     ranking = [(i, scores.get(i, 0.0)) for i in published_ids]
-    assert chaos.tie_order_only(ranking, TIED) is tie
+    assert ranking_agreement(ranking, TIED, BEYOND) == agreement
