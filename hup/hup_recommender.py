@@ -239,8 +239,7 @@ def rank_profiles(
         ]
     if items is None:
         items = _top_k(item_scores, k_items, excluded)
-    levels = [_top_k(s, k_categories, [None] * len(s)) for s in level_scores]
-    return items, levels
+    return items, [_top_k(s, k_categories, [None] * len(s)) for s in level_scores]
 
 
 def cosine_scores(profiles: Tensor, table: Tensor) -> Tensor:

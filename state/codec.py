@@ -117,7 +117,9 @@ def encode_state(arrays: Mapping[str, np.ndarray], model_version: str) -> bytes:
                 supported = ", ".join(str(dtype) for dtype in _DTYPE_BY_CODE.values())
                 raise TypeError(f"array {name!r} has dtype {value.dtype}; supported: {supported}")
         parts += (_array_head(name, array.dtype, array.shape), array)
-    body = b"".join(parts)
+    # bytes.join takes the arrays as the buffers they are (uncopied); numpy's stubs do not
+    # declare ndarray a Buffer.
+    body = b"".join(parts)  # type: ignore[arg-type]
     return body + _CRC.pack(zlib.crc32(body))
 
 

@@ -120,8 +120,8 @@ class AckGuard:
         self._last_processed: dict[TP, int] = {}
         # Per partition with a hole being re-read: its first offset and when it was found.
         self._open_holes: dict[TP, tuple[int, float]] = {}
-        # Partitions revoked since the last assignment (`on_partitions_assigned`).
-        self._revoked: set[TP] = set()
+        # Partitions assigned at the last assignment and not revoked since.
+        self._held: set[TP] = set()
         self._ack: Callable[[Message], bool] = consumer.ack
         consumer.ack = self._guarded_ack  # type: ignore[method-assign]
         # faust 0.15 internals (checked by stream.guards.internals): the fetch loop looks the
@@ -310,21 +310,23 @@ class AckGuard:
         for tp in revoked:
             self._last_processed.pop(tp, None)
             self._open_holes.pop(tp, None)
-        self._revoked.update(revoked)
+        self._held.difference_update(revoked)
 
     async def on_partitions_assigned(self, sender: Any, assigned: Iterable[TP], **_: Any) -> None:
-        """Forget, again, where processing stood in the partitions revoked before this.
+        """Forget where processing stood in every partition not held since the last assignment.
 
-        mode runs a signal's receivers in no fixed order, so the batch in flight at a
-        revoke may finish after `on_partitions_revoked` and mark its events processed
-        while the fence waits for it. Such a partition's next owner commits past them;
-        remembered, they would make this worker see the records in between as a hole
-        when the partition comes back. Its start is the committed offset (`read_from`).
+        A batch in flight at a revoke may mark its events processed after the revoke's
+        receivers ran, even after the next assignment's (mode runs a signal's receivers
+        in no fixed order, and a slow batch outlives the fence's wait). Such a partition's
+        next owner commits past those events; remembered, they would make this worker
+        see the records in between as a hole when the partition comes back. Whatever is
+        remembered of a partition that was not this worker's throughout is such a mark,
+        so each newly assigned partition starts at its committed offset (`read_from`).
         """
-        for tp in self._revoked:
+        for tp in {*self._last_processed, *self._open_holes} - self._held:
             self._last_processed.pop(tp, None)
             self._open_holes.pop(tp, None)
-        self._revoked.clear()
+        self._held = set(assigned)
 
     async def _guarded_add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
         # faust's fetch loop calls this for every jump in the offsets it read, which

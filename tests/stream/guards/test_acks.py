@@ -422,3 +422,26 @@ def test_a_batch_finishing_after_the_revoke_leaves_no_hole_when_the_partition_co
     asyncio.run(guard.on_partitions_assigned(None, {P0, P1}))  # nothing revoked since
     ready, holes = guard.split([event("events", 0, 1234)])  # type: ignore[arg-type]
     assert len(ready) == 1 and holes == {}
+
+
+def test_a_batch_finishing_after_the_next_assignment_leaves_no_hole_either() -> None:
+    """The late mark outlives one more generation without the partition: still no hole."""
+    consumer = FakeConsumer()
+    guard = AckGuard(consumer, ["events"])  # type: ignore[arg-type]
+    asyncio.run(guard.on_partitions_assigned(None, {P0, P1}))
+    asyncio.run(guard.on_partitions_revoked(None, {P0, P1}))
+    asyncio.run(guard.on_partitions_assigned(None, {P1}))
+    # The batch in flight at the revoke finishes only now, with P0 another worker's.
+    asyncio.run(guard.processed(event("events", 0, 992)))  # type: ignore[arg-type]
+    asyncio.run(guard.on_partitions_revoked(None, {P1}))  # eager: every rebalance revokes all
+    asyncio.run(guard.on_partitions_assigned(None, {P1}))
+    asyncio.run(guard.on_partitions_revoked(None, {P1}))
+    asyncio.run(guard.on_partitions_assigned(None, {P0, P1}))
+    # Another worker committed 1717; faust resumes the stream before its seek.
+    ready, holes = guard.split([event("events", 0, 1717)])  # type: ignore[arg-type]
+    assert len(ready) == 1 and holes == {}
+    # A partition held throughout keeps its position: a jump there is a hole.
+    asyncio.run(guard.processed(event("events", 1, 40)))  # type: ignore[arg-type]
+    asyncio.run(guard.on_partitions_assigned(None, {P0, P1}))
+    ready, holes = guard.split([event("events", 1, 45)])  # type: ignore[arg-type]
+    assert ready == [] and holes[P1].start == 41
