@@ -34,11 +34,10 @@ test-fast: install ## Run the suite without slow tests
 bench: install ## Stream benchmark (worker vs faust no-op vs core alone); table + bench/results/
 	$(BIN)/python bench/stream_bench.py --profile bench/results/worker-profile.speedscope.json
 
-lint: install ## ruff lint and format check, the import contracts (pyproject [tool.importlinter]) and mypy
+lint: install ## ruff lint and format check, and the import contracts (pyproject [tool.importlinter])
 	$(BIN)/ruff check hup state stream tests bench tools
 	$(BIN)/ruff format --check hup state stream tests bench tools
 	$(BIN)/lint-imports
-	$(BIN)/mypy
 
 format: install ## Format the code
 	$(BIN)/ruff format hup state stream tests bench tools
