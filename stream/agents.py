@@ -46,6 +46,9 @@ def install_agent(app: faust.App, topics: Topics, context: WorkerContext) -> Age
     settings = context.settings
     install_metric_updates(app, topics.state, settings.input_topic, context.metrics)
     output = output_producer(app, settings, context.metrics)
+    # The state and latest-profile changelogs go through the same librdkafka producer.
+    topics.state.write_through(output)
+    topics.latest.write_through(output)
     profiles_topic, dead_letters_topic = settings.output_topic, settings.dlq_topic
 
     async def send_profile(key: bytes | None, value: bytes) -> Awaitable[object]:
@@ -112,11 +115,17 @@ def output_producer(app: faust.App, settings: Settings, metrics: Metrics) -> Out
     """
     config = output_producer_config(settings)
     records = metrics.output_records
-    output = OutputProducer(
-        lambda: Producer(config),
-        on_delivered=lambda _topic: records.labels("delivered").inc(),
-        on_failed=lambda _topic: records.labels("failed").inc(),
-    )
+    counted = {settings.output_topic, settings.dlq_topic}  # not the changelogs
+
+    def delivered(topic: str) -> None:
+        if topic in counted:
+            records.labels("delivered").inc()
+
+    def failed(topic: str) -> None:
+        if topic in counted:
+            records.labels("failed").inc()
+
+    output = OutputProducer(lambda: Producer(config), on_delivered=delivered, on_failed=failed)
 
     async def close_output(sender: object, **kwargs: object) -> None:
         await output.close()

@@ -1,10 +1,11 @@
 """What the worker publishes: profiles and dead letters, in records the producer accepts.
 
 faust stays the consumer-group runtime (input, tables, commits); what the agent
-publishes goes through one confluent-kafka producer (librdkafka), which batches records
-per partition in its own thread (``linger.ms``, ``batch.size``) the way Quix Streams
-produces; faust's producer buffer and aiokafka would spend a quarter of the worker's
-time on their produce path under load.
+publishes, and the tables' changelog records (`stream.guards.tables.ConfirmedTable`),
+go through one confluent-kafka producer (librdkafka), which batches records per
+partition in its own thread (``linger.ms``, ``batch.size``) the way Quix Streams
+produces; faust's producer buffer and aiokafka would spend a large share of the
+worker's time on their produce path under load.
 
 At-least-once hinges on one rule: an input offset is committed only after every
 output of its event is on the broker. `OutputProducer.send` returns an asyncio future
@@ -141,13 +142,23 @@ def _b64_prefix(data: bytes | None, room: int) -> tuple[str | None, bool]:
 _POLL_S = 0.1
 # How long `send` waits for librdkafka to drain its local queue when it is full.
 _BACKPRESSURE_S = 0.005
+# librdkafka's RD_KAFKA_PARTITION_UA: the configured partitioner picks the partition.
+_ANY_PARTITION = -1
 
 
 class KafkaProducer(Protocol):
     """The part of `confluent_kafka.Producer` the output producer uses."""
 
-    def produce(self, topic: str, value: bytes, key: bytes | None, *, on_delivery: Any) -> None:
-        """Queue a record; raises BufferError when the local queue is full."""
+    def produce(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        partition: int = -1,
+        *,
+        on_delivery: Any = None,
+    ) -> None:
+        """Queue a record (partition -1: the partitioner's); BufferError when the queue is full."""
 
     def poll(self, timeout: float) -> int:
         """Serve delivery reports; return how many."""
@@ -248,43 +259,68 @@ class OutputProducer:
         while not self._stopping.is_set():
             producer.poll(_POLL_S)
 
-    async def send(self, topic: str, key: bytes | None, value: bytes) -> asyncio.Future[None]:
+    async def send(self, topic: str, key: bytes | None, value: bytes) -> asyncio.Future[int]:
         """Queue a record; the returned future completes when the broker acknowledged it.
 
-        The future fails with `OutputDeliveryError` if librdkafka reports an error (after
-        its own retries, within ``message.timeout.ms``). Waits while librdkafka's local
-        queue is full.
+        The future gives the record's offset, and fails with `OutputDeliveryError` if
+        librdkafka reports an error (after its own retries, within ``message.timeout.ms``).
+        Waits while librdkafka's local queue is full.
         """
+        while True:
+            try:
+                return self._produce(topic, key, value, None)
+            except BufferError:
+                await asyncio.sleep(_BACKPRESSURE_S)
+
+    def send_now(
+        self, topic: str, key: bytes | None, value: bytes | None, partition: int
+    ) -> asyncio.Future[int]:
+        """`send` to one partition, for callers that cannot await (a faust table's write).
+
+        ``value`` None is a tombstone. While librdkafka's local queue is full it serves
+        delivery reports, blocking the event loop, until the queue has room.
+        """
+        while True:
+            try:
+                return self._produce(topic, key, value, partition)
+            except BufferError:
+                self._start().poll(_BACKPRESSURE_S)
+
+    def _produce(
+        self, topic: str, key: bytes | None, value: bytes | None, partition: int | None
+    ) -> asyncio.Future[int]:
         producer = self._start()
         loop = self._loop
         assert loop is not None  # noqa: S101 - set by _start
-        future: asyncio.Future[None] = loop.create_future()
+        future: asyncio.Future[int] = loop.create_future()
 
-        def on_delivery(error: Any, _message: Any) -> None:
+        def on_delivery(error: Any, message: Any) -> None:
             # librdkafka's thread (the poller, or a flush): hand over to the loop.
+            offset = -1 if error is not None or message is None else message.offset()
             try:
-                loop.call_soon_threadsafe(self._complete, future, topic, key, error)
+                loop.call_soon_threadsafe(self._complete, future, topic, key, error, offset)
             except RuntimeError:  # the loop is closed: nobody waits for the result
                 logger.debug("delivery report for %s after the event loop closed", topic)
 
-        while True:
-            try:
-                producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
-                break
-            except BufferError:
-                await asyncio.sleep(_BACKPRESSURE_S)
+        producer.produce(
+            topic,
+            value=value,
+            key=key,
+            partition=_ANY_PARTITION if partition is None else partition,
+            on_delivery=on_delivery,
+        )
         self._pending += 1
         return future
 
     def _complete(
-        self, future: asyncio.Future[None], topic: str, key: bytes | None, error: Any
+        self, future: asyncio.Future[int], topic: str, key: bytes | None, error: Any, offset: int
     ) -> None:
         self._pending -= 1
         if error is None:
             if self._on_delivered is not None:
                 self._on_delivered(topic)
             if not future.done():
-                future.set_result(None)
+                future.set_result(offset)
             return
         if self._on_failed is not None:
             self._on_failed(topic)

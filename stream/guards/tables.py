@@ -6,15 +6,38 @@ import asyncio
 import weakref
 from collections.abc import Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import faust
 from faust.streams import _current_event  # faust 0.15.3 has no public setter (broker notes F3)
-from faust.types import EventT, FutureMessage
+from faust.types import TP, EventT, FutureMessage
 
 from state.store import KeyValue
 
-__all__ = ["BatchStore", "ConfirmedTable", "TableKeyValue"]
+__all__ = ["BatchStore", "ChangelogProducer", "ConfirmedTable", "TableKeyValue"]
+
+
+class ChangelogProducer(Protocol):
+    """Sends a record to one partition; the future gives its offset once the broker has it."""
+
+    def send_now(
+        self, topic: str, key: bytes | None, value: bytes | None, partition: int
+    ) -> asyncio.Future[int]:
+        """Queue the record (`stream.publish.OutputProducer.send_now`)."""
+        ...
+
+
+@dataclass(frozen=True)
+class _Sent:
+    """What faust's ``on_key_set`` reads of a changelog send: ``.message.partition``."""
+
+    message: _SentRecord
+
+
+@dataclass(frozen=True)
+class _SentRecord:
+    partition: int
 
 
 class ConfirmedTable(faust.Table):
@@ -28,18 +51,52 @@ class ConfirmedTable(faust.Table):
     recovering from the changelog during a rebalance, loses that state while its
     events count as consumed (broker notes F5). The agent therefore awaits
     `confirm()` before it acks a batch.
+
+    With `write_through`, the records go through the worker's librdkafka producer
+    instead of faust's buffer and aiokafka, whose Python produce path costs more than
+    the writes' encoding: the same bytes (faust's serializers), to the partition faust
+    picks, in order per partition (an idempotent producer). `confirm()` then records
+    each partition's last offset as the local store's persisted one, as faust's send
+    callback does, so a restart reads the changelog only past it.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         """As `faust.Table`, plus the list of changelog sends not confirmed yet."""
         super().__init__(*args, **kwargs)
         self._unconfirmed: list[FutureMessage] = []
+        self._producer: ChangelogProducer | None = None
+        self._sent: list[tuple[int, asyncio.Future[int]]] = []
 
-    def send_changelog(self, *args: Any, **kwargs: Any) -> FutureMessage:
-        """Send as faust does, and remember the send for `confirm()`."""
-        sent = super().send_changelog(*args, **kwargs)
-        self._unconfirmed.append(sent)
-        return sent
+    def write_through(self, producer: ChangelogProducer) -> None:
+        """Send the changelog records through ``producer`` from now on."""
+        self._producer = producer
+
+    def send_changelog(
+        self,
+        partition: int | None,
+        key: Any,
+        value: Any,
+        key_serializer: Any = None,
+        value_serializer: Any = None,
+    ) -> Any:
+        """Send as faust does, or through the `write_through` producer; remember the send."""
+        if self._producer is not None and partition is not None and not self.app.in_transaction:
+            topic = self.changelog_topic
+            raw_key, key_headers = topic.prepare_key(key, key_serializer or self.key_serializer)
+            raw_value, value_headers = (
+                (None, None)
+                if value is None
+                else topic.prepare_value(value, value_serializer or self.value_serializer)
+            )
+            if not key_headers and not value_headers:
+                sent = self._producer.send_now(
+                    topic.get_topic_name(), raw_key, raw_value, partition
+                )
+                self._sent.append((partition, sent))
+                return _Sent(_SentRecord(partition))
+        faust_sent = super().send_changelog(partition, key, value, key_serializer, value_serializer)
+        self._unconfirmed.append(faust_sent)
+        return faust_sent
 
     async def confirm(self) -> None:
         """Wait until the broker acknowledged every changelog record sent so far.
@@ -47,7 +104,15 @@ class ConfirmedTable(faust.Table):
         Raises the send's error if one failed, so the batch is not acked.
         """
         pending, self._unconfirmed = self._unconfirmed, []
+        sent, self._sent = self._sent, []
         await asyncio.gather(*pending)
+        offsets = await asyncio.gather(*(future for _, future in sent))
+        last: dict[int, int] = {}
+        for (partition, _), offset in zip(sent, offsets, strict=True):
+            last[partition] = max(offset, last.get(partition, -1))
+        topic = self.changelog_topic.get_topic_name()
+        for partition, offset in last.items():
+            self.data.set_persisted_offset(TP(topic, partition), offset)
 
 
 class TableKeyValue:

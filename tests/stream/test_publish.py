@@ -33,6 +33,7 @@ class FakeProducer:
     def __init__(self, error: Callable[[str, bytes | None], str | None] = lambda t, k: None):
         self.error = error
         self.records: list[tuple[str, bytes | None, bytes]] = []
+        self.partitions: list[int] = []  # each record's partition argument (-1: any)
         self._queued: list[tuple[str, bytes | None, Any]] = []
         self._lock = threading.Lock()
         self._released = threading.Event()
@@ -45,21 +46,25 @@ class FakeProducer:
     def release(self) -> None:
         self._released.set()
 
-    def produce(self, topic: str, value: bytes, key: bytes | None, *, on_delivery: Any) -> None:
+    def produce(
+        self, topic: str, value: bytes, key: bytes | None, partition: int, *, on_delivery: Any
+    ) -> None:
         with self._lock:
             if self.full_for > 0:
                 self.full_for -= 1
                 raise BufferError("Local: Queue full")
             self.records.append((topic, key, value))
-            self._queued.append((topic, key, on_delivery))
+            self.partitions.append(partition)
+            self._queued.append((topic, key, on_delivery, len(self.records) - 1))
 
     def poll(self, timeout: float) -> int:
         if not self._released.wait(timeout):
             return 0
         with self._lock:
             queued, self._queued = self._queued, []
-        for topic, key, on_delivery in queued:
-            on_delivery(self.error(topic, key), SimpleNamespace(topic=lambda t=topic: t))
+        for topic, key, on_delivery, offset in queued:
+            message = SimpleNamespace(topic=lambda t=topic: t, offset=lambda o=offset: o)
+            on_delivery(self.error(topic, key), message)
         if not queued:
             time.sleep(min(timeout, 0.005))
         return len(queued)
