@@ -17,17 +17,15 @@ In memory (`ProfileState`), L layers, hidden H, window W:
 * `window_count` int64 [L]: entries each layer opened so far; slots [0, min(count, W))
   are filled.
 
-Stored (`to_arrays`, encoded by `state.codec`): `hidden` float32; `meta` int64
-[4 + 3L]: events applied, input partition and offset of the last applied event (the
-stream's idempotency record), W, then per layer the open signal, the window count and
-the entry width A + V; `windows` float32: every layer's filled slots [min(count, W),
-A + V], flattened and joined in layer order; the featurizer's memory (`feature_arrays`:
-`feature_f` float64 / `feature_i` int64 / `feature_s` utf-8, and the repeat memory
-`recent_i` int64 [n, 4 + K] / `recent_f` float64 [n, 2] / `recent_s` utf-8, see
-`hup.repeat.RecentItem`: vocabulary id, runs, micro events, behaviour bits, category
-ids; closed dwell and latest time; the skus joined; absent when empty); `last_ts`
-float64 0-d (read by expiry) and `sources` int64 [n, 2] (per partition of the input
-topic, the offset of the last event applied from it; absent when empty).
+As arrays (`to_arrays`; `state.userstate` adds the stream's own and stores them):
+`hidden` float32; `meta` int64 [2 + 3L]: events applied, W, then per layer the open
+signal, the window count and the entry width A + V; `windows` float32: every layer's
+filled slots [min(count, W), A + V], flattened and joined in layer order; the
+featurizer's memory (`feature_arrays`: `feature_f` float64 / `feature_i` int64 /
+`feature_s` utf-8, and the repeat memory `recent_i` int64 [n, 4 + K] / `recent_f`
+float64 [n, 2] / `recent_s` utf-8, see `hup.repeat.RecentItem`: vocabulary id, runs,
+micro events, behaviour bits, category ids; closed dwell and latest time; the skus
+joined; absent when empty); `last_ts` float64 0-d (read by expiry).
 
 The step has no Python loop over users in its arithmetic. Per call it gathers the
 states' arrays once (hidden [B, 4, L, H], and the window rings of each run of layers with
@@ -46,7 +44,7 @@ import itertools
 import operator
 import weakref
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -73,22 +71,7 @@ class ProfileState:
     open_signal: np.ndarray  # [L] int64
     windows: tuple[np.ndarray, ...]  # per layer [W, A + V] float32 ring of entry summaries
     window_count: np.ndarray  # [L] int64 entries opened so far per layer
-    applied: int = 0  # events applied so far (also the profile sequence number)
-    input_partition: int = -1  # where the last applied event came from (idempotency)
-    input_offset: int = -1
-    # (input partition, offset of the last event applied from it), per partition.
-    source_offsets: tuple[tuple[int, int], ...] = ()
-
-    def with_input(self, partition: int, offset: int) -> ProfileState:
-        """This state having applied the event at ``offset`` of input ``partition``."""
-        offsets = dict(self.source_offsets)
-        offsets[partition] = offset
-        return replace(
-            self,
-            input_partition=partition,
-            input_offset=offset,
-            source_offsets=tuple(sorted(offsets.items())),
-        )
+    applied: int = 0  # events applied so far (``applied > 0``: the user has an open entry)
 
     def window_lengths(self) -> tuple[int, ...]:
         """Committed entries in each layer's attention window (at most W - 1)."""
@@ -111,8 +94,6 @@ class ProfileState:
             "meta": np.array(
                 [
                     self.applied,
-                    self.input_partition,
-                    self.input_offset,
                     window,
                     *self.open_signal.tolist(),
                     *counts,
@@ -130,8 +111,6 @@ class ProfileState:
             **feature_arrays(self.features),
             "last_ts": np.array(self.features.last_ts, dtype=np.float64),
         }
-        if self.source_offsets:
-            arrays["sources"] = np.array(self.source_offsets, dtype=np.int64)
         return arrays
 
     def array_sizes(self) -> list[tuple[str, int, int]]:
@@ -147,13 +126,11 @@ class ProfileState:
         )
         sizes = [
             ("hidden", 3, self.hidden.nbytes),
-            ("meta", 1, 8 * (4 + 3 * n_layers)),
+            ("meta", 1, 8 * (2 + 3 * n_layers)),
             ("windows", 1, 4 * entries),
             *feature_array_sizes(self.features),
             ("last_ts", 0, 8),
         ]
-        if self.source_offsets:
-            sizes.append(("sources", 2, 16 * len(self.source_offsets)))
         return sizes
 
     @classmethod
@@ -164,15 +141,12 @@ class ProfileState:
             n_layers = hidden.shape[1]
             features = feature_state(arrays)
             meta = arrays["meta"]
-            if meta.shape != (4 + 3 * n_layers,):
-                raise ValueError(f"meta has shape {meta.shape}, expected {(4 + 3 * n_layers,)}")
-            applied, partition, offset, window = meta[:4].tolist()
-            open_signal = meta[4 : 4 + n_layers]
-            count = meta[4 + n_layers : 4 + 2 * n_layers]
-            widths = meta[4 + 2 * n_layers :].tolist()
-            sources = arrays.get("sources", np.zeros((0, 2), dtype=np.int64))
-            if sources.ndim != 2 or sources.shape[1] != 2:
-                raise ValueError(f"sources has shape {sources.shape}, expected [n, 2]")
+            if meta.shape != (2 + 3 * n_layers,):
+                raise ValueError(f"meta has shape {meta.shape}, expected {(2 + 3 * n_layers,)}")
+            applied, window = meta[:2].tolist()
+            open_signal = meta[2 : 2 + n_layers]
+            count = meta[2 + n_layers : 2 + 2 * n_layers]
+            widths = meta[2 + 2 * n_layers :].tolist()
             flat = arrays["windows"]
             windows, start = [], 0
             for n, width in zip(np.minimum(count, window).tolist(), widths, strict=True):
@@ -189,9 +163,6 @@ class ProfileState:
                 windows=tuple(windows),
                 window_count=count,
                 applied=applied,
-                input_partition=partition,
-                input_offset=offset,
-                source_offsets=tuple((int(p), int(o)) for p, o in sources.tolist()),
             )
         except (KeyError, ValueError, IndexError, UnicodeDecodeError) as exc:
             raise StateError(f"profile state arrays are inconsistent: {exc}") from exc
@@ -771,9 +742,6 @@ def step(
             rings,
             n,
             state.applied + 1,
-            state.input_partition,
-            state.input_offset,
-            state.source_offsets,
         )
         for state, fs, hid, signal, rings, n in zip(
             states,

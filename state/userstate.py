@@ -4,14 +4,18 @@
 `UserState.encoded_size` is its record size without encoding it. `StateCache` keeps the
 states a worker wrote last, so the next batch of an active user skips decoding them.
 
-The model's `ProfileState` counts the events it applied (``applied``) and carries the
-stream's idempotency record (the input position(s) of the last applied event). The
-profile sequence number must survive a model rollout, but ``applied`` cannot be carried
-into the new model's fresh state: `hup.incremental.step` reads ``applied > 0`` as "this
-user has an open entry". So the stream stores one more array beside the model's, the
-events counted before the state was last reset (`SEQ_BASE_ARRAY`, int64, 0-d, present
-only when non-zero): ``seq = seq_base + applied``. `ProfileState.from_arrays` ignores
-arrays it does not know, so a reader without `SEQ_BASE_ARRAY` reads these states too.
+The model's `ProfileState` holds model fields only. Beside it a `UserState` keeps the
+stream's idempotency record, the input position(s) of the events applied (``sources``:
+per input partition the offset of the last event applied from it; ``last_input``: the
+last applied event's partition and offset), and the events counted before the state was
+last reset (``seq_base``). The profile sequence number must survive a model rollout,
+but ``applied`` cannot be carried into the new model's fresh state: `hup.incremental.step`
+reads ``applied > 0`` as "this user has an open entry". So ``seq = seq_base + applied``.
+
+Stored, the model's arrays (`ProfileState.to_arrays`) carry the stream's fields too:
+``meta`` holds ``last_input`` after its first value (events applied), ``sources`` is an
+int64 [n, 2] array (absent when empty) and `SEQ_BASE_ARRAY` an int64 0-d one (present
+only when non-zero). `ProfileState.from_arrays` ignores arrays it does not know.
 
 A state written by another model version is reset to the new model's initial state
 and keeps its sequence count and idempotency record, so ``seq`` keeps increasing and
@@ -23,7 +27,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, OrderedDict
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -34,29 +38,32 @@ from state.codec import decode_state, encode_state, encoded_size_of, peek_model_
 from state.errors import StateDecodeError
 
 __all__ = [
-    "MODEL_FIELDS",
     "SEQ_BASE_ARRAY",
+    "SOURCES_ARRAY",
     "StateCache",
     "UserState",
-    "carry_over",
     "load_user_state",
 ]
 
 logger = logging.getLogger(__name__)
 
 SEQ_BASE_ARRAY = "stream_seq_base"
-# `ProfileState` fields a model computes: after a reset they come from the new model's
-# initial state. Every other field but `applied` is the stream's idempotency record and
-# is carried over (a test fails when `ProfileState` gains a field, to classify it).
-MODEL_FIELDS = frozenset({"features", "hidden", "open_signal", "windows", "window_count"})
+SOURCES_ARRAY = "sources"
+# Where ``last_input`` sits in the stored ``meta``: after the model's first value.
+_LAST_INPUT_AT = 1
+_NO_INPUT = (-1, -1)
 
 
 @dataclass(frozen=True)
 class UserState:
-    """One user's state and the events counted before its last reset."""
+    """One user's model state and the stream's record of what it applied."""
 
     state: ProfileState
     seq_base: int = 0
+    # Per input partition, the offset of the last event applied from it (a re-keyed
+    # event counts at its origin's position).
+    sources: tuple[tuple[int, int], ...] = ()
+    last_input: tuple[int, int] = _NO_INPUT  # (partition, offset) of the last applied event
     # Loaded by resetting a stored state: write it back even if no event changes it, or
     # every later batch would reset (and count) it again.
     reset: bool = False
@@ -66,9 +73,35 @@ class UserState:
         """The sequence number of the user's last profile: events applied, resets included."""
         return self.seq_base + self.state.applied
 
+    def applied(self, state: ProfileState, partition: int, offset: int) -> UserState:
+        """This user after applying the event at ``offset`` of input ``partition``: ``state``."""
+        offsets = dict(self.sources)
+        offsets[partition] = offset
+        return UserState(state, self.seq_base, tuple(sorted(offsets.items())), (partition, offset))
+
+    def applied_offsets(self) -> dict[int, int]:
+        """Per input partition, the offset of the last event applied from it.
+
+        A record without ``sources`` has only the last applied event's position.
+        """
+        if self.sources:
+            return dict(self.sources)
+        partition, offset = self.last_input
+        return {partition: offset} if partition >= 0 else {}
+
     def arrays(self) -> dict[str, np.ndarray]:
-        """What is stored: the model's arrays, plus `SEQ_BASE_ARRAY` when non-zero."""
+        """What is stored: the model's arrays with the stream's fields (module docstring)."""
         arrays = self.state.to_arrays()
+        meta = arrays["meta"]
+        arrays["meta"] = np.concatenate(
+            (
+                meta[:_LAST_INPUT_AT],
+                np.array(self.last_input, dtype=np.int64),
+                meta[_LAST_INPUT_AT:],
+            )
+        )
+        if self.sources:
+            arrays[SOURCES_ARRAY] = np.array(self.sources, dtype=np.int64)
         if self.seq_base:
             arrays[SEQ_BASE_ARRAY] = np.array(self.seq_base, dtype=np.int64)
         return arrays
@@ -79,20 +112,38 @@ class UserState:
 
     def encoded_size(self, model_version: str) -> int:
         """``len(self.encode(model_version))``, without building or encoding the arrays."""
-        sizes = self.state.array_sizes()
+        sizes = [
+            (name, ndim, size + 16 if name == "meta" else size)
+            for name, ndim, size in self.state.array_sizes()
+        ]
+        if self.sources:
+            sizes.append((SOURCES_ARRAY, 2, 16 * len(self.sources)))
         if self.seq_base:
             sizes.append((SEQ_BASE_ARRAY, 0, 8))
         return encoded_size_of(sizes, model_version)
 
 
-def carry_over(fresh: ProfileState, old: ProfileState) -> ProfileState:
-    """``fresh`` (a new model's initial state) with ``old``'s idempotency record."""
-    carried = {
-        f.name: getattr(old, f.name)
-        for f in fields(ProfileState)
-        if f.name not in MODEL_FIELDS and f.name != "applied"
-    }
-    return replace(fresh, **carried)
+def _split(arrays: dict[str, np.ndarray]) -> tuple[ProfileState, UserState]:
+    """The model's state, and the user's whole stored state, from decoded arrays."""
+    meta = arrays["meta"]
+    end = _LAST_INPUT_AT + 2
+    if meta.ndim != 1 or len(meta) < end:
+        raise ValueError(f"meta has shape {meta.shape}, too short")
+    partition, offset = meta[_LAST_INPUT_AT:end].tolist()
+    model = dict(arrays)
+    model["meta"] = np.concatenate((meta[:_LAST_INPUT_AT], meta[end:]))
+    state = ProfileState.from_arrays(model)
+    sources = arrays.get(SOURCES_ARRAY, np.zeros((0, 2), dtype=np.int64))
+    if sources.ndim != 2 or sources.shape[1] != 2:
+        raise ValueError(f"sources has shape {sources.shape}, expected [n, 2]")
+    seq_base = int(arrays[SEQ_BASE_ARRAY]) if SEQ_BASE_ARRAY in arrays else 0
+    record = UserState(
+        state,
+        seq_base,
+        tuple((int(p), int(o)) for p, o in sources.tolist()),
+        (int(partition), int(offset)),
+    )
+    return state, record
 
 
 def load_user_state(
@@ -108,11 +159,9 @@ def load_user_state(
     try:
         # Any model version: checksum and layout only. Views, not copies: `from_arrays`
         # converts what the model steps, and the step never writes into a state.
-        arrays = decode_state(raw, copy=False)
-        stored = ProfileState.from_arrays(arrays)
-        seq_base = int(arrays[SEQ_BASE_ARRAY]) if SEQ_BASE_ARRAY in arrays else 0
+        stored, record = _split(decode_state(raw, copy=False))
         version = peek_model_version(raw)
-    except (StateDecodeError, StateError, ValueError, TypeError) as exc:
+    except (StateDecodeError, StateError, KeyError, ValueError, TypeError) as exc:
         outcomes["state_reset_corrupt"] += 1
         logger.warning(
             "user %r: state unreadable, reset; nothing carried over, so the user's profile "
@@ -122,11 +171,12 @@ def load_user_state(
         )
         return UserState(profiler.new_state(), reset=True)
     if version == profiler.version:
-        return UserState(stored, seq_base)
+        return record
     outcomes["state_reset_version"] += 1
     logger.debug("user %r: state of model %s reset for %s", key[:200], version, profiler.version)
-    fresh = carry_over(profiler.new_state(), stored)
-    return UserState(fresh, seq_base + stored.applied, reset=True)
+    return replace(
+        record, state=profiler.new_state(), seq_base=record.seq_base + stored.applied, reset=True
+    )
 
 
 class StateCache:
@@ -170,7 +220,7 @@ class StateCache:
         size = len(raw) + state.hidden.nbytes + sum(ring.nbytes for ring in state.windows) + 512
         if size > self.max_bytes:
             return
-        self._entries[key] = (raw, UserState(state, user.seq_base), size)
+        self._entries[key] = (raw, replace(user, state=state, reset=False), size)
         self.bytes += size
         while self.bytes > self.max_bytes:
             _, (_, _, evicted) = self._entries.popitem(last=False)

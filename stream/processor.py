@@ -27,7 +27,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from hup.exceptions import EventValidationError
-from hup.incremental import ProfileState
 from hup.runtime import Applied, Profiler
 from hup.schema import DEFAULT_LIMITS, Event, InputLimits, parse_event_json
 from state.store import KeyValue
@@ -249,15 +248,13 @@ class Processor:
             per_user[event.user_id].append((record, event))
         result.outcomes["dlq"] += len(result.dead_letters)
 
-        states: dict[str, ProfileState] = {}
-        seq_bases: dict[str, int] = {}  # events counted before a state's last reset
+        states: dict[str, UserState] = {}
         changed: set[str] = set()  # users whose state is written at the end
         for user in per_user:
             loaded = self.load_user(store, user.encode(), result.outcomes)
-            state, seq_bases[user] = loaded.state, loaded.seq_base
             if loaded.reset and self._fits(user, loaded):
                 changed.add(user)
-            seen = _Applied(state)
+            seen = _Applied(loaded)
             fresh = []
             for record, event in per_user[user]:
                 if seen.check_and_add(record):
@@ -265,7 +262,7 @@ class Processor:
                 else:
                     fresh.append((record, event))
             per_user[user] = fresh
-            states[user] = state
+            states[user] = loaded
 
         latest: dict[str, OutputProfile] = {}
         wave = 0
@@ -275,15 +272,13 @@ class Processor:
                 break
             started = time.perf_counter()
             applied = self.profiler.apply(
-                [states[u] for u in users], [per_user[u][wave][1] for u in users]
+                [states[u].state for u in users], [per_user[u][wave][1] for u in users]
             )
             result.step_seconds += time.perf_counter() - started
             result.model_calls += 1
             for user, outcome in zip(users, applied, strict=True):
                 record, event = per_user[user][wave]
-                new_state = UserState(
-                    outcome.state.with_input(*input_position(record)), seq_bases[user]
-                )
+                new_state = states[user].applied(outcome.state, *input_position(record))
                 out = None
                 if outcome.profile is not None:
                     out = self._profile_message(user, event, record, outcome, new_state.seq)
@@ -293,7 +288,7 @@ class Processor:
                     result.dead_letters.append(self._dead_letter(record, too_large))
                     result.outcomes["dlq"] += 1
                     continue
-                states[user] = new_state.state
+                states[user] = new_state
                 changed.add(user)
                 self._count(outcome, result.outcomes)
                 if out is not None:
@@ -304,7 +299,7 @@ class Processor:
             wave += 1
         result.profiles.extend(latest.values())
         for user in changed:
-            stored = UserState(states[user], seq_bases[user])
+            stored = states[user]
             key, raw = user.encode(), stored.encode(self.profiler.version)
             store.put(key, raw)
             if self.state_cache is not None:
@@ -404,10 +399,8 @@ class _Applied:
     without them has only the last consumed position, which is used instead.
     """
 
-    def __init__(self, state: ProfileState) -> None:
-        self._applied = dict(state.source_offsets)
-        if not self._applied and state.input_partition >= 0:
-            self._applied[state.input_partition] = state.input_offset
+    def __init__(self, user: UserState) -> None:
+        self._applied = user.applied_offsets()
 
     def check_and_add(self, record: InputRecord) -> bool:
         """Whether ``record`` was applied; if not, count it as applied from now on."""

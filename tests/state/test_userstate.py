@@ -15,13 +15,7 @@ from hup.runtime import Profiler
 from hup.sessions import Dataset
 from state.codec import decode_state, encode_state
 from state.store import MemoryStore
-from state.userstate import (
-    MODEL_FIELDS,
-    SEQ_BASE_ARRAY,
-    UserState,
-    carry_over,
-    load_user_state,
-)
+from state.userstate import SEQ_BASE_ARRAY, UserState, load_user_state
 from stream.processor import InputRecord, Processor
 
 OLD = "hup-oldmodel0000"
@@ -138,40 +132,44 @@ def test_a_foreign_state_this_build_cannot_read_counts_as_unreadable(
     raw = encode_state({"something": np.zeros(3)}, OLD)  # valid bytes, not a ProfileState
     loaded = load_user_state(raw, profiler, outcomes)
     assert outcomes == Counter({"state_reset_corrupt": 1})
-    assert loaded.seq == 0 and loaded.state.input_offset == -1
+    assert loaded.seq == 0 and loaded.sources == () and loaded.last_input == (-1, -1)
 
 
-def test_carry_over_keeps_only_the_idempotency_record(profiler: Profiler) -> None:
-    fresh = profiler.new_state()
-    old = replace(
-        profiler.new_state(),
-        applied=41,
-        input_partition=2,
-        input_offset=977,
-        source_offsets=((0, 12), (3, 40)),
+def test_a_version_reset_keeps_the_stream_record_and_resets_the_model_state(
+    profiler: Profiler,
+) -> None:
+    old = UserState(
+        replace(profiler.new_state(), applied=41),
+        seq_base=5,
+        sources=((0, 12), (3, 40)),
+        last_input=(3, 40),
     )
-    carried = carry_over(fresh, old)
-    assert (carried.input_partition, carried.input_offset) == (2, 977)
-    assert carried.source_offsets == ((0, 12), (3, 40))
-    assert carried.applied == 0  # the model reads applied > 0 as "has an open entry"
-    for name in MODEL_FIELDS:
-        assert getattr(carried, name) is getattr(fresh, name)
+    outcomes: Counter[str] = Counter()
+    loaded = load_user_state(old.encode(OLD), profiler, outcomes)
+    assert outcomes == Counter({"state_reset_version": 1})
+    assert loaded.sources == ((0, 12), (3, 40)) and loaded.last_input == (3, 40)
+    assert loaded.seq == 46 and loaded.reset
+    assert loaded.state.applied == 0  # the model reads applied > 0 as "has an open entry"
 
 
-def test_every_profile_state_field_is_classified() -> None:
-    # A new ProfileState field must be either a model field (reset) or part of the
-    # idempotency record (carried over by `carry_over`): add it to one of the two.
-    idempotency = {"input_partition", "input_offset", "source_offsets"}
+def test_the_model_state_holds_model_fields_only() -> None:
     names = {f.name for f in fields(ProfileState)}
-    assert names - MODEL_FIELDS - {"applied"} <= idempotency, names
-    assert MODEL_FIELDS <= names
+    assert names == {"features", "hidden", "open_signal", "windows", "window_count", "applied"}
 
 
-def test_a_state_without_resets_is_stored_as_before(profiler: Profiler) -> None:
+def test_the_stored_meta_is_the_model_s_with_the_last_input_after_its_first_value(
+    profiler: Profiler,
+) -> None:
     state = profiler.new_state()
-    assert UserState(state).encode(profiler.version) == encode_state(
-        state.to_arrays(), profiler.version
-    )
-    stored = UserState(state, 7)
-    assert stored.encoded_size(profiler.version) == len(stored.encode(profiler.version))
-    assert ProfileState.from_arrays(decode_state(stored.encode(profiler.version))).applied == 0
+    stored = UserState(state, 7, sources=((1, 5), (4, 2)), last_input=(1, 5))
+    raw = stored.encode(profiler.version)
+    arrays = decode_state(raw)
+    model_meta = state.to_arrays()["meta"].tolist()
+    assert arrays["meta"].tolist() == [model_meta[0], 1, 5, *model_meta[1:]]
+    assert arrays["sources"].tolist() == [[1, 5], [4, 2]]
+    assert stored.encoded_size(profiler.version) == len(raw)
+    back = load_user_state(raw, profiler, Counter())
+    assert (back.seq_base, back.sources, back.last_input) == (7, stored.sources, (1, 5))
+    assert back.state.applied == 0 and not back.reset
+    model_arrays = {**state.to_arrays(), "meta": np.array([model_meta[0], -1, -1, *model_meta[1:]])}
+    assert UserState(state).encode(profiler.version) == encode_state(model_arrays, profiler.version)

@@ -13,8 +13,8 @@ from hup.model import collate_features
 from hup.runtime import Profiler
 from hup.sequences import featurize_session
 from hup.sessions import Dataset, iter_events
-from state.codec import encode_state
 from state.store import MemoryStore
+from state.userstate import UserState
 from stream.processor import BatchResult, InputRecord, Origin, Processor
 
 
@@ -127,7 +127,7 @@ def test_foreign_or_corrupt_state_is_reset_and_counted(
     records = _records(session.events)
     store = MemoryStore()
     key = session.user_id.encode()
-    store.put(key, encode_state(profiler.new_state().to_arrays(), "another-model"))
+    store.put(key, UserState(profiler.new_state()).encode("another-model"))
     result = Processor(profiler).process(records[:1], store)
     assert result.outcomes["state_reset_version"] == 1
     store.put(key, b"HUPS\x01garbage")
@@ -238,10 +238,11 @@ def test_a_rekeyed_state_keeps_its_origins_through_the_codec(
     store = MemoryStore()
     Processor(profiler).process(records, store)
     (key,) = [k for k, _ in store.items()]
-    state = Processor(profiler).load_user(store, key, Counter()).state
+    user = Processor(profiler).load_user(store, key, Counter())
     last = records[-1].origin
-    assert last is not None and dict(state.source_offsets)[last.partition] == last.offset
-    assert 99 not in dict(state.source_offsets)
+    assert last is not None and dict(user.sources)[last.partition] == last.offset
+    assert user.last_input == (last.partition, last.offset)
+    assert 99 not in dict(user.sources)
 
 
 def test_a_bad_rekeyed_record_is_dead_lettered_at_its_origin(profiler: Profiler) -> None:
@@ -316,9 +317,9 @@ def test_a_state_written_before_per_partition_offsets_is_deduplicated_by_its_las
     processor = Processor(profiler)
     processor.process(records, store)
     (key,) = [k for k, _ in store.items()]
-    state = processor.load_user(store, key, Counter()).state
-    legacy = replace(state, source_offsets=())  # what an older build wrote
-    store.put(key, encode_state(legacy.to_arrays(), profiler.version))
+    user = processor.load_user(store, key, Counter())
+    legacy = replace(user, sources=())  # what an older build wrote
+    store.put(key, legacy.encode(profiler.version))
     again = processor.process(records, store)
     assert again.outcomes["skipped_duplicate"] == len(records)
 
