@@ -167,6 +167,10 @@ class KafkaProducer(Protocol):
         """Wait for every queued record; return how many are still undelivered."""
 
 
+# A delivery report: the send's future, topic, key, librdkafka's error (None: delivered), offset.
+_Report = tuple["asyncio.Future[int]", str, bytes | None, Any, int]
+
+
 class OutputDeliveryError(Exception):
     """The broker did not take an output record: its batch must not be acked."""
 
@@ -236,6 +240,12 @@ class OutputProducer:
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._pending = 0  # futures not completed yet (the event loop's thread only)
+        # Delivery reports on their way from librdkafka's thread to the event loop, which
+        # is woken once per run of them (one self-pipe write each would cost about as
+        # much as the rest of the delivery thread's work).
+        self._reports: list[_Report] = []
+        self._reports_lock = threading.Lock()
+        self._drain_scheduled = False
 
     @property
     def pending(self) -> int:
@@ -297,10 +307,7 @@ class OutputProducer:
         def on_delivery(error: Any, message: Any) -> None:
             # librdkafka's thread (the poller, or a flush): hand over to the loop.
             offset = -1 if error is not None or message is None else message.offset()
-            try:
-                loop.call_soon_threadsafe(self._complete, future, topic, key, error, offset)
-            except RuntimeError:  # the loop is closed: nobody waits for the result
-                logger.debug("delivery report for %s after the event loop closed", topic)
+            self._report(loop, (future, topic, key, error, offset))
 
         producer.produce(
             topic,
@@ -311,6 +318,26 @@ class OutputProducer:
         )
         self._pending += 1
         return future
+
+    def _report(self, loop: asyncio.AbstractEventLoop, report: _Report) -> None:
+        """Queue a delivery report for the loop; schedule a drain unless one is pending."""
+        with self._reports_lock:
+            self._reports.append(report)
+            if self._drain_scheduled:
+                return
+            self._drain_scheduled = True
+        try:
+            loop.call_soon_threadsafe(self._drain)
+        except RuntimeError:  # the loop is closed: nobody waits for the result
+            logger.debug("delivery report for %s after the event loop closed", report[1])
+
+    def _drain(self) -> None:
+        """Complete every queued delivery report (on the event loop)."""
+        with self._reports_lock:
+            reports, self._reports = self._reports, []
+            self._drain_scheduled = False
+        for report in reports:
+            self._complete(*report)
 
     def _complete(
         self, future: asyncio.Future[int], topic: str, key: bytes | None, error: Any, offset: int

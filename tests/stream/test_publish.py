@@ -128,6 +128,34 @@ def test_a_send_completes_when_the_broker_acknowledged_it() -> None:
     assert _count(metrics, "delivered") == 1 and _count(metrics, "failed") == 0
 
 
+def test_a_run_of_delivery_reports_wakes_the_event_loop_a_few_times_not_once_each() -> None:
+    fake = FakeProducer()
+    output = OutputProducer(lambda: fake)
+    wakeups = 0
+
+    async def run() -> None:
+        nonlocal wakeups
+        loop = asyncio.get_running_loop()
+        wake = loop.call_soon_threadsafe
+
+        def counting(*args: Any) -> Any:
+            nonlocal wakeups
+            wakeups += 1
+            return wake(*args)
+
+        loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+        fake.hold()
+        deliveries = [await output.send("t", b"k%d" % n, b"v") for n in range(200)]
+        fake.release()  # the next poll reports all 200
+        offsets = await asyncio.wait_for(asyncio.gather(*deliveries), 5)
+        assert offsets == list(range(200)) and output.pending == 0
+        await output.close()
+
+    asyncio.run(run())
+    # The loop drains while reports still arrive, so a run takes a few wake-ups, not 200.
+    assert 1 <= wakeups <= 20, wakeups
+
+
 def test_a_delivery_error_fails_the_send_with_a_clear_error_and_is_counted(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
