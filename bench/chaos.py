@@ -58,8 +58,8 @@ from harness import (  # noqa: E402
     event_bytes,
     offline_reference,
     produce,
-    profile_diff,
     ranking_agreements,
+    score_diff,
     vector_diff,
     wait_ready,
     worker_env,
@@ -141,13 +141,18 @@ def check(messages: Sequence[tuple[bytes | None, bytes]], reference: Reference) 
         if not 1 <= seq <= len(expected):
             twice += 1  # a seq beyond the user's events: an event was applied twice
             continue
-        agreements = ranking_agreements(message, expected[seq - 1]).values()
+        reference_profile = expected[seq - 1]
+        agreements = ranking_agreements(message, reference_profile).values()
         if "differs" in agreements:
-            mismatch = ranking_mismatch(message, expected[seq - 1])
+            mismatch = ranking_mismatch(message, reference_profile)
             worst = max(worst, mismatch["vector_difference"])
             mismatches.append(mismatch)
         else:
-            worst = max(worst, profile_diff(message, expected[seq - 1]))
+            worst = max(
+                worst,
+                vector_diff(message, reference_profile),
+                score_diff(message, reference_profile),
+            )
             tie_orders += "tie_order" in agreements
         if (user, seq) not in first:
             first[(user, seq)] = message

@@ -73,7 +73,7 @@ class UserState:
         """The sequence number of the user's last profile: events applied, resets included."""
         return self.seq_base + self.state.applied
 
-    def applied(self, state: ProfileState, partition: int, offset: int) -> UserState:
+    def after(self, state: ProfileState, partition: int, offset: int) -> UserState:
         """This user after applying the event at ``offset`` of input ``partition``: ``state``."""
         offsets = dict(self.sources)
         offsets[partition] = offset
@@ -123,8 +123,8 @@ class UserState:
         return encoded_size_of(sizes, model_version)
 
 
-def _split(arrays: dict[str, np.ndarray]) -> tuple[ProfileState, UserState]:
-    """The model's state, and the user's whole stored state, from decoded arrays."""
+def _split(arrays: dict[str, np.ndarray]) -> UserState:
+    """The user's stored state from decoded arrays: the model's, then the stream's fields."""
     meta = arrays["meta"]
     end = _LAST_INPUT_AT + 2
     if meta.ndim != 1 or len(meta) < end:
@@ -137,13 +137,12 @@ def _split(arrays: dict[str, np.ndarray]) -> tuple[ProfileState, UserState]:
     if sources.ndim != 2 or sources.shape[1] != 2:
         raise ValueError(f"sources has shape {sources.shape}, expected [n, 2]")
     seq_base = int(arrays[SEQ_BASE_ARRAY]) if SEQ_BASE_ARRAY in arrays else 0
-    record = UserState(
+    return UserState(
         state,
         seq_base,
         tuple((int(p), int(o)) for p, o in sources.tolist()),
         (int(partition), int(offset)),
     )
-    return state, record
 
 
 def load_user_state(
@@ -159,7 +158,7 @@ def load_user_state(
     try:
         # Any model version: checksum and layout only. Views, not copies: `from_arrays`
         # converts what the model steps, and the step never writes into a state.
-        stored, record = _split(decode_state(raw, copy=False))
+        record = _split(decode_state(raw, copy=False))
         version = peek_model_version(raw)
     except (StateDecodeError, StateError, KeyError, ValueError, TypeError) as exc:
         outcomes["state_reset_corrupt"] += 1
@@ -174,9 +173,7 @@ def load_user_state(
         return record
     outcomes["state_reset_version"] += 1
     logger.debug("user %r: state of model %s reset for %s", key[:200], version, profiler.version)
-    return replace(
-        record, state=profiler.new_state(), seq_base=record.seq_base + stored.applied, reset=True
-    )
+    return replace(record, state=profiler.new_state(), seq_base=record.seq, reset=True)
 
 
 class StateCache:

@@ -278,7 +278,7 @@ class Processor:
             result.model_calls += 1
             for user, outcome in zip(users, applied, strict=True):
                 record, event = per_user[user][wave]
-                new_state = states[user].applied(outcome.state, *input_position(record))
+                new_state = states[user].after(outcome.state, *input_position(record))
                 out = None
                 if outcome.profile is not None:
                     out = self._profile_message(user, event, record, outcome, new_state.seq)

@@ -278,7 +278,7 @@ class OutputProducer:
         """
         while True:
             try:
-                return self._produce(topic, key, value, None)
+                return self._produce(topic, key, value, _ANY_PARTITION)
             except BufferError:
                 await asyncio.sleep(_BACKPRESSURE_S)
 
@@ -297,7 +297,7 @@ class OutputProducer:
                 self._start().poll(_BACKPRESSURE_S)
 
     def _produce(
-        self, topic: str, key: bytes | None, value: bytes | None, partition: int | None
+        self, topic: str, key: bytes | None, value: bytes | None, partition: int
     ) -> asyncio.Future[int]:
         producer = self._start()
         loop = self._loop
@@ -313,7 +313,7 @@ class OutputProducer:
             topic,
             value=value,
             key=key,
-            partition=_ANY_PARTITION if partition is None else partition,
+            partition=partition,
             on_delivery=on_delivery,
         )
         self._pending += 1

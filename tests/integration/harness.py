@@ -332,6 +332,18 @@ def ranking_agreements(message: Mapping, reference: Mapping[str, Any]) -> dict[s
     }
 
 
+def score_diff(message: Mapping, reference: Mapping[str, Any]) -> float:
+    """Largest difference between a published id's score and the reference's score of that id.
+
+    The rankings must agree (`ranking_agreements`): each published id has a reference score.
+    """
+    worst = 0.0
+    for key in ("top_items", "top_categories"):
+        scores = dict([*reference[key], *reference.get(f"{key}_beyond", ())])
+        worst = max([worst, *(abs(c["score"] - scores[c["id"]]) for c in message[key])])
+    return worst
+
+
 def profile_diff(message: Mapping, reference: Mapping[str, Any]) -> float:
     """Largest absolute difference between a published profile and the reference.
 
@@ -347,9 +359,7 @@ def profile_diff(message: Mapping, reference: Mapping[str, Any]) -> float:
             f"{key} of {message['user_id']} seq {message['seq']} (vectors differ by "
             f"{worst:.3g}): published {published}, reference {reference[key]}"
         )
-        scores = dict([*reference[key], *reference.get(f"{key}_beyond", ())])
-        worst = max([worst, *(abs(score - scores[i]) for i, score in published)])
-    return worst
+    return max(worst, score_diff(message, reference))
 
 
 def without_clock(message: Mapping) -> dict:
