@@ -325,3 +325,30 @@ def test_the_worker_closes_its_output_producer_when_the_app_stops(tmp_path) -> N
         assert delivery.done() and output._producer is None  # noqa: SLF001
 
     asyncio.run(run())
+
+
+def test_the_output_metric_counts_profiles_and_dead_letters_not_changelog_records(
+    tmp_path,
+) -> None:
+    settings = Settings(app_id="count-test", datadir=tmp_path, metrics_port=0)
+    app = create_app(settings)
+    metrics = Metrics(CollectorRegistry())
+    fake = FakeProducer(
+        error=lambda topic, key: "Broker: boom" if key == b"bad" else None,
+    )
+    output = output_producer(app, settings, metrics)
+    output._factory = lambda: fake  # noqa: SLF001 - no broker in a unit test
+
+    async def run() -> None:
+        changelog = f"{settings.app_id}-profile-state-changelog"
+        deliveries = [
+            await output.send(settings.output_topic, b"u1", b"{}"),
+            await output.send(settings.dlq_topic, b"u2", b"{}"),
+            output.send_now(changelog, b"u1", b"state", 0),
+            output.send_now(changelog, b"bad", b"state", 0),
+        ]
+        await asyncio.gather(*deliveries, return_exceptions=True)
+        await output.close()
+
+    asyncio.run(run())
+    assert _count(metrics, "delivered") == 2 and _count(metrics, "failed") == 0
