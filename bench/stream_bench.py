@@ -16,7 +16,8 @@ c. ceiling and peers, each draining the same topic from the start: a faust worke
    a line saying so and ``quix_events_per_s`` null, when unset); raw confluent-kafka
    consumption (in this process);
 d. no Kafka: the framework-free core (`stream.processor.Processor`: parse, state
-   codec, model step) over the events of (a) in batches, and the model step alone;
+   codec, model step) over the events of (a) in batches, with the worker's garbage-
+   collector settings (`stream.startup.settle_memory`), and the model step alone;
    the step's cost at 1 and 256 users per call (bench/step_cost.py);
 e. state and writes: encoded bytes per user after (a) and at full windows (every
    layer's W - 1 entries filled); the bytes the worker wrote to Kafka per applied
@@ -73,6 +74,7 @@ from stream.devtools.demo_worker import WorkerError, WorkerProcess
 from stream.devtools.producer import encode_event, producer_config, publish
 from stream.processor import InputRecord, Processor
 from stream.settings import Settings
+from stream.startup import settle_memory
 from stream.topics import LATEST_TABLE, ensure_topics, topic_specs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -240,6 +242,7 @@ def core_alone(model: Path, events: Sequence[Event], figures: Figures) -> None:
     processor = Processor(
         Profiler.load(model), state_cache=StateCache(cache_bytes) if cache_bytes else None
     )
+    settle_memory()  # the worker's garbage-collector settings, applied once it has loaded
     store = MemoryStore()
     records = [
         InputRecord(
