@@ -1,7 +1,7 @@
 """A faust worker that does nothing with the HUP input: the ceiling `stream_bench` compares to.
 
 Same faust settings as the profile worker (`stream.app.faust_options`, from the same
-HUP_* environment), same input topic, same batching (`noack_take`, ack after the batch);
+HUP_* environment), same input topic, same batching (`stream.guards.take.take_flowing`, ack after the batch);
 no state, no model, no output. Once it has consumed BENCH_NOOP_EXPECT events it writes
 to BENCH_NOOP_OUT the wall-clock times of its first and last batch, the size of the
 first and the total count, so the rate excludes the start-up before the first batch.
@@ -19,6 +19,7 @@ import faust
 import orjson
 
 from stream.app import faust_options
+from stream.guards.take import take_flowing
 from stream.settings import Settings
 
 settings = Settings()
@@ -38,7 +39,10 @@ source = app.topic(
 async def consume(stream: faust.Stream[bytes]) -> None:
     """Count batches of events and ack them; record when the expected count is reached."""
     seen, first, first_size = 0, 0.0, 0
-    async for batch in stream.noack_take(settings.batch_size, within=settings.batch_within_s):
+    batches = take_flowing(
+        stream, settings.batch_size, settings.batch_within_s, settings.batch_idle_s
+    )
+    async for batch in batches:
         now = time.time()
         if not first:
             first, first_size = now, len(batch)

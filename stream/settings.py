@@ -80,10 +80,13 @@ class Settings(BaseSettings):
     retention_ms: int = Field(default=7 * _DAY_MS, ge=-1)
     # Per-partition RocksDB state lives in {datadir}/v1/tables/.
     datadir: Path = Path("data/worker")
-    # At most this many events per model batch, waiting at most batch_within_s for it.
+    # At most this many events per model batch, waiting at most batch_within_s from its
+    # first event for it to fill; a batch closes earlier once no event has come for
+    # batch_idle_s (stream.guards.take). A backlog arrives without pauses and fills whole
+    # batches; under light load a batch closes as soon as the events that came are in.
     batch_size: int = Field(default=256, ge=1)
-    # A backlog fills a batch at once; under light load the wait adds to each event's latency.
     batch_within_s: float = Field(default=0.02, gt=0)
+    batch_idle_s: float = Field(default=0.002, gt=0)
     # Publish only each user's last profile of a batch instead of one per event.
     coalesce: bool = False
     # Re-key the input by the event's user_id (stream.rekey, through the topic

@@ -9,6 +9,7 @@ most reach into faust's private parts:
 - `tables`: table writes under the right event, awaited until the broker has them;
 - `highwater`: true end offsets for table recovery on tansu;
 - `fetchwait`: the input consumer's fetch wait;
+- `take`: batches that close when the events stop coming, not after a fixed wait;
 - `internals`: the faust internals all of these need, checked before the worker starts.
 
 The worker uses them through the names below only: `consume_guarded` is the one way

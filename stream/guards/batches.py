@@ -11,7 +11,7 @@ a partition's offsets are released and the partition read again from the hole.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from typing import Protocol, cast
 
@@ -21,17 +21,20 @@ from prometheus_client import Counter
 
 from stream.guards.acks import AckGuard, PersistentHoleError, keep_queue_on_resume
 from stream.guards.fence import RebalanceFence
+from stream.guards.take import take_flowing
 
-__all__ = ["BatchSettings", "GuardCounters", "Handler", "consume_guarded"]
+__all__ = ["BatchSettings", "GuardCounters", "Handler", "Take", "consume_guarded"]
 
 logger = logging.getLogger(__name__)
 
 # Handles one batch: ``handle(events, still_owned)`` returns whether it finished it.
 Handler = Callable[[list[EventT], Callable[[], bool]], Awaitable[bool]]
+# Takes batches of a stream: ``take(stream, max_, within, idle)`` (`take_flowing`).
+Take = Callable[[faust.Stream[bytes], int, float, float], AsyncIterator[list[EventT]]]
 
 
 class BatchSettings(Protocol):
-    """How batches are taken (`stream.settings.Settings` has both)."""
+    """How batches are taken (`stream.settings.Settings` has these)."""
 
     @property
     def batch_size(self) -> int:
@@ -41,6 +44,11 @@ class BatchSettings(Protocol):
     @property
     def batch_within_s(self) -> float:
         """The longest a batch waits to fill, in seconds."""
+        ...
+
+    @property
+    def batch_idle_s(self) -> float:
+        """A batch closes once no event has arrived for this long, in seconds."""
         ...
 
 
@@ -59,6 +67,7 @@ async def consume_guarded(
     *,
     metrics: GuardCounters | None = None,
     transactional: bool = False,
+    take: Take = take_flowing,
 ) -> None:
     """Feed ``source``'s batches to ``handle`` and ack each event only once it is handled.
 
@@ -66,6 +75,7 @@ async def consume_guarded(
     the events unacked for the partitions' next owner (``still_owned()`` tells it whether
     this worker still owns them). A hole is read again unless the topic is
     ``transactional`` (`stream.guards.acks`). ``metrics`` counts refused acks and holes.
+    ``take`` forms the batches (`stream.guards.take.take_flowing`).
 
     Raises:
         PersistentHoleError: A hole could not be read again (`stream.guards.acks`).
@@ -84,10 +94,10 @@ async def consume_guarded(
     app.on_partitions_revoked.connect(guard.on_partitions_revoked)  # type: ignore[arg-type]
     app.on_partitions_assigned.connect(guard.on_partitions_assigned)  # type: ignore[arg-type]
     fence = RebalanceFence(app, source)
-    # noack_take, not take_events: take_events acks a batch even when the body
-    # raises (broker notes F4); here a batch is acked only once it is done.
-    async for batch in source.noack_take(settings.batch_size, within=settings.batch_within_s):
-        taken = cast(list[EventT], list(batch))  # noack_take yields events, not values
+    # Events, never acked by the take (faust's take_events acks a batch even when the
+    # body raises, broker notes F4): here a batch is acked only once it is done.
+    batches = take(source, settings.batch_size, settings.batch_within_s, settings.batch_idle_s)
+    async for taken in batches:
         async with fence.batch() as epoch:
             events: list[EventT] = []
             stale: list[EventT] = []

@@ -5,8 +5,9 @@ the work-arounds reach into its private parts: `stream.guards.acks` replaces the
 ``ack`` and ``_add_gap`` and empties ``FlowControlEvent._queues``, `stream.guards.tables`
 sets ``faust.streams._current_event``, `stream.guards.highwater` replaces ``highwaters``,
 `stream.guards.fetchwait` wraps the consumer thread's ``_create_worker_consumer``,
-`stream.guards.batches` takes batches with ``noack_take``, `stream.metrics` reads
-``_committed_offset`` and the RocksDB store's ``_dbs`` (as `stream.sweeper` does). Another
+`stream.guards.take` fills batches through the stream's ``_enable_passive`` and
+``_processors``, `stream.metrics` reads ``_committed_offset`` and the RocksDB store's
+``_dbs`` (as `stream.sweeper` does). Another
 faust release may rename any of them, and a guard that silently patches nothing would
 lose events. So the worker checks each one before it imports the modules that use
 them (`stream.worker.main`) and again when faust prepares the worker
@@ -70,7 +71,8 @@ REQUIRED: tuple[Internal, ...] = (
     Internal("mode.utils.queues:FlowControlEvent", "_queues", "stream.guards.acks keeps the queue"),
     Internal("faust.streams", "_current_event", "stream.guards.tables scopes table access"),
     Internal("faust.streams:Stream", "current_event", "stream.guards.fence stamps events"),
-    Internal("faust.streams:Stream", "noack_take", "stream.guards.batches takes batches"),
+    Internal("faust.streams:Stream", "_enable_passive", "stream.guards.take fills batches"),
+    Internal("faust.streams:Stream", "_processors", "stream.guards.take fills batches"),
     Internal("faust.tables.base:Collection", "send_changelog", "stream.guards.tables confirms"),
     Internal("faust.stores.rocksdb:Store", "_dbs", "stream.metrics counts users"),
     Internal("faust.stores.rocksdb:Store", "offset_key", "stream.metrics counts users"),

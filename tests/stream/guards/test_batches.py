@@ -28,7 +28,8 @@ class _Source:
     def add_processor(self, fun: Any) -> None:
         self.processors.append(fun)
 
-    async def noack_take(self, size: int, within: float) -> Any:
+    async def take(self, size: int, within: float, idle: float) -> Any:
+        """`stream.guards.take.take_flowing` as the guard sees it: the batches, in order."""
         for batch in self.batches:
             for event in batch:
                 self.current_event = event
@@ -93,7 +94,8 @@ def test_batches_taken_while_stopping_are_released_without_a_hole_or_a_re_read(
         return True
 
     with caplog.at_level(logging.INFO):
-        asyncio.run(consume_guarded(app, source, Settings(), handle))  # type: ignore[arg-type]
+        take = _Source.take
+        asyncio.run(consume_guarded(app, source, Settings(), handle, take=take))  # type: ignore[arg-type]
     assert handled == [[0, 1, 2], [3, 4, 5]]  # the third batch is not processed
     assert source.acked == [0, 1, 2]
     assert seeks == []
