@@ -90,7 +90,9 @@ def install_agent(app: faust.App, topics: Topics, context: WorkerContext) -> Age
                 dead_letter_log=context.dead_letter_log,
             )
             # The state must be on the broker before its events count as consumed.
+            started = time.perf_counter()
             await asyncio.gather(topics.state.confirm(), topics.latest.confirm())
+            context.metrics.batch_stage.labels("confirm").observe(time.perf_counter() - started)
             return result is not None  # None: stopping, or a partition given up mid-batch
 
         await consume_guarded(
@@ -290,11 +292,13 @@ async def process_and_publish(
     redelivers events that are then skipped by offset, having been published.
     """
     try:
+        started = time.perf_counter()
         result = processor.process(records, store)
+        processed = time.perf_counter()
         deliveries = [await send_profile(p.key, p.value) for p in result.profiles]
         deliveries += [await send_dead_letter(d.key, d.value) for d in result.dead_letters]
         await asyncio.gather(*deliveries)
-        delivered_at = clock()
+        delivered_at, delivered = clock(), time.perf_counter()
         if still_owned is not None and not still_owned():
             # The partitions' next owner processes the events again (the profiles
             # repeat, as after a crash); writing the state here could overwrite the
@@ -309,6 +313,7 @@ async def process_and_publish(
             for key, profile in {p.key: p for p in result.profiles}.items():
                 latest.put(key, profile.latest_record())
         store.commit()
+        written = time.perf_counter()
     except Exception:
         logger.exception(
             "batch of %d records from %s failed; not acked, the worker stops and will "
@@ -323,5 +328,9 @@ async def process_and_publish(
         else:
             dead_letter_log.log("%s dead-lettered: %s", dead.where, dead.reason)
     metrics.observe_batch(len(records), result)
+    stages = metrics.batch_stage
+    stages.labels("process").observe(processed - started)
+    stages.labels("deliver").observe(delivered - processed)
+    stages.labels("write").observe(written - delivered)
     metrics.observe_published(result.profiles, delivered_at)
     return result

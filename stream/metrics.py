@@ -93,6 +93,15 @@ class Metrics:
         self.batch_size = Histogram(
             "hup_batch_size", "Records per batch.", buckets=_BATCH_BUCKETS, registry=registry
         )
+        self.batch_stage = Histogram(
+            "hup_batch_stage_seconds",
+            "Time of each stage of a batch, in order: process (validate, state, model, "
+            "ranking), deliver (wait for the outputs' delivery reports), write (the latest-"
+            "profile and state tables), confirm (wait until the broker has the changelogs).",
+            ["stage"],
+            buckets=_STEP_BUCKETS,
+            registry=registry,
+        )
         self.model = Info("hup_model", "The loaded model checkpoint.", registry=registry)
         self.users_in_state = Gauge(
             "hup_users_in_state",

@@ -123,10 +123,12 @@ class Settings(BaseSettings):
     # keep a prefix of the original bytes, and an event whose profile or state would not
     # fit is dead-lettered (stream.publish). Keep it at most the brokers' message.max.bytes.
     producer_max_request_size: int = Field(default=DEFAULT_MAX_REQUEST_SIZE, ge=65_536)
-    # librdkafka's linger.ms for the output producer (profiles, dead letters): how long
-    # a record may wait for others to share its produce request. The agent awaits the
-    # deliveries of a batch before acking it, so this adds to a batch's time, not per event.
-    output_linger_ms: float = Field(default=5.0, ge=0, le=1000)
+    # librdkafka's linger.ms for the output producer (profiles, dead letters, changelog
+    # records): how long a record may wait for others to share its produce request. The
+    # agent queues a batch's records at once and then awaits them, twice per batch
+    # (outputs, then state), so a longer linger adds to every batch's time twice and
+    # batches nothing more; a backlog's 256-event batches fill requests anyway.
+    output_linger_ms: float = Field(default=1.0, ge=0, le=1000)
     # The longest the input consumer's fetch request waits at the broker for records
     # (aiokafka's fetch_max_wait_ms; faust fixes it at 1500). Kafka answers as soon as a
     # record arrives, so there it only bounds idle polling; the embedded tansu broker

@@ -183,6 +183,7 @@ def _exported_names() -> set[str]:
     metrics.set_model("v", "/m")
     metrics.observe_batch(1, BatchResult(outcomes=Counter(applied=1)))
     metrics.observe_published([OutputProfile(b"u", b"{}", 1.0, 1.0)], 2.0)
+    metrics.batch_stage.labels("process").observe(0.01)
     metrics.set_users_in_state({0: 1})
     metrics.set_consumer_lag({0: 1})
     metrics.state_size.observe(1)
@@ -202,6 +203,7 @@ def test_the_dashboard_covers_the_issue_and_uses_only_exported_metrics() -> None
         "hup_processing_seconds_bucket",
         "hup_model_step_seconds",
         "hup_batch_size",
+        "hup_batch_stage_seconds_sum",
         'outcome="dlq"',
         "hup_consumer_lag",
         "hup_users_in_state",

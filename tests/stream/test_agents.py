@@ -116,6 +116,10 @@ def test_a_batch_is_published_then_its_state_saved(
     assert _sample(metrics, "hup_events_total", {"outcome": "consumed"}) == len(records) + 1
     assert _sample(metrics, "hup_batch_size_count") == 1
     assert _sample(metrics, "hup_processing_seconds_sum") == pytest.approx(4.0 * len(profiles.sent))
+    for stage in ("process", "deliver", "write"):  # "confirm" is the agent's, after this
+        assert _sample(metrics, "hup_batch_stage_seconds_count", {"stage": stage}) == 1
+        assert _sample(metrics, "hup_batch_stage_seconds_sum", {"stage": stage}) >= 0.0
+    assert _sample(metrics, "hup_batch_stage_seconds_sum", {"stage": "process"}) > 0.0
 
 
 def test_a_failed_delivery_saves_no_state_and_the_retry_republishes_the_same(
@@ -270,6 +274,8 @@ def test_settings_defaults_and_environment(monkeypatch: pytest.MonkeyPatch) -> N
         "micro-behaviors-dlq",
     )
     assert defaults.partitions == 3 and defaults.batch_size == 256
+    assert (defaults.batch_within_s, defaults.batch_idle_s) == (0.02, 0.002)
+    assert defaults.output_linger_ms == 1.0 and defaults.fetch_max_wait_ms == 20
     assert defaults.producer_max_batch_size == 1_048_576 and defaults.metrics_port == 9108
     assert defaults.retention_ms == 7 * 24 * 3600 * 1000
     assert defaults.bootstrap_servers == "127.0.0.1:9092"
