@@ -8,6 +8,8 @@ a. full speed: E events of U synthetic users, all active at once (round-robin, e
    worker's processing latency (consume to publish, from its histogram);
 b. fixed rate: the same worker gets more events of the same users at 50 % of (a)'s
    rate, stamped with the wall clock; event-to-profile latency per profile;
+   in (a) and (b), the mean time per batch of each stage (`hup_batch_stage_seconds`:
+   process, deliver, write, confirm) and (b)'s events per batch;
 c. ceiling and peers, each draining the same topic from the start: a faust worker
    that only consumes and acks (bench/noop_worker.py, same faust settings and
    batching); a Quix Streams app with a RocksDB state update per event
@@ -48,7 +50,7 @@ import urllib.request
 import uuid
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated
 
@@ -81,6 +83,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from step_cost import measure, untrained_profiler  # noqa: E402  (a sibling script)
 
 REPO = Path(__file__).resolve().parents[1]
+STAGES = ("process", "deliver", "write", "confirm")  # `hup_batch_stage_seconds`, in order
+
+
+def stage_means_ms(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    """Mean milliseconds per batch of each stage between two scrapes of the worker."""
+
+    def grown(series: str) -> float:
+        return after.get(series, 0.0) - before.get(series, 0.0)
+
+    means = {}
+    for stage in STAGES:
+        labels = f'{{stage="{stage}"}}'
+        count = grown(f"hup_batch_stage_seconds_count{labels}")
+        total = grown(f"hup_batch_stage_seconds_sum{labels}")
+        means[stage] = 1000 * total / count if count else math.nan
+    return means
+
+
 console = Console()
 log = logging.getLogger("stream_bench")
 
@@ -100,6 +120,10 @@ class Figures:
     fixed_rate_events_per_s: float = math.nan
     fixed_rate_p50_ms: float = math.nan
     fixed_rate_p99_ms: float = math.nan
+    # Mean ms per batch of each stage (`STAGES`) in (a) and in (b), and (b)'s batch size.
+    stage_ms_full_speed: dict[str, float] = field(default_factory=dict)
+    stage_ms_fixed_rate: dict[str, float] = field(default_factory=dict)
+    fixed_rate_events_per_batch: float = math.nan
     noop_events_per_s: float = math.nan
     quix_events_per_s: float = math.nan
     raw_events_per_s: float = math.nan
@@ -531,6 +555,7 @@ def run(options: Options, workdir: Path) -> Figures:
             published = sorted(p for p, _ in reader.stamps)
             figures.worker_events_per_s = (len(published) - 1) / (published[-1] - published[0])
             series = scrape(port)
+            figures.stage_ms_full_speed = stage_means_ms(series, {})
             figures.worker_processing_p50_ms = 1000 * histogram_quantile(
                 series, "hup_processing_seconds", 0.5
             )
@@ -559,7 +584,12 @@ def run(options: Options, workdir: Path) -> Figures:
             latency = [published - event for published, event in reader.stamps[before:]]
             figures.fixed_rate_p50_ms = 1000 * percentile(latency, 50)
             figures.fixed_rate_p99_ms = 1000 * percentile(latency, 99)
-            applied = scrape(port).get('hup_events_total{outcome="applied"}', 0.0)
+            after_b = scrape(port)
+            applied = after_b.get('hup_events_total{outcome="applied"}', 0.0)
+            figures.stage_ms_fixed_rate = stage_means_ms(after_b, series)
+            batches = after_b["hup_batch_size_count"] - series["hup_batch_size_count"]
+            records = after_b["hup_batch_size_sum"] - series["hup_batch_size_sum"]
+            figures.fixed_rate_events_per_batch = records / batches if batches else math.nan
             assert worker.stop() == 0, worker.tail()
         finally:
             reader.close()
@@ -710,6 +740,15 @@ def table(figures: Figures) -> Table:
             "(d) step: ms per call at 1 user / us per event at 256",
             f"{figures.step_ms_per_call_1:.2f} / {figures.step_us_per_event_256:.1f}",
         ),
+        (
+            "(a) ms per batch: " + " / ".join(STAGES),
+            _stages(figures.stage_ms_full_speed),
+        ),
+        (
+            "(b) ms per batch: " + " / ".join(STAGES),
+            f"{_stages(figures.stage_ms_fixed_rate)} "
+            f"({figures.fixed_rate_events_per_batch:.0f} events)",
+        ),
         ("(e) state bytes per user", f"{figures.state_bytes_per_user:,.0f}"),
         ("(e) state bytes at full windows", f"{figures.state_bytes_full_window:,}"),
         ("(e) bytes written to Kafka per applied event", f"{figures.bytes_written_per_event:,.0f}"),
@@ -722,6 +761,10 @@ def table(figures: Figures) -> Table:
     for name, value in rows:
         out.add_row(name, value)
     return out
+
+
+def _stages(means: dict[str, float]) -> str:
+    return " / ".join(f"{means.get(stage, math.nan):.1f}" for stage in STAGES)
 
 
 def main(
