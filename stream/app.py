@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from hup.runtime import Profiler
 from stream.agents import install_agent
-from stream.guards import ConfirmedTable, set_fetch_wait
+from stream.guards import ConfirmedTable, set_fetch_wait, skip_store_wal
 from stream.metrics import Metrics
 from stream.settings import Settings
 from stream.startup import WorkerContext
@@ -109,6 +109,8 @@ def create_app(
     """
     app = faust.App(settings.app_id, **faust_options(settings))
     set_fetch_wait(app, settings.fetch_max_wait_ms)
+    if not settings.store_wal:
+        skip_store_wal(app)
     raw: dict[str, Any] = {
         "key_type": bytes,
         "value_type": bytes,

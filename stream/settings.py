@@ -139,6 +139,10 @@ class Settings(BaseSettings):
     # Redelivered events are skipped by offset, so this only bounds re-reading.
     commit_every: int = Field(default=1000, ge=1)
     commit_interval_s: float = Field(default=1.0, gt=0)
+    # Keep RocksDB's write-ahead log in the tables' local stores. Off by default: the
+    # changelog topics are the tables' log, and after a crash faust reads back from them
+    # what the store had not flushed (stream.guards.localstore).
+    store_wal: bool = False
     # Standby replicas of the state table on other workers (faster failover).
     standby_replicas: int = Field(default=0, ge=0)
     # Bounds on one input event (`hup.schema.InputLimits`): an event beyond one is

@@ -9,6 +9,7 @@ most reach into faust's private parts:
 - `tables`: table writes under the right event, awaited until the broker has them;
 - `highwater`: true end offsets for table recovery on tansu;
 - `fetchwait`: the input consumer's fetch wait;
+- `localstore`: the tables' RocksDB stores without a write-ahead log (the changelog is one);
 - `take`: batches that close when the events stop coming, not after a fixed wait;
 - `internals`: the faust internals all of these need, checked before the worker starts.
 
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from stream.guards.highwater import install as correct_highwaters
     from stream.guards.internals import FaustInternalsError
     from stream.guards.internals import check as check_internals
+    from stream.guards.localstore import install as skip_store_wal
     from stream.guards.tables import BatchStore, ConfirmedTable, TableKeyValue
 
 __all__ = [
@@ -42,6 +44,7 @@ __all__ = [
     "consume_guarded",
     "correct_highwaters",
     "set_fetch_wait",
+    "skip_store_wal",
 ]
 
 # Each public name: (module, attribute).
@@ -55,6 +58,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "consume_guarded": ("batches", "consume_guarded"),
     "correct_highwaters": ("highwater", "install"),
     "set_fetch_wait": ("fetchwait", "install"),
+    "skip_store_wal": ("localstore", "install"),
 }
 
 

@@ -6,7 +6,8 @@ the work-arounds reach into its private parts: `stream.guards.acks` replaces the
 sets ``faust.streams._current_event``, `stream.guards.highwater` replaces ``highwaters``,
 `stream.guards.fetchwait` wraps the consumer thread's ``_create_worker_consumer``,
 `stream.guards.take` fills batches through the stream's ``_enable_passive`` and
-``_processors``, `stream.metrics` reads ``_committed_offset`` and the RocksDB store's
+``_processors``, `stream.guards.localstore` wraps the RocksDB store's
+``_open_for_partition``, `stream.metrics` reads ``_committed_offset`` and the store's
 ``_dbs`` (as `stream.sweeper` does). Another
 faust release may rename any of them, and a guard that silently patches nothing would
 lose events. So the worker checks each one before it imports the modules that use
@@ -75,6 +76,11 @@ REQUIRED: tuple[Internal, ...] = (
     Internal("faust.streams:Stream", "_processors", "stream.guards.take fills batches"),
     Internal("faust.tables.base:Collection", "send_changelog", "stream.guards.tables confirms"),
     Internal("faust.stores.rocksdb:Store", "_dbs", "stream.metrics counts users"),
+    Internal(
+        "faust.stores.rocksdb:Store",
+        "_open_for_partition",
+        "stream.guards.localstore opens stores without RocksDB's log",
+    ),
     Internal("faust.stores.rocksdb:Store", "offset_key", "stream.metrics counts users"),
     Internal(
         "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread",

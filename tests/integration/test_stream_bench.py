@@ -59,6 +59,12 @@ def test_stream_bench_measures_every_phase(kafka_bootstrap: str, tmp_path: Path)
     assert figures["bytes_written_per_event"] > 1000
     assert figures["fixed_rate_p50_ms"] <= figures["fixed_rate_p99_ms"]
     assert figures["changelog_records"] >= 30  # every user's state was written at least once
+    # Every stage of a batch took some time in both phases (hup_batch_stage_seconds).
+    for phase in ("stage_ms_full_speed", "stage_ms_fixed_rate"):
+        stages = figures[phase]
+        assert list(stages) == ["process", "deliver", "write", "confirm"], stages
+        assert all(math.isfinite(v) and v > 0 for v in stages.values()), (phase, stages)
+    assert figures["fixed_rate_events_per_batch"] >= 1
     assert math.isfinite(figures["recovery_s"])
     assert "(c) no-op faust worker" in run.stdout
     assert "(c) Quix Streams" in run.stdout

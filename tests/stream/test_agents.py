@@ -341,6 +341,9 @@ def test_the_app_carries_the_mandatory_broker_settings(profiler: Profiler, tmp_p
     (agent,) = app.agents.values()
     assert agent.supervisor_strategy is CrashingSupervisor
     assert agent.channel.get_topic_name() == "micro-behaviors"
+    store = table.data  # the state table's local stores: no RocksDB log (HUP_STORE_WAL=0)
+    store._open_for_partition(0).put(b"user", b"x" * 16_000)
+    assert sum(f.stat().st_size for f in Path(store.partition_path(0)).glob("*.log")) == 0
     specs = {s.name: s for s in topic_specs(settings)}
     assert specs[settings.changelog_topic].config == {"cleanup.policy": "compact"}
     assert specs["user-profiles"].config == {"retention.ms": str(settings.retention_ms)}
