@@ -1,10 +1,11 @@
 """A faust worker that does nothing with the HUP input: the ceiling `stream_bench` compares to.
 
 Same faust settings as the profile worker (`stream.app.faust_options`, from the same
-HUP_* environment), same input topic, same batching (`stream.guards.take.take_flowing`, ack after the batch);
-no state, no model, no output. Once it has consumed BENCH_NOOP_EXPECT events it writes
-to BENCH_NOOP_OUT the wall-clock times of its first and last batch, the size of the
-first and the total count, so the rate excludes the start-up before the first batch.
+HUP_* environment), same input topic, same batching (`stream.guards.take.take_flowing`,
+ack after the batch); no state, no model, no output. Once it has consumed
+BENCH_NOOP_EXPECT events it writes to BENCH_NOOP_OUT the wall-clock times of its first
+and last batch, the size of the first and the total count, so the rate excludes the
+start-up before the first batch.
 
 Run: ``python bench/noop_worker.py worker -l warn --without-web``
 """

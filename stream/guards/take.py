@@ -1,4 +1,4 @@
-"""Batches that close when the events stop flowing: low latency at light load, full batches under load.
+"""Batches that close when the events stop flowing: quick at light load, full under load.
 
 faust's ``noack_take(max_, within)`` waits the whole of ``within`` for every batch that
 does not fill: under light load each event then waits up to ``within`` before the model
