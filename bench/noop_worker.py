@@ -44,6 +44,8 @@ async def consume(stream: faust.Stream[bytes]) -> None:
         stream, settings.batch_size, settings.batch_within_s, settings.batch_idle_s
     )
     async for batch in batches:
+        if not batch:  # the input is quiet
+            continue
         now = time.time()
         if not first:
             first, first_size = now, len(batch)

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from hup.runtime import Profiler
 from stream.agents import install_agent
-from stream.guards import ConfirmedTable, set_fetch_wait, skip_store_wal
+from stream.guards import ConfirmedTable, StagedTable, set_fetch_wait, skip_store_wal
 from stream.metrics import Metrics
 from stream.settings import Settings
 from stream.startup import WorkerContext
@@ -149,10 +149,12 @@ def create_app(
     )
     # faust types this signal so that no receiver satisfies mypy (mode's own SyncSignal does).
     app.on_worker_init.connect(context.prepare)  # type: ignore[arg-type]
-    install_agent(app, topics, context)
+    latest = StagedTable(topics.latest)
+    install_agent(app, topics, context, latest)
     install_views(
         app,
         topics.latest,
+        staged=latest,
         token=settings.api_token.get_secret_value() if settings.api_token else None,
         max_id_chars=settings.max_id_chars,
     )

@@ -95,9 +95,10 @@ class Metrics:
         )
         self.batch_stage = Histogram(
             "hup_batch_stage_seconds",
-            "Time of each stage of a batch, in order: process (validate, state, model, "
-            "ranking), deliver (wait for the outputs' delivery reports), write (the latest-"
-            "profile and state tables), confirm (wait until the broker has the changelogs).",
+            "Time of each stage: process, per batch (validate, state, model, ranking, send "
+            "the outputs); per save: deliver (wait for the outputs' delivery reports), write "
+            "(the latest-profile and state tables), confirm (wait until the broker has the "
+            "changelogs).",
             ["stage"],
             buckets=_STEP_BUCKETS,
             registry=registry,

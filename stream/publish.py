@@ -10,9 +10,9 @@ worker's time on their produce path under load.
 At-least-once hinges on one rule: an input offset is committed only after every
 output of its event is on the broker. `OutputProducer.send` returns an asyncio future
 that completes only when librdkafka's delivery report for that record arrives, and
-fails with `OutputDeliveryError` when the report carries an error; the agent awaits
-every future of a batch before it writes the batch's state and acks its events
-(`stream.agents.process_and_publish`), and faust commits acked offsets only. A record
+fails with `OutputDeliveryError` when the report carries an error; a save awaits every
+future of the batches it saves before it writes their state and acks their events
+(`stream.agents.ProfileBatches`), and faust commits acked offsets only. A record
 still in librdkafka's queue when the process dies was never acknowledged, so its
 event was never acked and is consumed again. Delivery reports are served by a
 daemon thread that polls the producer and hands each result to the event loop.

@@ -87,6 +87,15 @@ class Settings(BaseSettings):
     batch_size: int = Field(default=256, ge=1)
     batch_within_s: float = Field(default=0.02, gt=0)
     batch_idle_s: float = Field(default=0.002, gt=0)
+    # The state and latest-profile tables are saved, and the events acked, once per save
+    # instead of once per batch (stream.agents.ProfileBatches): a save runs once
+    # save_interval_s has passed since the last one, or once the values staged in memory
+    # reach save_max_mb MiB. Between saves each user's newest state waits in memory, so
+    # a user's k events in an interval cost one state record instead of k. A crash
+    # consumes the unsaved events again (their profiles are published again, identical
+    # but for published_ts), so the interval bounds that repeat. 0: save every batch.
+    save_interval_s: float = Field(default=3.0, ge=0, le=300)
+    save_max_mb: int = Field(default=64, ge=0)
     # Publish only each user's last profile of a batch instead of one per event.
     coalesce: bool = False
     # Re-key the input by the event's user_id (stream.rekey, through the topic
@@ -124,10 +133,8 @@ class Settings(BaseSettings):
     # fit is dead-lettered (stream.publish). Keep it at most the brokers' message.max.bytes.
     producer_max_request_size: int = Field(default=DEFAULT_MAX_REQUEST_SIZE, ge=65_536)
     # librdkafka's linger.ms for the output producer (profiles, dead letters, changelog
-    # records): how long a record may wait for others to share its produce request. The
-    # agent queues a batch's records at once and then awaits them, twice per batch
-    # (outputs, then state), so a longer linger adds to every batch's time twice and
-    # batches nothing more; a backlog's 256-event batches fill requests anyway.
+    # records): how long a record may wait for others to share its produce request, which
+    # adds to every profile's latency; a backlog's 256-event batches fill requests anyway.
     output_linger_ms: float = Field(default=1.0, ge=0, le=1000)
     # The longest the input consumer's fetch request waits at the broker for records
     # (aiokafka's fetch_max_wait_ms; faust fixes it at 1500). Kafka answers as soon as a

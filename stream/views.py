@@ -7,10 +7,12 @@ which the answer is rebuilt byte for byte as published (the output schema,
 stream/schemas/profile.schema.json). The profile cannot be recomputed from the state
 instead: it is what `Profiler.apply` returns when *stepping* an event, and the message
 also carries the event's ``ts``/``event_id`` and the ``published_ts``, which the state
-does not keep. The agent writes the table in the same batch as the state, after the
-profiles are delivered and before the state, so a served profile has always been
-published, and a crash in between re-publishes and rewrites it (see
-`stream.agents.process_and_publish`).
+does not keep. The agent stages each user's last profile with the user's state and
+writes both at its next commit (`stream.agents.ProfileBatches`); the view answers from
+the staged record first, so a profile is served from the batch that published it on.
+A staged profile has been sent but may not be delivered yet: a reader can see it a few
+milliseconds before the topic's consumers do, and after a crash the restarted worker
+publishes it again.
 
 The table is co-partitioned with the state and the input (keyed by user id), and
 `app.table_route` sends the request to the worker owning the key's partition.
@@ -28,9 +30,9 @@ from __future__ import annotations
 import hmac
 import logging
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from functools import wraps
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import faust
 import orjson
@@ -40,12 +42,14 @@ from faust.tables.manager import TableManager
 from faust.types import TableT
 from faust.web import Request, Response, View
 
+from stream.guards import StagedTable
 from stream.profile import LatestRecordError, render_latest
 
 __all__ = [
     "UNAUTHORIZED",
     "UNKNOWN_USER",
     "UNREADABLE",
+    "Records",
     "authorized",
     "install_views",
     "is_ready",
@@ -126,7 +130,15 @@ def quiet_bad_requests() -> None:
         server_log.addFilter(_BadRequestFilter())
 
 
-def lookup_profile(table: Mapping[bytes, bytes], user_id: str) -> tuple[int, bytes]:
+class Records(Protocol):
+    """Latest-profile records by user-id bytes (a table, or staged records before it)."""
+
+    def get(self, key: bytes) -> bytes | None:
+        """The record of ``key``, or None."""
+        ...
+
+
+def lookup_profile(table: Records, user_id: str) -> tuple[int, bytes]:
     """The HTTP status and JSON body for ``GET /profiles/{user_id}``.
 
     Args:
@@ -163,18 +175,37 @@ def _readiness(app: faust.App) -> tuple[bool, dict[str, Any]]:
     return is_ready(rebalancing=app.rebalancing, recovered=recovered, assigned=assigned), detail
 
 
+class _StagedFirst:
+    """The latest-profile records as the view reads them: staged ones before the table's."""
+
+    def __init__(self, staged: StagedTable, table: Records) -> None:
+        self._staged = staged
+        self._table = table
+
+    def get(self, key: bytes) -> bytes | None:
+        value = self._staged.get(key)
+        return value if value is not None else self._table.get(key)
+
+
 def install_views(
-    app: faust.App, latest: TableT, *, token: str | None = None, max_id_chars: int = 256
+    app: faust.App,
+    latest: TableT,
+    *,
+    staged: StagedTable | None = None,
+    token: str | None = None,
+    max_id_chars: int = 256,
 ) -> None:
     """Register ``/profiles/{user_id}``, ``/health`` and ``/ready`` on ``app``'s web server.
 
     Args:
         app: The worker app.
         latest: The latest-profile table.
+        staged: The agent's latest profiles not written to ``latest`` yet.
         token: The bearer token ``/profiles`` requires (HUP_API_TOKEN); None: none.
         max_id_chars: Longer user ids are answered 400 (HUP_MAX_ID_CHARS: none is stored).
     """
     quiet_bad_requests()
+    records: Records = latest if staged is None else _StagedFirst(staged, latest)
 
     @app.page("/profiles/{user_id}")
     @_guarded(token, max_id_chars)
@@ -182,7 +213,7 @@ def install_views(
     async def profile(web: View, request: Request, user_id: str) -> Response:
         # No current event here: faust's RocksDB store looks the key up in every
         # partition database this worker has, and only the owner's holds it.
-        status, body = lookup_profile(latest, user_id)
+        status, body = lookup_profile(records, user_id)
         return web.bytes(body, content_type=_JSON, status=status)
 
     @app.page("/health")

@@ -6,7 +6,8 @@ most reach into faust's private parts:
 
 - `acks`: only offsets the agent processed are committed; holes are read again;
 - `fence`: a batch writes state only while its partitions are still this worker's;
-- `tables`: table writes under the right event, awaited until the broker has them;
+- `tables`: table writes under the right event, staged between commits, awaited until the
+  broker has them;
 - `highwater`: true end offsets for table recovery on tansu;
 - `fetchwait`: the input consumer's fetch wait;
 - `localstore`: the tables' RocksDB stores without a write-ahead log (the changelog is one);
@@ -26,20 +27,22 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from stream.guards.acks import PersistentHoleError
-    from stream.guards.batches import consume_guarded
+    from stream.guards.batches import acked_per_batch, consume_guarded
     from stream.guards.fetchwait import install as set_fetch_wait
     from stream.guards.highwater import install as correct_highwaters
     from stream.guards.internals import FaustInternalsError
     from stream.guards.internals import check as check_internals
     from stream.guards.localstore import install as skip_store_wal
-    from stream.guards.tables import BatchStore, ConfirmedTable, TableKeyValue
+    from stream.guards.tables import BatchStore, ConfirmedTable, StagedTable, TableKeyValue
 
 __all__ = [
     "BatchStore",
     "ConfirmedTable",
     "FaustInternalsError",
     "PersistentHoleError",
+    "StagedTable",
     "TableKeyValue",
+    "acked_per_batch",
     "check_internals",
     "consume_guarded",
     "correct_highwaters",
@@ -53,8 +56,10 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "ConfirmedTable": ("tables", "ConfirmedTable"),
     "FaustInternalsError": ("internals", "FaustInternalsError"),
     "PersistentHoleError": ("acks", "PersistentHoleError"),
+    "StagedTable": ("tables", "StagedTable"),
     "TableKeyValue": ("tables", "TableKeyValue"),
     "check_internals": ("internals", "check"),
+    "acked_per_batch": ("batches", "acked_per_batch"),
     "consume_guarded": ("batches", "consume_guarded"),
     "correct_highwaters": ("highwater", "install"),
     "set_fetch_wait": ("fetchwait", "install"),

@@ -118,6 +118,9 @@ class AckGuard:
         self._clock = clock
         self._processed: set[tuple[TP, int]] = set()
         self._last_processed: dict[TP, int] = {}
+        # The last offset per partition handed to the agent by `split`: events are
+        # processed some batches before they are marked processed (at the commit).
+        self._last_taken: dict[TP, int] = {}
         # Per partition with a hole being re-read: its first offset and when it was found.
         self._open_holes: dict[TP, tuple[int, float]] = {}
         # Partitions assigned at the last assignment and not revoked since.
@@ -140,7 +143,8 @@ class AckGuard:
 
         ``events`` are in the order faust fetched them. An event is processed when it
         continues its partition (its offset is the next one: one past the last
-        processed, or past the previous event taken) or repeats an earlier offset (a
+        processed, or past the last event taken, in this batch or an earlier one whose
+        commit is pending) or repeats an earlier offset (a
         redelivery, which the processor skips by offset). An event further on is held
         back, and the partition's later events of the batch are still taken when they
         continue it: after a re-read's seek the stream's queue holds, one after the
@@ -162,6 +166,8 @@ class AckGuard:
         ready: list[EventT] = []
         holes: dict[TP, Hole] = {}
         expected: dict[TP, int] = {tp: last + 1 for tp, last in self._last_processed.items()}
+        for tp, last in self._last_taken.items():
+            expected[tp] = max(expected.get(tp, 0), last + 1)
         last_held: dict[TP, bool] = {}
         for event in events:
             message = event.message
@@ -187,6 +193,8 @@ class AckGuard:
         for tp, hole in holes.items():
             hole.start = expected[tp]
             hole.reread = last_held[tp]
+        for tp, nxt in expected.items():
+            self._last_taken[tp] = nxt - 1
         return ready, holes
 
     async def reread(self, holes: dict[TP, Hole]) -> None:
@@ -309,6 +317,7 @@ class AckGuard:
         """
         for tp in revoked:
             self._last_processed.pop(tp, None)
+            self._last_taken.pop(tp, None)
             self._open_holes.pop(tp, None)
         self._held.difference_update(revoked)
 
@@ -323,8 +332,9 @@ class AckGuard:
         remembered of a partition that was not this worker's throughout is such a mark,
         so each newly assigned partition starts at its committed offset (`read_from`).
         """
-        for tp in {*self._last_processed, *self._open_holes} - self._held:
+        for tp in {*self._last_processed, *self._last_taken, *self._open_holes} - self._held:
             self._last_processed.pop(tp, None)
+            self._last_taken.pop(tp, None)
             self._open_holes.pop(tp, None)
         self._held = set(assigned)
 

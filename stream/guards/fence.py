@@ -25,7 +25,9 @@ worker gives partitions up (the end of a revoke):
 - the revoke waits (up to half the session timeout) for the batch in flight, so
   a batch started before a revoke is written while the partition is still ours;
   a batch still running when the wait gives up sees the epoch moved and writes
-  nothing.
+  nothing. Within the same wait it runs the receivers given to `before_revoke`
+  (the agent's commit of the state its earlier batches staged), so whatever this
+  worker wrote of a partition is on the broker before the partition moves.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
@@ -57,6 +59,7 @@ class RebalanceFence:
         self._stamps: weakref.WeakKeyDictionary[Message, int] = weakref.WeakKeyDictionary()
         self._in_flight = asyncio.Lock()
         self._revoke_wait_s = float(app.conf.broker_session_timeout) / 2
+        self._before_revoke: list[Callable[[float], Awaitable[None]]] = []
         stream.add_processor(self._stamp)
         _fences_of(app).append(self)
 
@@ -79,6 +82,14 @@ class RebalanceFence:
         assigned = self._app.consumer.assignment()
         return all(tp in assigned for tp in tps)
 
+    def before_revoke(self, receiver: Callable[[float], Awaitable[None]]) -> None:
+        """Run ``receiver(seconds_left)`` at each revoke, once no batch runs, before the epoch moves.
+
+        Not run when the wait for the batch in flight gives up. ``seconds_left`` is what
+        remains of the wait; the receiver must not take longer, nor raise.
+        """
+        self._before_revoke.append(receiver)
+
     @asynccontextmanager
     async def batch(self) -> AsyncIterator[int]:
         """Hold off revokes while a batch runs; yields the epoch the batch started in."""
@@ -94,6 +105,8 @@ class RebalanceFence:
         return value
 
     async def _wait_for_batch(self, revoked: set[TP]) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._revoke_wait_s
         try:
             await asyncio.wait_for(self._in_flight.acquire(), self._revoke_wait_s)
         except TimeoutError:
@@ -105,8 +118,12 @@ class RebalanceFence:
             )
             self.epoch += 1  # the running batch sees it at its write and writes nothing
         else:
-            self.epoch += 1
-            self._in_flight.release()
+            try:
+                for receiver in self._before_revoke:
+                    await receiver(max(0.0, deadline - loop.time()))
+            finally:
+                self.epoch += 1
+                self._in_flight.release()
 
 
 # The attribute of an app that lists its fences (an app runs one per agent stream).

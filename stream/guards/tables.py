@@ -15,7 +15,7 @@ from faust.types import TP, EventT, FutureMessage
 
 from state.store import KeyValue
 
-__all__ = ["BatchStore", "ChangelogProducer", "ConfirmedTable", "TableKeyValue"]
+__all__ = ["BatchStore", "ChangelogProducer", "ConfirmedTable", "StagedTable", "TableKeyValue"]
 
 
 class ChangelogProducer(Protocol):
@@ -144,12 +144,17 @@ class TableKeyValue:
         with self._under_event_of(key):
             self._table[key] = value
 
-    @contextmanager
-    def _under_event_of(self, key: bytes) -> Iterator[None]:
+    def event_of(self, key: bytes) -> EventT:
+        """The batch's last event keyed ``key``: its partition owns the key's state."""
         event = self._events.get(key)
         if event is None:
             # The processor reads/writes only users it has events of: this is a bug.
             raise LookupError(f"user key {key!r}: no event of this key in the batch")
+        return event
+
+    @contextmanager
+    def _under_event_of(self, key: bytes) -> Iterator[None]:
+        event = self.event_of(key)
         token = _current_event.set(weakref.ref(event))
         try:
             yield
@@ -160,10 +165,9 @@ class TableKeyValue:
 class BatchStore:
     """Reads through to ``backing``; holds writes until `commit()`.
 
-    The agent commits only after the batch's profiles are delivered. A crash in
-    between leaves the old state, so the redelivered events are processed again
-    and their profiles re-published, instead of being skipped as already applied
-    while their profiles were never sent.
+    The agent commits a batch's writes (to the staged tables) only once the batch was
+    processed and its outputs sent: a batch that fails halfway stages nothing, so the
+    save that runs before the worker stops keeps the earlier batches' states only.
     """
 
     def __init__(self, backing: KeyValue) -> None:
@@ -190,3 +194,103 @@ class BatchStore:
         for key, value in self._pending.items():
             self._backing.put(key, value)
         self._pending.clear()
+
+
+class StagedTable:
+    """A table's writes held in memory between saves: read back first, written once each.
+
+    The worker writes a user's state (and latest profile) once per save instead of once
+    per event: between saves each user's newest value waits here, so a user with k
+    events in a save interval costs one table write and one changelog record instead
+    of k. Nothing staged is durable. The agent acks events only after the save that
+    wrote their state (`stream.agents.ProfileBatches`), so a crash loses staged values
+    together with the acks of their events, which are then consumed again.
+
+    A save takes what is staged at once (`begin_save`) and writes it in parts
+    (`write_saving`), so that batches go on between the parts: they stage anew, and
+    read a key's staged value first, then its value being saved, then the table's.
+    """
+
+    def __init__(self, table: MutableMapping[bytes, bytes]) -> None:
+        """Stage writes to ``table`` (keyed by user id; see `TableKeyValue` for the routing)."""
+        self._table = table
+        # Per key: the newest value and the event whose partition owns the key.
+        self._values: dict[bytes, tuple[bytes, EventT]] = {}
+        self.bytes = 0
+        # The save in progress: the values it has still to write, and their order.
+        self._saving: dict[bytes, tuple[bytes, EventT]] = {}
+        self._saving_order: list[bytes] = []
+
+    def __len__(self) -> int:
+        """Keys staged or being saved."""
+        return len(self._values) + len(self._saving)
+
+    def get(self, key: bytes) -> bytes | None:
+        """The staged value of ``key``, else the value being saved, else None (not the table's)."""
+        staged = self._values.get(key) or self._saving.get(key)
+        return None if staged is None else staged[0]
+
+    def stage(self, key: bytes, value: bytes, event: EventT) -> None:
+        """Hold ``value`` for ``key`` until a save; ``event`` is one of the key's events."""
+        old = self._values.get(key)
+        self.bytes += len(value) - (0 if old is None else len(old[0]))
+        self._values[key] = (value, event)
+
+    def store(self, events: Sequence[EventT]) -> KeyValue:
+        """A batch's view: reads the staged value, else the table; writes are staged."""
+        return _StagedKeyValue(self, TableKeyValue(self._table, events))
+
+    def begin_save(self) -> int:
+        """Take everything staged into a new save; return how many values it holds.
+
+        Raises:
+            RuntimeError: The last save has not written everything yet.
+        """
+        if self._saving:
+            raise RuntimeError("a save is still being written")
+        self._saving, self._values = self._values, {}
+        self._saving_order = list(self._saving)
+        self.bytes = 0
+        return len(self._saving)
+
+    def write_saving(self, limit: int) -> int:
+        """Write up to ``limit`` values of the save to the table; return how many remain."""
+        if not self._saving:
+            return 0
+        keys = self._saving_order[:limit]
+        del self._saving_order[:limit]
+        writer = TableKeyValue(self._table, [self._saving[key][1] for key in keys])
+        for key in keys:
+            writer.put(key, self._saving[key][0])
+            del self._saving[key]
+        return len(self._saving)
+
+    def flush(self) -> int:
+        """Save everything staged at once; return how many values were written."""
+        count = self.begin_save()
+        self.write_saving(count)
+        return count
+
+    def discard(self) -> int:
+        """Drop every staged value and the save's unwritten ones; return how many."""
+        count = len(self)
+        self._values.clear()
+        self._saving.clear()
+        self._saving_order.clear()
+        self.bytes = 0
+        return count
+
+
+class _StagedKeyValue:
+    """`KeyValue` of one batch over a `StagedTable`: staged values first, then the table."""
+
+    def __init__(self, staged: StagedTable, table: TableKeyValue) -> None:
+        self._staged = staged
+        self._table = table
+
+    def get(self, key: bytes) -> bytes | None:
+        staged = self._staged.get(key)
+        return staged if staged is not None else self._table.get(key)
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self._staged.stage(key, value, self._table.event_of(key))

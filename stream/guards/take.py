@@ -37,7 +37,9 @@ async def take_flowing(
 
     A batch is yielded once it holds ``max_`` events, once ``within`` seconds have passed
     since its first event, or once no event has arrived for ``idle`` seconds. While the
-    caller handles a batch, the stream takes no further event into the next one.
+    caller handles a batch, the stream takes no further event into the next one. When
+    no event comes for ``within`` seconds an empty batch is yielded, so that a caller
+    holding work back (`stream.guards.batches`) gets a turn while the input is quiet.
     """
     loop = asyncio.get_running_loop()
     buffer: list[EventT] = []
@@ -80,6 +82,8 @@ async def take_flowing(
                 arrived.clear()
                 await stream.wait_for_stopped(arrived, timeout=within)  # type: ignore[arg-type]
                 if not buffer:
+                    # An empty batch: the caller's turn to commit what it holds.
+                    yield []
                     continue
             closes_at = loop.time() + within
             while len(buffer) < max_ and not stream.should_stop:

@@ -19,9 +19,9 @@ from prometheus_client import CollectorRegistry
 from hup.runtime import Profiler
 from hup.sessions import Dataset, iter_events
 from state.store import MemoryStore
-from stream.agents import describe, install_broker_fixes, process_and_publish, to_record
+from stream.agents import ProfileBatches, describe, install_broker_fixes, to_record
 from stream.app import broker_credentials, create_app, faust_options
-from stream.guards.tables import BatchStore, TableKeyValue
+from stream.guards.tables import BatchStore, StagedTable, TableKeyValue
 from stream.metrics import Metrics
 from stream.processor import InputRecord, Origin, Processor
 from stream.rekey import ORIGIN_HEADER, Forward, rekey
@@ -86,68 +86,243 @@ def _run(coro):
     return asyncio.run(coro)
 
 
-def test_a_batch_is_published_then_its_state_saved(
+class _Table(dict):
+    """A table as the staged tables write it: counts each write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        self.writes += 1
+        super().__setitem__(key, value)
+
+
+class _Batches:
+    """`ProfileBatches` over in-memory tables, with a changelog confirm that is counted."""
+
+    def __init__(
+        self,
+        processor: Processor,
+        metrics: Metrics,
+        profiles: Sink,
+        dead: Sink | None = None,
+        *,
+        interval: float = 3.0,
+        max_bytes: int = 2**26,
+    ) -> None:
+        self.app = faust.App("test-batches")
+        self.state, self.latest = _Table(), _Table()
+        self.confirms = 0
+        self.now = 0.0
+        self.offsets: dict[int, int] = {}
+
+        async def confirm() -> None:
+            self.confirms += 1
+
+        self.batches = ProfileBatches(
+            StagedTable(self.state),
+            StagedTable(self.latest),
+            confirm,
+            lambda: processor,
+            profiles,
+            dead or Sink(),
+            metrics,
+            save_interval_s=interval,
+            save_max_bytes=max_bytes,
+            clock=lambda: self.now,
+        )
+
+    def events(self, records: list[InputRecord]) -> list[faust.Event]:
+        """The records as faust events (the key's partition, offsets as given)."""
+        events = []
+        for r in records:
+            message = Message(
+                topic=r.topic,
+                partition=r.partition,
+                offset=r.offset,
+                timestamp=0.0,
+                timestamp_type=0,
+                headers={},
+                key=r.key,
+                value=r.value,
+                checksum=None,
+                tp=TP(r.topic, r.partition),
+            )
+            events.append(faust.Event(self.app, r.key, r.value, {}, message))
+        return events
+
+    async def handle(self, records: list[InputRecord]) -> None:
+        assert await self.batches.handle(self.events(records), lambda: True)
+
+    async def commit(self, owned: bool = True) -> bool:
+        return await self.batches.save(lambda: owned)
+
+
+def test_batches_are_published_at_once_and_their_state_saved_at_the_commit(
     profiler: Profiler, traffic: Dataset, metrics: Metrics
 ) -> None:
     records = _records(iter_events(traffic.sessions[:4]))
     bad = InputRecord(b"{oops", TOPIC, 1, 999, b"u")
-    backing = MemoryStore()
-    store = BatchStore(backing)
     profiles, dead = Sink(), Sink()
+    batches = _Batches(Processor(profiler, require_user_key=True), metrics, profiles, dead)
 
-    result = _run(
-        process_and_publish(
-            [*records, bad],
-            store,
-            Processor(profiler, require_user_key=True),
-            profiles,
-            dead,
-            metrics,
-            clock=lambda: 5.0,
-        )
-    )
+    async def run() -> None:
+        half = len(records) // 2
+        await batches.handle(records[:half])
+        await batches.handle([*records[half:], bad])
+        # Published at once; nothing saved or confirmed before the commit.
+        assert len(profiles.sent) == len(records) and len(dead.sent) == 1
+        assert batches.state == {} and batches.latest == {} and batches.confirms == 0
+        assert len(batches.batches.state) == 4  # staged: each user's newest state
+        assert await batches.commit()
 
-    assert [v for _, v in profiles.sent] == [p.value for p in result.profiles]
-    assert len(profiles.sent) == result.outcomes["applied"]
+    _run(run())
     assert [orjson.loads(v)["offset"] for _, v in dead.sent] == [999]
-    assert len(backing) == 4 and store.pending == 0
+    # Each user written once for both batches, then the changelogs confirmed once.
+    assert len(batches.state) == 4 and batches.state.writes == 4
+    assert len(batches.latest) == 4 and batches.latest.writes == 4
+    assert batches.confirms == 1 and len(batches.batches.state) == 0
     assert _sample(metrics, "hup_profiles_published_total") == len(profiles.sent)
     assert _sample(metrics, "hup_events_total", {"outcome": "dlq"}) == 1
     assert _sample(metrics, "hup_events_total", {"outcome": "consumed"}) == len(records) + 1
-    assert _sample(metrics, "hup_batch_size_count") == 1
-    assert _sample(metrics, "hup_processing_seconds_sum") == pytest.approx(4.0 * len(profiles.sent))
-    for stage in ("process", "deliver", "write"):  # "confirm" is the agent's, after this
+    assert _sample(metrics, "hup_batch_size_count") == 2
+    assert _sample(metrics, "hup_batch_stage_seconds_count", {"stage": "process"}) == 2
+    for stage in ("deliver", "write", "confirm"):  # once per commit
         assert _sample(metrics, "hup_batch_stage_seconds_count", {"stage": stage}) == 1
         assert _sample(metrics, "hup_batch_stage_seconds_sum", {"stage": stage}) >= 0.0
     assert _sample(metrics, "hup_batch_stage_seconds_sum", {"stage": "process"}) > 0.0
 
 
+def test_a_later_batch_reads_the_state_an_earlier_one_staged(
+    profiler: Profiler, traffic: Dataset, metrics: Metrics
+) -> None:
+    """Two batches of one user in an interval: the second continues the first's state."""
+    session = traffic.sessions[0]
+    records = _records(iter_events([session]))
+    assert len(records) >= 4
+    profiles = Sink()
+    batches = _Batches(Processor(profiler, require_user_key=True), metrics, profiles)
+
+    async def run() -> None:
+        await batches.handle(records[:2])
+        await batches.handle(records[2:])
+        await batches.handle(records[:2])  # a redelivery: skipped by the staged state's offsets
+        assert await batches.commit()
+
+    _run(run())
+    assert [orjson.loads(v)["seq"] for _, v in profiles.sent] == list(range(1, len(records) + 1))
+    assert batches.state.writes == 1
+
+
+def test_batches_go_on_while_a_save_is_written_in_parts(
+    profiler: Profiler, traffic: Dataset, metrics: Metrics, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A save writes what was staged when it began; later batches stage anew and read it."""
+    monkeypatch.setattr("stream.agents.SAVE_PART", 1)
+    sessions = [s for s in traffic.sessions if len(s.events) >= 4][:3]
+    records = _records(iter_events(sessions))
+    by_user: dict[bytes | None, list[InputRecord]] = {}
+    for r in records:
+        by_user.setdefault(r.key, []).append(r)
+    first = [r for rs in by_user.values() for r in rs[:2]]
+    second = [r for rs in by_user.values() for r in rs[2:]]
+    profiles = Sink()
+    batches = _Batches(Processor(profiler, require_user_key=True), metrics, profiles, interval=0.05)
+
+    async def run() -> None:
+        await batches.handle(first)
+        save = asyncio.ensure_future(batches.batches.save(lambda: True))
+        while batches.latest.writes == 0:  # the first part is written, not the rest
+            await asyncio.sleep(0.001)
+        assert not save.done() and batches.state.writes == 0
+        await batches.handle(second)  # reads the states being saved
+        assert await save
+        saved = dict(batches.state)
+        assert batches.state.writes == len(by_user) and batches.confirms == 1
+        assert len(batches.batches.state) == len(by_user)  # the second batch's, staged
+        assert await batches.commit()
+        assert batches.state.writes == 2 * len(by_user)
+        assert all(batches.state[k] != saved[k] for k in saved)
+
+    _run(run())
+    seqs: dict[str, list[int]] = {}
+    for _, value in profiles.sent:
+        message = orjson.loads(value)
+        seqs.setdefault(message["user_id"], []).append(message["seq"])
+    assert {u: sorted(v) for u, v in seqs.items()} == {
+        u: list(range(1, len(v) + 1)) for u, v in seqs.items()
+    }
+    assert sum(len(v) for v in seqs.values()) == len(records)
+
+
 def test_a_failed_delivery_saves_no_state_and_the_retry_republishes_the_same(
-    profiler: Profiler, traffic: Dataset, metrics: Metrics, caplog: pytest.LogCaptureFixture
+    profiler: Profiler, traffic: Dataset, metrics: Metrics
 ) -> None:
     records = _records(iter_events(traffic.sessions[:3]))
-    backing = MemoryStore()
     processor = Processor(profiler, require_user_key=True)
-
     failing = Sink(error=RuntimeError("broker gone"))
-    with caplog.at_level(logging.ERROR), pytest.raises(RuntimeError, match="broker gone"):
-        _run(process_and_publish(records, BatchStore(backing), processor, failing, Sink(), metrics))
-    assert len(backing) == 0  # nothing saved: the redelivered batch is processed anew
-    assert f"{TOPIC}[" in caplog.text and "not acked" in caplog.text
+    batches = _Batches(processor, metrics, failing)
+
+    async def fail() -> None:
+        await batches.handle(records)
+        with pytest.raises(RuntimeError, match="broker gone"):
+            await batches.commit()
+
+    _run(fail())
+    assert batches.state == {} and batches.latest == {}  # the redelivered events start anew
+    assert len(batches.batches.state) == 0 and batches.confirms == 0
     assert _sample(metrics, "hup_profiles_published_total") == 0
 
     retry = Sink()
-    _run(process_and_publish(records, BatchStore(backing), processor, retry, Sink(), metrics))
+    again = _Batches(processor, metrics, retry)
+    again.state, again.latest = batches.state, batches.latest
+
+    async def succeed() -> None:
+        await again.handle(records)
+        assert await again.commit()
+
+    _run(succeed())
 
     def stable(sent):
         return [{k: v for k, v in orjson.loads(m).items() if k != "published_ts"} for _, m in sent]
 
     assert stable(retry.sent) == stable(failing.sent)
-    again = Sink()  # a redelivery after the save is skipped by offset: nothing twice
-    result = _run(
-        process_and_publish(records, BatchStore(backing), processor, again, Sink(), metrics)
-    )
-    assert again.sent == [] and result.outcomes["skipped_duplicate"] == len(records)
+
+
+def test_a_commit_after_a_partition_moved_writes_nothing(
+    profiler: Profiler, traffic: Dataset, metrics: Metrics
+) -> None:
+    records = _records(iter_events(traffic.sessions[:2]))
+    batches = _Batches(Processor(profiler, require_user_key=True), metrics, Sink())
+
+    async def run() -> bool:
+        await batches.handle(records)
+        return await batches.commit(owned=False)
+
+    assert _run(run()) is False
+    assert batches.state == {} and batches.latest == {} and batches.confirms == 0
+    assert len(batches.batches.state) == 0 and len(batches.batches.latest) == 0
+
+
+def test_a_commit_is_due_after_the_interval_or_at_the_memory_budget(
+    profiler: Profiler, traffic: Dataset, metrics: Metrics
+) -> None:
+    records = _records(iter_events(traffic.sessions[:2]))
+    processor = Processor(profiler, require_user_key=True)
+    timed = _Batches(processor, metrics, Sink(), interval=3.0)
+    assert not timed.batches.due()
+    timed.now = 2.9
+    assert not timed.batches.due()
+    timed.now = 3.0
+    assert timed.batches.due()
+    _run(timed.commit())
+    assert not timed.batches.due()  # the interval restarts at each commit
+
+    small = _Batches(processor, metrics, Sink(), max_bytes=1000)
+    assert not small.batches.due()
+    _run(small.handle(records))
+    assert small.batches.due()  # two users' states are over 1,000 bytes
 
 
 def test_a_bug_in_processing_sends_nothing_and_is_raised(
@@ -160,13 +335,10 @@ def test_a_bug_in_processing_sends_nothing_and_is_raised(
             raise ZeroDivisionError("bug")
 
     sink = Sink()
+    batches = _Batches(Broken(profiler), metrics, sink, sink)
     with caplog.at_level(logging.ERROR), pytest.raises(ZeroDivisionError):
-        _run(
-            process_and_publish(
-                records, BatchStore(MemoryStore()), Broken(profiler), sink, sink, metrics
-            )
-        )
-    assert sink.sent == []
+        _run(batches.handle(records))
+    assert sink.sent == [] and len(batches.batches.state) == 0
     assert describe(records) in caplog.text
 
 
@@ -275,6 +447,7 @@ def test_settings_defaults_and_environment(monkeypatch: pytest.MonkeyPatch) -> N
     )
     assert defaults.partitions == 3 and defaults.batch_size == 256
     assert (defaults.batch_within_s, defaults.batch_idle_s) == (0.02, 0.002)
+    assert (defaults.save_interval_s, defaults.save_max_mb) == (3.0, 64)
     assert defaults.output_linger_ms == 1.0 and defaults.fetch_max_wait_ms == 20
     assert defaults.producer_max_batch_size == 1_048_576 and defaults.metrics_port == 9108
     assert defaults.retention_ms == 7 * 24 * 3600 * 1000

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from hup.runtime import Profiler
 from hup.sessions import Dataset, iter_events
 from state.store import MemoryStore
-from stream.agents import process_and_publish
+from stream.agents import process_and_send
 from stream.app import create_app
 from stream.guards.tables import BatchStore
 from stream.metrics import (
@@ -128,7 +128,12 @@ def test_a_worker_batch_leaves_no_user_id_in_any_label(
         return done
 
     processor = Processor(Profiler.load(checkpoint_dir), require_user_key=True)
-    asyncio.run(process_and_publish(records, store, processor, deliver, deliver, metrics))
+
+    async def run() -> None:
+        sent = await process_and_send(records, store, processor, deliver, deliver, metrics)
+        await sent.delivered
+
+    asyncio.run(run())
 
     users = {e.user_id for e in events}
     counted = sum(value(metrics, "hup_users_in_state", partition=str(p)) or 0 for p in range(3))

@@ -6,21 +6,22 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
 from typing import Any
 
+import faust
 import orjson
 import pytest
+from faust.types import TP, Message
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
 from hup.runtime import Profiler
 from hup.sessions import Dataset, iter_events
-from state.store import MemoryStore
-from stream.agents import output_producer, process_and_publish
+from stream.agents import ProfileBatches, output_producer
 from stream.app import create_app
-from stream.guards.tables import BatchStore
+from stream.guards.tables import StagedTable
 from stream.metrics import Metrics
 from stream.processor import InputRecord, Processor
 from stream.publish import OutputDeliveryError, OutputProducer, output_producer_config
@@ -206,48 +207,88 @@ def test_flush_raises_when_records_stay_undelivered() -> None:
     asyncio.run(run())
 
 
+Send = Callable[[bytes | None, bytes], Awaitable[asyncio.Future[None]]]
+
+
+class _Saved:
+    """`ProfileBatches` over dict tables, profiles and dead letters both sent by ``send``."""
+
+    def __init__(self, profiler: Profiler, send: Send, metrics: Metrics) -> None:
+        self.app = faust.App("publish-test")
+        self.state: dict[bytes, bytes] = {}
+        self.latest: dict[bytes, bytes] = {}
+        self.confirms = 0
+
+        async def confirm() -> None:
+            self.confirms += 1
+
+        processor = Processor(profiler, require_user_key=True)
+        self.batches = ProfileBatches(
+            StagedTable(self.state),
+            StagedTable(self.latest),
+            confirm,
+            lambda: processor,
+            send,
+            send,
+            metrics,
+            save_interval_s=3.0,
+            save_max_bytes=2**26,
+        )
+
+    def events(self, records: list[InputRecord]) -> list[faust.Event]:
+        events = []
+        for r in records:
+            message = Message(
+                topic=r.topic,
+                partition=r.partition,
+                offset=r.offset,
+                timestamp=0.0,
+                timestamp_type=0,
+                headers={},
+                key=r.key,
+                value=r.value,
+                checksum=None,
+                tp=TP(r.topic, r.partition),
+            )
+            events.append(faust.Event(self.app, r.key, r.value, {}, message))
+        return events
+
+
+def _published(metrics: Metrics) -> float:
+    return metrics.registry.get_sample_value("hup_profiles_published_total") or 0.0
+
+
 def test_the_batch_state_is_written_only_after_its_profiles_are_delivered(
     profiler: Profiler, traffic: Dataset
 ) -> None:
     fake = FakeProducer()
     metrics = Metrics(CollectorRegistry())
     output = _counting(metrics, fake)
-    state, latest = MemoryStore(), MemoryStore()
     records = _records(iter_events(traffic.sessions[:3]))
 
     async def send(key: bytes | None, value: bytes) -> asyncio.Future[None]:
         return await output.send("user-profiles", key, value)
 
+    saved = _Saved(profiler, send, metrics)
+
     async def run() -> None:
         fake.hold()
-        batch = asyncio.create_task(_publish(profiler, records, state, latest, send, metrics))
+        # The batch is processed and sent without waiting for the broker.
+        assert await saved.batches.handle(saved.events(records), lambda: True)
+        save = asyncio.ensure_future(saved.batches.save(lambda: True))
         await asyncio.sleep(0.2)
-        # Every profile is queued, none acknowledged: nothing is saved, nothing returned.
-        assert not batch.done()
-        assert len(fake.records) > 0 and len(state) == 0 and len(latest) == 0
+        # Every profile is queued, none acknowledged: nothing is written, published or confirmed.
+        assert not save.done()
+        assert len(fake.records) > 0 and saved.state == {} and saved.latest == {}
+        assert saved.confirms == 0 and _published(metrics) == 0
         fake.release()
-        result = await asyncio.wait_for(batch, 10)
-        assert result is not None and len(result.profiles) == len(fake.records)
+        assert await asyncio.wait_for(save, 10) is True
         await output.close()
 
     asyncio.run(run())
-    assert len(state) == 3 and len(latest) == 3
+    assert len(saved.state) == 3 and len(saved.latest) == 3 and saved.confirms == 1
+    assert _published(metrics) == len(fake.records)  # every record sent was a profile
     assert _count(metrics, "delivered") == len(fake.records)
-
-
-def _publish(
-    profiler: Profiler,
-    records: list,
-    state: MemoryStore,
-    latest: MemoryStore,
-    send: Callable[[bytes | None, bytes], Awaitable[asyncio.Future[None]]],
-    metrics: Metrics,
-) -> Coroutine[Any, Any, Any]:
-    """One batch through the processor, profiles and dead letters both sent by ``send``."""
-    processor = Processor(profiler, require_user_key=True)
-    return process_and_publish(
-        records, BatchStore(state), processor, send, send, metrics, latest=latest
-    )
 
 
 def test_a_failed_profile_delivery_saves_nothing_and_raises(
@@ -259,21 +300,26 @@ def test_a_failed_profile_delivery_saves_nothing_and_raises(
     )
     metrics = Metrics(CollectorRegistry())
     output = _counting(metrics, fake)
-    state, latest = MemoryStore(), MemoryStore()
 
     async def send(key: bytes | None, value: bytes) -> asyncio.Future[None]:
         return await output.send("user-profiles", key, value)
 
+    saved = _Saved(profiler, send, metrics)
+
     async def run() -> None:
         try:
+            records = _records(iter_events(traffic.sessions[:3]))
+            assert await saved.batches.handle(saved.events(records), lambda: True)
             with pytest.raises(OutputDeliveryError, match="Not enough in-sync replicas"):
-                records = _records(iter_events(traffic.sessions[:3]))
-                await _publish(profiler, records, state, latest, send, metrics)
+                await saved.batches.save(lambda: True)
         finally:
             await output.close()
 
     asyncio.run(run())
-    assert len(state) == 0 and len(latest) == 0  # not acked: consumed again after the restart
+    # Not acked: consumed again after the restart. Nothing written, nothing left staged.
+    assert saved.state == {} and saved.latest == {} and saved.confirms == 0
+    assert len(saved.batches.state) == 0 and len(saved.batches.latest) == 0
+    assert _published(metrics) == 0
     assert _count(metrics, "failed") >= 1
 
 

@@ -4,22 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import MutableMapping
 from pathlib import Path
 from types import SimpleNamespace
 
+import faust
 import orjson
 import pytest
 import torch
 from aiohttp import web
 from faust.exceptions import SameNode
+from faust.types import TP, Message
+from faust.web import Response
 from prometheus_client import CollectorRegistry
 
 from hup.runtime import Profiler
 from hup.sessions import Dataset, iter_events
 from state.store import MemoryStore
-from stream.agents import process_and_publish
+from stream.agents import ProfileBatches, process_and_send
 from stream.app import create_app, faust_options
-from stream.guards.tables import BatchStore
+from stream.guards.tables import BatchStore, StagedTable
 from stream.metrics import Metrics
 from stream.processor import InputRecord, Processor
 from stream.settings import Settings
@@ -76,8 +80,8 @@ def test_the_batch_writes_each_users_last_published_profile(
         sent.append((key, value))
         return await _delivered(key, value)
 
-    asyncio.run(
-        process_and_publish(
+    async def run() -> None:
+        sent = await process_and_send(
             records,
             BatchStore(MemoryStore()),
             Processor(profiler, coalesce=coalesce, require_user_key=True),
@@ -86,7 +90,9 @@ def test_the_batch_writes_each_users_last_published_profile(
             Metrics(CollectorRegistry()),
             latest=latest,
         )
-    )
+        await sent.delivered
+
+    asyncio.run(run())
 
     last = {key: value for key, value in sent}
     assert len(last) == 4 and len(latest) == 4
@@ -98,27 +104,58 @@ def test_the_batch_writes_each_users_last_published_profile(
         assert stored is not None and len(stored) < 0.7 * len(value)
 
 
+def _event(app: faust.App, record: InputRecord) -> faust.Event:
+    message = Message(
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        timestamp=0.0,
+        timestamp_type=0,
+        headers={},
+        key=record.key,
+        value=record.value,
+        checksum=None,
+        tp=TP(record.topic, record.partition),
+    )
+    return faust.Event(app, record.key, record.value, {}, message)
+
+
 def test_a_failed_delivery_writes_no_latest_profile(profiler: Profiler, traffic: Dataset) -> None:
-    latest = MemoryStore()
+    state: dict[bytes, bytes] = {}
+    latest: dict[bytes, bytes] = {}
 
     async def failing(key: bytes | None, value: bytes) -> asyncio.Future[object]:
         done: asyncio.Future[object] = asyncio.get_running_loop().create_future()
         done.set_exception(RuntimeError("broker down"))
         return done
 
-    with pytest.raises(RuntimeError):
-        asyncio.run(
-            process_and_publish(
-                _records(iter_events(traffic.sessions[:2])),
-                BatchStore(MemoryStore()),
-                Processor(profiler, require_user_key=True),
-                failing,
-                _delivered,
-                Metrics(CollectorRegistry()),
-                latest=latest,
-            )
-        )
-    assert len(latest) == 0
+    async def confirm() -> None:
+        pass
+
+    processor = Processor(profiler, require_user_key=True)
+    batches = ProfileBatches(
+        StagedTable(state),
+        StagedTable(latest),
+        confirm,
+        lambda: processor,
+        failing,
+        _delivered,
+        Metrics(CollectorRegistry()),
+        save_interval_s=3.0,
+        save_max_bytes=2**26,
+    )
+    app = faust.App("views-failed-test")
+    events = [_event(app, r) for r in _records(iter_events(traffic.sessions[:2]))]
+
+    async def run() -> None:
+        assert await batches.handle(events, lambda: True)
+        assert len(batches.latest) == 2  # staged: the view may serve them already
+        with pytest.raises(RuntimeError, match="broker down"):
+            await batches.save(lambda: True)
+
+    asyncio.run(run())
+    assert latest == {} and state == {}
+    assert len(batches.latest) == 0  # and no longer served
 
 
 @pytest.fixture
@@ -160,6 +197,48 @@ def test_the_views_answer_from_the_latest_table(app) -> None:
     assert found.content_type == "application/json"
     assert missing.status == 404 and orjson.loads(missing.body) == {"error": "unknown user"}
     assert health.status == 200
+
+
+def test_the_profile_view_answers_from_the_agents_staged_profiles_first(
+    profiler: Profiler, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A profile is served from the batch that published it on, before the save writes it."""
+    created: list[StagedTable] = []
+
+    class Recorded(StagedTable):
+        def __init__(self, table: MutableMapping[bytes, bytes]) -> None:
+            super().__init__(table)
+            created.append(self)
+
+    monkeypatch.setattr("stream.app.StagedTable", Recorded)
+    app = create_app(Settings(app_id="staged-views-test", datadir=tmp_path), profiler=profiler)
+
+    async def same_node(*args: object, **kwargs: object) -> None:
+        raise SameNode()
+
+    monkeypatch.setattr(app.router, "route_req", same_node)
+    [staged] = created  # the latest profiles the agent stages
+    app.tables[LATEST_TABLE]._data = {
+        b"alice": b'{"user_id":"alice","seq":1}',
+        b"bob": b'{"user_id":"bob","seq":4}',
+    }
+    for user, seq in ((b"alice", 2), (b"carol", 1)):
+        event = _event(app, InputRecord(b"{}", "mb", 0, 9, user))
+        staged.stage(user, b'{"user_id":"%s","seq":%d}' % (user, seq), event)
+
+    def get(user_id: str) -> Response:
+        request = SimpleNamespace(match_info={"user_id": user_id}, headers={})
+        return asyncio.run(app.web.views["/profiles/{user_id}"].get(request, user_id=user_id))
+
+    assert get("alice").body == b'{"user_id":"alice","seq":2}'  # staged, not the table's
+    assert get("bob").body == b'{"user_id":"bob","seq":4}'  # nothing staged: the table's
+    assert get("carol").body == b'{"user_id":"carol","seq":1}'  # not in the table yet
+    assert get("dave").status == 404
+    staged.begin_save()  # taken by a save, not written yet: still served
+    assert get("alice").body == b'{"user_id":"alice","seq":2}'
+    staged.discard()  # a save that failed or was given up
+    assert get("alice").body == b'{"user_id":"alice","seq":1}'
+    assert get("carol").status == 404
 
 
 def test_an_unstarted_worker_is_alive_but_not_ready(app) -> None:

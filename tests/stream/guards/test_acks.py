@@ -445,3 +445,18 @@ def test_a_batch_finishing_after_the_next_assignment_leaves_no_hole_either() -> 
     asyncio.run(guard.on_partitions_assigned(None, {P0, P1}))
     ready, holes = guard.split([event("events", 1, 45)])  # type: ignore[arg-type]
     assert ready == [] and holes[P1].start == 41
+
+
+def test_a_batch_taken_before_the_previous_one_is_marked_processed_continues_it() -> None:
+    """Events are marked processed only at the commit, some batches after they were taken."""
+    consumer = FakeConsumer()
+    guard = AckGuard(consumer, ["events"])  # type: ignore[arg-type]
+    ready, holes = guard.split([event("events", 0, n) for n in (0, 1, 2)])  # type: ignore[arg-type]
+    assert _offsets(ready) == [(0, 0), (0, 1), (0, 2)] and holes == {}
+    # Not marked processed yet (their commit is pending): 3..5 continue them.
+    ready, holes = guard.split([event("events", 0, n) for n in (3, 4, 5)])  # type: ignore[arg-type]
+    assert _offsets(ready) == [(0, 3), (0, 4), (0, 5)] and holes == {}
+    # A real gap after them is still a hole, read again from the first missing offset.
+    ready, holes = guard.split([event("events", 0, 7)])  # type: ignore[arg-type]
+    assert ready == [] and holes[P0].start == 6 and holes[P0].reread is True
+    assert _offsets(holes[P0].events) == [(0, 7)]

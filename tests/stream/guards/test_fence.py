@@ -141,3 +141,59 @@ def test_a_revoke_waits_for_every_streams_batch_at_once() -> None:
         return [*waiting, first.may_write(epoch_a, {OURS}), second.may_write(epoch_b, {OURS})]
 
     assert asyncio.run(scenario()) == [True, True, False, False]
+
+
+def test_a_revoke_runs_before_revoke_after_the_batch_and_before_the_epoch_moves() -> None:
+    fence, app, _ = make_fence()  # waits up to 3 s
+    steps: list[str] = []
+    seen: list[tuple[list[str], int, float]] = []
+    next_epochs: list[int] = []
+    next_batches: list[asyncio.Future[None]] = []
+
+    async def next_batch() -> None:
+        async with fence.batch() as epoch:
+            next_epochs.append(epoch)
+
+    async def receiver(seconds_left: float) -> None:
+        seen.append((list(steps), fence.epoch, seconds_left))
+        # A batch taken while the receiver runs waits until the revoke is over.
+        next_batches.append(asyncio.ensure_future(next_batch()))
+        await asyncio.sleep(0.02)
+        steps.append(f"next batch in during the receiver: {bool(next_epochs)}")
+
+    fence.before_revoke(receiver)
+
+    async def scenario() -> None:
+        async with fence.batch():
+            revoke = asyncio.ensure_future(app.on_partitions_revoked.send({OURS}))
+            await asyncio.sleep(0.05)
+            steps.append(f"receiver ran during the batch: {bool(seen)}")
+        await revoke
+        await asyncio.gather(*next_batches)
+
+    asyncio.run(scenario())
+    [(before, epoch, seconds_left)] = seen
+    assert before == ["receiver ran during the batch: False"]
+    assert epoch == 0  # the batch's epoch: what it staged may still be written
+    assert 0 < seconds_left < 3.0  # what the wait for the batch left of its 3 s
+    assert steps[-1] == "next batch in during the receiver: False"
+    assert next_epochs == [1] and fence.epoch == 1
+
+
+def test_a_revoke_that_gives_up_waiting_runs_no_before_revoke_receiver() -> None:
+    fence, app, _ = make_fence(session_timeout=0.1)  # waits 0.05 s
+    seen: list[int] = []
+
+    async def receiver(seconds_left: float) -> None:
+        seen.append(fence.epoch)
+
+    fence.before_revoke(receiver)
+
+    async def scenario() -> None:
+        async with fence.batch():
+            await app.on_partitions_revoked.send({OURS})
+            assert seen == []  # the batch still runs: nothing of it may be committed
+        await app.on_partitions_revoked.send({OURS})  # the next revoke, with no batch running
+
+    asyncio.run(scenario())
+    assert seen == [1] and fence.epoch == 2

@@ -65,16 +65,21 @@ class _Stream:
 
 def _take(
     feed: list[tuple[float, int]], max_: int, within: float, idle: float, total: int
-) -> tuple[list[list[int]], list[float], _Stream]:
-    """The batches taken until ``total`` events came, and when each was yielded."""
+) -> tuple[list[list[int]], list[float], list[float], _Stream]:
+    """The batches taken until ``total`` events came, when each was yielded, and when
+    each empty batch (no event for ``within``) was."""
     stream = _Stream(feed)
     batches: list[list[int]] = []
     yielded: list[float] = []
+    empty: list[float] = []
 
     async def run() -> None:
         started = time.monotonic()
         batches_of = take_flowing(stream, max_, within, idle)  # type: ignore[arg-type]
         async for batch in batches_of:
+            if not batch:
+                empty.append(time.monotonic() - started)
+                continue
             yielded.append(time.monotonic() - started)
             batches.append([event.value for event in batch])
             if sum(map(len, batches)) >= total:
@@ -82,14 +87,14 @@ def _take(
         await batches_of.aclose()
 
     asyncio.run(run())
-    return batches, yielded, stream
+    return batches, yielded, empty, stream
 
 
 def test_a_batch_closes_when_it_is_full_and_when_the_events_pause() -> None:
     """A burst of five with four per batch: four, then the fifth alone as soon as the flow stops."""
     feed = [(0.0, n) for n in range(5)] + [(0.5, 5), (0.0, 6)]
-    batches, yielded, stream = _take(feed, max_=4, within=10.0, idle=0.05, total=7)
-    assert batches == [[0, 1, 2, 3], [4], [5, 6]]
+    batches, yielded, empty, stream = _take(feed, max_=4, within=10.0, idle=0.05, total=7)
+    assert batches == [[0, 1, 2, 3], [4], [5, 6]] and empty == []
     # The fifth event's batch closed on the pause, long before `within` (10 s) ran out,
     # and before the next events (0.5 s later) came.
     assert yielded[1] < 0.5
@@ -99,7 +104,7 @@ def test_a_batch_closes_when_it_is_full_and_when_the_events_pause() -> None:
 def test_a_steady_trickle_closes_a_batch_after_within() -> None:
     """Events closer together than ``idle`` never pause; ``within`` still closes the batch."""
     feed = [(0.01, n) for n in range(60)]
-    batches, _, _ = _take(feed, max_=1000, within=0.1, idle=0.2, total=60)
+    batches, _, _, _ = _take(feed, max_=1000, within=0.1, idle=0.2, total=60)
     assert [n for batch in batches for n in batch] == list(range(60))  # in order, once each
     assert len(batches) > 1
 
@@ -115,6 +120,8 @@ def _handled_slowly(feed: list[tuple[float, int]], max_: int) -> tuple[list[list
         nonlocal current
         batches_of = take_flowing(stream, max_, 10.0, 0.05)  # type: ignore[arg-type]
         async for batch in batches_of:
+            if not batch:
+                continue
             seen.append([event.value for event in batch])
             if len(seen) == 1:
                 await asyncio.sleep(0.2)
@@ -141,10 +148,22 @@ def test_a_full_batch_holds_the_drainer_until_it_is_handled() -> None:
     assert seen == [[0, 1], [2]]
 
 
+def test_an_empty_batch_is_yielded_each_time_no_event_comes_for_within() -> None:
+    """The caller gets a turn (to save what it holds) while the input is quiet."""
+    feed = [(0.35, 0), (0.0, 1)]
+    batches, yielded, empty, stream = _take(feed, max_=4, within=0.1, idle=0.02, total=2)
+    assert batches == [[0, 1]]  # the quiet spell does not lose or split the events after it
+    assert len(empty) >= 2  # at about 0.1, 0.2 and 0.3 s
+    assert 0.09 <= empty[0] < 0.35
+    assert all(later - earlier >= 0.09 for earlier, later in zip(empty, empty[1:], strict=False))
+    assert empty[-1] < yielded[0]
+    assert stream.crashed == []
+
+
 def test_the_stream_gets_its_acks_and_processors_back() -> None:
     """Acks are off while batches are taken (the caller acks) and restored after."""
     feed = [(0.0, 0)]
-    batches, _, stream = _take(feed, max_=4, within=10.0, idle=0.01, total=1)
+    batches, _, _, stream = _take(feed, max_=4, within=10.0, idle=0.01, total=1)
     assert batches == [[0]]
     assert stream.enable_acks is True
     assert stream._processors == []
@@ -168,8 +187,9 @@ def test_a_value_without_its_event_crashes_the_stream() -> None:
             stream.should_stop = True
 
         stopper = asyncio.ensure_future(stop_soon())
-        async for _ in take_flowing(stream, 4, 0.05, 0.01):  # type: ignore[arg-type]
-            raise AssertionError("a batch was yielded without events")
+        async for batch in take_flowing(stream, 4, 0.05, 0.01):  # type: ignore[arg-type]
+            # Only the empty batches of a quiet input: the value never made one.
+            assert batch == [], "a batch was yielded with a value but no event"
         await stopper
 
     asyncio.run(run())
