@@ -140,6 +140,13 @@ class Metrics:
         )
         for action in ("reread", "committed"):  # exported at 0, so panels and alerts see them
             self.offset_gaps.labels(action)
+        self.events_unsaved = Gauge(
+            "hup_events_unsaved",
+            "Input records handled whose state is not saved yet, so not acked either: the "
+            "records a crash would make the worker consume again (at most about "
+            "HUP_SAVE_INTERVAL_S of input).",
+            registry=registry,
+        )
         self.acks_refused = Counter(
             "hup_acks_refused",
             "Acks of input records the agent never processed, refused so their offsets stay "

@@ -18,7 +18,7 @@ from typing import Protocol, cast
 
 import faust
 from faust.types import TP, EventT
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from stream.guards.acks import AckGuard, PersistentHoleError, keep_queue_on_resume
 from stream.guards.fence import RebalanceFence
@@ -121,6 +121,7 @@ class GuardCounters(Protocol):
 
     acks_refused: Counter  # acks of events faust skipped unprocessed
     offset_gaps: Counter  # holes found, by action: "reread" or "committed"
+    events_unsaved: Gauge  # events handled and not acked yet (held or being saved)
 
 
 async def consume_guarded(
@@ -165,7 +166,9 @@ async def consume_guarded(
     app.on_partitions_revoked.connect(guard.on_partitions_revoked)  # type: ignore[arg-type]
     app.on_partitions_assigned.connect(guard.on_partitions_assigned)  # type: ignore[arg-type]
     fence = RebalanceFence(app, source)
-    saves = _Saves(guard, source, handler, fence)
+    saves = _Saves(
+        guard, source, handler, fence, metrics.events_unsaved if metrics is not None else None
+    )
     fence.before_revoke(saves.drain_before_revoke)
     # Events, never acked by the take (faust's take_events acks a batch even when the
     # body raises, broker notes F4): here a batch is acked only once it is saved.
@@ -232,8 +235,10 @@ class _Saves:
         source: faust.Stream[bytes],
         handler: BatchHandler,
         fence: RebalanceFence,
+        unsaved: Gauge | None = None,
     ) -> None:
         self._guard = guard
+        self._unsaved = unsaved
         self._source = source
         self._handler = handler
         self._fence = fence
@@ -246,6 +251,8 @@ class _Saves:
         """Hold a handled batch's events (all held events share the epoch they began in)."""
         self.held += events
         self._tps.update(e.message.tp for e in events)
+        if self._unsaved is not None:
+            self._unsaved.inc(len(events))
         self.epoch = epoch
 
     async def start(self) -> None:
@@ -272,6 +279,8 @@ class _Saves:
             for event in events:
                 await self._guard.processed(event)
                 await self._source.ack(event)
+            if self._unsaved is not None:
+                self._unsaved.dec(len(events))
         else:
             self._drop(events)
 
@@ -310,6 +319,9 @@ class _Saves:
 
     def _drop(self, events: list[EventT]) -> None:
         """Release ``events`` and every held event: a dropped save drops all staged since."""
-        for event in [*events, *self.held]:
+        released = [*events, *self.held]
+        for event in released:
             self._guard.abandon(event)
+        if self._unsaved is not None:
+            self._unsaved.dec(len(released))
         self.held, self._tps = [], set()

@@ -87,7 +87,8 @@ def test_a_new_checkpoint_resets_old_states_keeps_seq_and_skips_redelivered_even
         )
         m1_worker = WorkerProcess(m1_env, tmp_path / "worker-m1.log")
         reader.read_until(all_users_done(ref_before), 120, "M1's profiles", m1_worker)
-        # Events that make no profile (dropped) may still be in flight: wait for all.
+        # Events that make no profile (dropped) may still be in flight, and the last
+        # events' state waits for the next save: wait for all of them to be saved.
         _wait_consumed(port, n_events_before, m1_worker)
         m1_worker.kill()
         n_before = len(reader.messages)
@@ -145,12 +146,21 @@ def test_a_new_checkpoint_resets_old_states_keeps_seq_and_skips_redelivered_even
 
 
 def _wait_consumed(port: int, count: int, worker: WorkerProcess, timeout: float = 60.0) -> None:
-    """Block until the worker has processed ``count`` input records (its metrics say so)."""
+    """Block until the worker has processed ``count`` input records and saved their state.
+
+    Profiles are published before their state is saved (`HUP_SAVE_INTERVAL_S`): a kill
+    before the save would make the next worker apply the events again, as it should.
+    """
     deadline = time.monotonic() + timeout
-    consumed = 0.0
+    consumed, unsaved = 0.0, 0.0
     while time.monotonic() < deadline:
-        consumed = scrape(port).get('hup_events_total{outcome="consumed"}', 0.0)
-        if consumed >= count:
+        samples = scrape(port)
+        consumed = samples.get('hup_events_total{outcome="consumed"}', 0.0)
+        unsaved = samples.get("hup_events_unsaved", 0.0)
+        if consumed >= count and unsaved == 0:
             return
         time.sleep(0.2)
-    raise AssertionError(f"worker consumed {consumed:.0f} of {count} records\n{worker.log()}")
+    raise AssertionError(
+        f"worker consumed {consumed:.0f} of {count} records, {unsaved:.0f} not saved\n"
+        f"{worker.log()}"
+    )

@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 from faust.types import TP
+from prometheus_client import CollectorRegistry
 
 from stream.guards import acked_per_batch, consume_guarded
+from stream.metrics import Metrics
 from stream.settings import Settings
 
 
@@ -180,9 +182,13 @@ class _Staging:
         return write()
 
 
-def _consume(app: SimpleNamespace, source: _Source, handler: _Staging) -> None:
+def _consume(
+    app: SimpleNamespace, source: _Source, handler: _Staging, metrics: Metrics | None = None
+) -> None:
     take = _Source.take
-    asyncio.run(consume_guarded(app, source, Settings(), handler, take=take))  # type: ignore[arg-type]
+    asyncio.run(
+        consume_guarded(app, source, Settings(), handler, metrics=metrics, take=take)  # type: ignore[arg-type]
+    )
 
 
 def _held_by_faust(app: SimpleNamespace, source: _Source) -> None:
@@ -264,3 +270,21 @@ def test_held_events_are_not_acked_without_a_save() -> None:
     _consume(app, source, handler)
     assert [entry[0] for entry in handler.log] == ["handle", "handle"]
     assert source.acked == []
+
+
+def test_the_unsaved_gauge_counts_events_from_their_batch_until_their_save() -> None:
+    app = _app([])
+    source = _Source(_batches(0, 3, None, None))
+    metrics = Metrics(CollectorRegistry())
+    unsaved: list[float] = []
+
+    class Watching(_Staging):
+        async def handle(self, events: list[Any], still_owned: Callable[[], bool]) -> bool:
+            unsaved.append(metrics.events_unsaved._value.get())
+            return await super().handle(events, still_owned)
+
+    handler = Watching(source, due=lambda: source.taken >= 3)
+    _consume(app, source, handler, metrics)
+    assert unsaved == [0.0, 3.0]  # the first batch's events wait for the save
+    assert source.acked == [0, 1, 2, 3, 4, 5]
+    assert metrics.events_unsaved._value.get() == 0.0
