@@ -445,6 +445,12 @@ class ProfileBatches:
         """Write the running save without pauses (a revoke or a stop is waiting for it)."""
         self._hurry.set()
 
+    def drop(self) -> None:
+        """Forget what is staged and a save's unwritten part (their events are released)."""
+        self.state.discard()
+        self.latest.discard()
+        self._deliveries = []
+
     async def _write(
         self,
         deliveries: list[asyncio.Future[list[object]]],

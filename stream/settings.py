@@ -94,7 +94,7 @@ class Settings(BaseSettings):
     # a user's k events in an interval cost one state record instead of k. A crash
     # consumes the unsaved events again (their profiles are published again, identical
     # but for published_ts), so the interval bounds that repeat. 0: save every batch.
-    save_interval_s: float = Field(default=3.0, ge=0, le=300)
+    save_interval_s: float = Field(default=10.0, ge=0, le=300)
     save_max_mb: int = Field(default=64, ge=0)
     # Publish only each user's last profile of a batch instead of one per event.
     coalesce: bool = False

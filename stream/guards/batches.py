@@ -70,6 +70,10 @@ class BatchHandler(Protocol):
         """Finish the running save as fast as it can: something waits for it."""
         ...
 
+    def drop(self) -> None:
+        """Forget everything staged and any save's unwritten part: their events are released."""
+        ...
+
 
 class _EachBatch:
     """A `Handler` as a `BatchHandler` that stages nothing: its events are acked at once."""
@@ -89,6 +93,9 @@ class _EachBatch:
         return done
 
     def hurry(self) -> None:
+        return
+
+    def drop(self) -> None:
         return
 
 
@@ -319,6 +326,7 @@ class _Saves:
 
     def _drop(self, events: list[EventT]) -> None:
         """Release ``events`` and every held event: a dropped save drops all staged since."""
+        self._handler.drop()
         released = [*events, *self.held]
         for event in released:
             self._guard.abandon(event)

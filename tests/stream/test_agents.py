@@ -256,6 +256,26 @@ def test_batches_go_on_while_a_save_is_written_in_parts(
     assert sum(len(v) for v in seqs.values()) == len(records)
 
 
+def test_a_save_cancelled_before_it_ran_is_dropped_and_the_next_one_saves(
+    profiler: Profiler, traffic: Dataset, metrics: Metrics
+) -> None:
+    """A revoke that gives up cancels the save; dropping it leaves no half-taken save behind."""
+    records = _records(iter_events(traffic.sessions[:2]))
+    batches = _Batches(Processor(profiler, require_user_key=True), metrics, Sink())
+
+    async def run() -> None:
+        await batches.handle(records)
+        save = asyncio.ensure_future(batches.batches.save(lambda: True))
+        save.cancel()  # before it ran: nothing written, the save's values still taken
+        batches.batches.drop()
+        assert len(batches.batches.state) == 0 and len(batches.batches.latest) == 0
+        await batches.handle(records)  # consumed again: nothing was saved, so applied anew
+        assert await batches.commit()
+
+    _run(run())
+    assert len(batches.state) == 2 and batches.confirms == 1
+
+
 def test_a_failed_delivery_saves_no_state_and_the_retry_republishes_the_same(
     profiler: Profiler, traffic: Dataset, metrics: Metrics
 ) -> None:
@@ -447,7 +467,7 @@ def test_settings_defaults_and_environment(monkeypatch: pytest.MonkeyPatch) -> N
     )
     assert defaults.partitions == 3 and defaults.batch_size == 256
     assert (defaults.batch_within_s, defaults.batch_idle_s) == (0.02, 0.002)
-    assert (defaults.save_interval_s, defaults.save_max_mb) == (3.0, 64)
+    assert (defaults.save_interval_s, defaults.save_max_mb) == (10.0, 64)
     assert defaults.output_linger_ms == 1.0 and defaults.fetch_max_wait_ms == 20
     assert defaults.producer_max_batch_size == 1_048_576 and defaults.metrics_port == 9108
     assert defaults.retention_ms == 7 * 24 * 3600 * 1000
