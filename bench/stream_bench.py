@@ -473,6 +473,7 @@ class Options:
     model: Path | None
     profile: Path | None
     producer_max_batch_size: int | None
+    save_interval_s: float | None = None
 
 
 def run(options: Options, workdir: Path) -> Figures:
@@ -706,6 +707,8 @@ def worker_env(
     )
     if options.producer_max_batch_size is not None:
         env["HUP_PRODUCER_MAX_BATCH_SIZE"] = str(options.producer_max_batch_size)
+    if options.save_interval_s is not None:
+        env["HUP_SAVE_INTERVAL_S"] = str(options.save_interval_s)
     return env
 
 
@@ -797,6 +800,13 @@ def main(
         int | None,
         typer.Option(help="HUP_PRODUCER_MAX_BATCH_SIZE for the worker; default the worker's"),
     ] = None,
+    save_interval_s: Annotated[
+        float | None,
+        typer.Option(
+            help="HUP_SAVE_INTERVAL_S for the worker; default the worker's. A phase shorter "
+            "than the interval may see no save, and so no deliver/write/confirm figures"
+        ),
+    ] = None,
 ) -> None:
     """Run the benchmark and print its table."""
     logging.basicConfig(level=logging.WARNING)
@@ -811,6 +821,7 @@ def main(
             model,
             profile,
             producer_max_batch_size,
+            save_interval_s,
         )
         figures = run(options, Path(tmp))
     console.print(table(figures))
