@@ -265,12 +265,6 @@ class StagedTable:
             del self._saving[key]
         return len(self._saving)
 
-    def flush(self) -> int:
-        """Save everything staged at once; return how many values were written."""
-        count = self.begin_save()
-        self.write_saving(count)
-        return count
-
     def discard(self) -> int:
         """Drop every staged value and the save's unwritten ones; return how many."""
         count = len(self)

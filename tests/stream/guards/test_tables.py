@@ -181,7 +181,7 @@ def test_a_put_is_staged_and_counted_in_bytes_not_written() -> None:
         view.put(b"carol", b"x")  # no event of carol in the batch: no partition to write to
 
 
-def test_a_flush_writes_each_key_once_under_its_latest_event_and_empties() -> None:
+def test_a_save_writes_each_key_once_under_its_latest_event_and_empties() -> None:
     table = _Table()
     staged = StagedTable(table)
     first = staged.store([_event(b"alice", 0, 1), _event(b"bob", 2, 7)])
@@ -190,12 +190,13 @@ def test_a_flush_writes_each_key_once_under_its_latest_event_and_empties() -> No
     second = staged.store([_event(b"alice", 0, 2)])
     second.put(b"alice", b"a2")
     second.put(b"alice", b"a3")
-    assert staged.flush() == 2
+    assert staged.begin_save() == 2 and staged.write_saving(2) == 0
     assert dict(table) == {b"alice": b"a3", b"bob": b"b1"}
     assert sorted(table.seen) == [("set", b"alice", 0, 2), ("set", b"bob", 2, 7)]
     assert current_event() is None
     assert len(staged) == 0 and staged.bytes == 0 and staged.get(b"alice") is None
-    assert staged.flush() == 0 and len(table.seen) == 2  # nothing left to write
+    assert staged.begin_save() == 0 and staged.write_saving(2) == 0
+    assert len(table.seen) == 2  # nothing left to write
 
 
 def test_a_discard_drops_every_staged_value_unwritten() -> None:
@@ -207,7 +208,7 @@ def test_a_discard_drops_every_staged_value_unwritten() -> None:
     assert staged.discard() == 2
     assert len(staged) == 0 and staged.bytes == 0
     assert view.get(b"alice") == b"old"  # the table's again
-    assert staged.flush() == 0
+    assert staged.begin_save() == 0 and staged.write_saving(2) == 0
     assert dict(table) == {b"alice": b"old"} and [s[0] for s in table.seen] == ["get"]
 
 
